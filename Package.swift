@@ -1,0 +1,67 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "CacheTiers",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "CacheTiers", targets: ["CacheTiers"]),
+        .library(name: "CacheTiersTesting", targets: ["CacheTiersTesting"]),
+        .executable(name: "cachetiers", targets: ["cachetiers"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // libzstd from the system (Debian: libzstd-dev), wrapped by a module map only.
+        .systemLibrary(
+            name: "CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"]), .brew(["zstd"])]
+        ),
+        // Linux calls that Glibc's Swift overlay does not surface (renameat2).
+        .target(name: "CCacheTiersShims"),
+        .target(
+            name: "CacheTiers",
+            dependencies: [
+                "CZstd",
+                "CCacheTiersShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(
+            name: "CacheTiersTesting",
+            dependencies: [
+                "CacheTiers",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "cachetiers",
+            dependencies: [
+                "CacheTiers",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
+            name: "CacheTiersTests",
+            dependencies: [
+                "CacheTiers",
+                "CacheTiersTesting",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,98 @@
+import CCacheTiersShims
+import Foundation
+import Logging
+import SystemPackage
+
+/// Owns a restore's destination: hands out staging directories beside it and promotes
+/// one by atomic rename, so the destination is always the old tree or the new one.
+///
+/// Staging directories are siblings of the destination (`.NAME.staging-XXXX`), on the
+/// same filesystem, so promotion is a rename and never a copy.
+public struct DestinationStaging: Sendable {
+    /// The absolute path of the directory that is restored.
+    public let destination: FilePath
+    let parent: FilePath
+    let name: String
+
+    /// - Throws: a fatal ``CacheTierError`` when the destination's parent is missing
+    ///   or not writable: no tier can succeed then.
+    public init(destination: FilePath) throws(CacheTierError) {
+        let absolute = FileSystem.absolute(destination)
+        guard let last = absolute.lastComponent, absolute.components.count > 0 else {
+            throw CacheTierError(.fatal, "the destination '\(destination)' is not a directory path a tree can be restored to")
+        }
+        self.destination = absolute
+        self.parent = absolute.removingLastComponent()
+        self.name = last.string
+        guard FileSystem.isWritableDirectory(parent) else {
+            let reason = FileSystem.kind(of: parent) == nil ? "does not exist" : "is not a writable directory"
+            throw CacheTierError(
+                .fatal,
+                "cannot restore into \(absolute): its parent \(parent) \(reason); create it or choose another destination"
+            )
+        }
+        if let kind = FileSystem.kind(of: absolute), kind != .directory {
+            throw CacheTierError(
+                .fatal,
+                "cannot restore into \(absolute): a file that is not a directory is in the way; move it aside"
+            )
+        }
+    }
+
+    /// Creates an empty staging directory beside the destination.
+    public func makeStagingDirectory(purpose: String = "staging") throws(CacheTierError) -> FilePath {
+        let path = parent.appending(".\(name).\(purpose)-\(FileSystem.uniqueSuffix())")
+        do {
+            try FileSystem.makeDirectory(path, mode: 0o755)
+        } catch {
+            throw CacheTierError(.fatal, "cannot create a staging directory \(path): \(error)", underlying: error)
+        }
+        return path
+    }
+
+    /// Replaces the destination with `staging` atomically; the previous tree is removed afterwards.
+    public func promote(_ staging: FilePath, logger: Logger) throws(CacheTierError) {
+        if FileSystem.kind(of: destination) == nil {
+            do {
+                try FileSystem.rename(staging, to: destination)
+                return
+            } catch .directoryNotEmpty, .fileExists {
+                // Another process created it meanwhile: exchange below.
+            } catch {
+                throw CacheTierError(.fatal, "cannot move the restored tree into \(destination): \(error)", underlying: error)
+            }
+        }
+        if cachetiers_exchange_paths(staging.string, destination.string) == 0 {
+            // `staging` now names the previous tree.
+            discard(staging, logger: logger)
+            return
+        }
+        // No RENAME_EXCHANGE here: move the old tree aside, then the new one in. In between,
+        // the destination is briefly absent, never mixed.
+        let previous = parent.appending(".\(name).previous-\(FileSystem.uniqueSuffix())")
+        do {
+            try FileSystem.rename(destination, to: previous)
+        } catch {
+            throw CacheTierError(.fatal, "cannot move the previous tree at \(destination) aside: \(error)", underlying: error)
+        }
+        do {
+            try FileSystem.rename(staging, to: destination)
+        } catch {
+            try? FileSystem.rename(previous, to: destination)
+            throw CacheTierError(.fatal, "cannot move the restored tree into \(destination): \(error)", underlying: error)
+        }
+        discard(previous, logger: logger)
+    }
+
+    /// Removes a staging directory; failures are logged, not thrown.
+    public func discard(_ staging: FilePath, logger: Logger) {
+        do {
+            try FileSystem.removeTree(staging)
+        } catch {
+            logger.warning(
+                "could not remove a staging directory; remove it by hand",
+                metadata: ["path": "\(staging)", "error": "\(error)"]
+            )
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import Synchronization
+
+/// A token bucket that caps retries across every restore that shares it.
+///
+/// A retry spends one token; a successful attempt refunds ``Configuration-swift.struct/refundPerSuccess``
+/// tokens, up to the capacity. When the bucket is empty, the chain moves to the next
+/// tier instead of retrying, so an outage does not multiply into a retry storm from
+/// every VM at once (gRPC's retry throttling, the AWS SDKs' retry quota).
+public final class RetryBudget: Sendable {
+    public struct Configuration: Sendable, Hashable {
+        /// Tokens when full, and at start.
+        public var capacity: Double
+        /// Tokens one retry costs.
+        public var costPerRetry: Double
+        /// Tokens a successful attempt gives back.
+        public var refundPerSuccess: Double
+
+        public init(capacity: Double = 20, costPerRetry: Double = 1, refundPerSuccess: Double = 1) {
+            self.capacity = capacity
+            self.costPerRetry = costPerRetry
+            self.refundPerSuccess = refundPerSuccess
+        }
+    }
+
+    /// The budget shared by every chain in the process that does not bring its own.
+    public static let processWide = RetryBudget()
+
+    public let configuration: Configuration
+    private let tokens: Mutex<Double>
+
+    public init(configuration: Configuration = .init()) {
+        self.configuration = configuration
+        self.tokens = Mutex(configuration.capacity)
+    }
+
+    /// Takes the tokens for one retry; `false` when the budget is spent.
+    public func withdrawRetry() -> Bool {
+        tokens.withLock { tokens in
+            guard tokens >= configuration.costPerRetry else { return false }
+            tokens -= configuration.costPerRetry
+            return true
+        }
+    }
+
+    /// Refunds tokens after a successful attempt.
+    public func recordSuccess() {
+        tokens.withLock { tokens in
+            tokens = min(configuration.capacity, tokens + configuration.refundPerSuccess)
+        }
+    }
+
+    /// Tokens left now.
+    public var available: Double {
+        tokens.withLock { $0 }
+    }
+}

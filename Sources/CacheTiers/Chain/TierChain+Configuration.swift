@@ -1,0 +1,106 @@
+import Metrics
+
+extension TierChain {
+    /// One tier of a chain: a source and how patiently to use it.
+    public struct Tier: Sendable {
+        public var source: any CacheSource
+        public var policy: TierPolicy
+
+        public var name: String { source.name }
+
+        public init(_ source: any CacheSource, policy: TierPolicy = .init()) {
+            self.source = source
+            self.policy = policy
+        }
+    }
+
+    /// Timeouts, retries and breaker settings for one tier.
+    public struct TierPolicy: Sendable {
+        /// The longest one attempt may take; never more than what is left of the deadline.
+        public var timeout: Duration
+        /// Cancel an attempt whose progress has not moved for this long; `nil` to never.
+        public var stallTimeout: Duration?
+        public var retry: RetryPolicy
+        public var circuitBreaker: CircuitBreaker.Configuration
+        /// Whether the chain writes back to this tier (if it is a ``CacheSink``) what a
+        /// lower tier served.
+        public var acceptsWriteBack: Bool
+
+        public init(
+            timeout: Duration = .seconds(120),
+            stallTimeout: Duration? = .seconds(15),
+            retry: RetryPolicy = .init(),
+            circuitBreaker: CircuitBreaker.Configuration = .init(),
+            acceptsWriteBack: Bool = true
+        ) {
+            self.timeout = timeout
+            self.stallTimeout = stallTimeout
+            self.retry = retry
+            self.circuitBreaker = circuitBreaker
+            self.acceptsWriteBack = acceptsWriteBack
+        }
+    }
+
+    /// Settings for the whole chain.
+    public struct Configuration: Sendable {
+        /// The time one restore may take, every tier and retry included.
+        public var deadline: Duration
+        /// Start the next tier in parallel when a tier has made no progress after a delay.
+        public var hedging: Hedging?
+        public var writeBack: WriteBack
+        /// The retry budget; by default shared by every chain in the process.
+        public var retryBudget: RetryBudget
+        /// Where counters and timers go; `nil` for the process's bootstrapped factory.
+        public var metricsFactory: (any MetricsFactory)?
+        /// Called for every ``RestoreEvent``, on the task where it happens; keep it fast.
+        public var observer: (@Sendable (RestoreEvent) -> Void)?
+        /// Uniform random numbers in `0..<1` for backoff jitter; injectable for tests.
+        public var random: @Sendable () -> Double
+
+        public init(
+            deadline: Duration = .seconds(600),
+            hedging: Hedging? = nil,
+            writeBack: WriteBack = .init(),
+            retryBudget: RetryBudget = .processWide,
+            metricsFactory: (any MetricsFactory)? = nil,
+            observer: (@Sendable (RestoreEvent) -> Void)? = nil,
+            random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
+        ) {
+            self.deadline = deadline
+            self.hedging = hedging
+            self.writeBack = writeBack
+            self.retryBudget = retryBudget
+            self.metricsFactory = metricsFactory
+            self.observer = observer
+            self.random = random
+        }
+    }
+
+    /// When to race the next tier against a slow one.
+    public struct Hedging: Sendable, Hashable {
+        /// How long a tier may go without receiving a byte before the next tier starts too.
+        public var delay: Duration
+
+        public init(delay: Duration) {
+            self.delay = delay
+        }
+    }
+
+    /// Offering a tree served by a lower tier to the writable tiers above it.
+    public struct WriteBack: Sendable {
+        public var isEnabled: Bool
+        /// `true`: the restore returns after the write-back; `false`: it runs in the
+        /// background and ``RestoreReport/pendingWriteBack`` finishes with it.
+        public var waitForCompletion: Bool
+        /// Packs the restored tree once for every tier that lacks it.
+        public var packer: (any CachePacker)?
+
+        public init(isEnabled: Bool = true, waitForCompletion: Bool = false, packer: (any CachePacker)? = nil) {
+            self.isEnabled = isEnabled
+            self.waitForCompletion = waitForCompletion
+            self.packer = packer
+        }
+
+        public static let disabled = WriteBack(isEnabled: false)
+    }
+}

@@ -1,0 +1,78 @@
+import Foundation
+
+/// The small JSON document that travels with every archive and describes it.
+///
+/// Field names are part of the wire format and never change. Decoding ignores fields
+/// it does not know, so a manifest from a newer producer is still readable.
+public struct CacheManifest: Sendable, Hashable, Codable {
+    /// The manifest layout this version writes.
+    public static let currentFormatVersion = 1
+
+    public var formatVersion: Int
+    /// The key the archive was published under.
+    public var key: CacheKey
+    /// SHA-256 of the archive bytes exactly as stored (compressed), lowercase hex.
+    public var archiveSHA256: String
+    /// Size of the archive as stored, in bytes.
+    public var archiveSize: Int64
+    /// The compression codec: `zstd` or `identity`.
+    public var codec: String
+    /// The compression level used, when the codec has levels.
+    public var level: Int?
+    /// Total bytes of file contents in the tree.
+    public var uncompressedSize: Int64
+    /// Number of entries (files, directories, links) in the archive.
+    public var entryCount: Int
+    public var createdAt: Date
+    /// What wrote the archive, e.g. `cachetiers/0.1.0 (linux x86_64)`.
+    public var producer: String
+
+    public init(
+        key: CacheKey,
+        archiveSHA256: String,
+        archiveSize: Int64,
+        codec: String,
+        level: Int?,
+        uncompressedSize: Int64,
+        entryCount: Int,
+        createdAt: Date = Date(),
+        producer: String = CacheManifest.defaultProducer,
+        formatVersion: Int = CacheManifest.currentFormatVersion
+    ) {
+        self.formatVersion = formatVersion
+        self.key = key
+        self.archiveSHA256 = archiveSHA256
+        self.archiveSize = archiveSize
+        self.codec = codec
+        self.level = level
+        self.uncompressedSize = uncompressedSize
+        self.entryCount = entryCount
+        self.createdAt = createdAt
+        self.producer = producer
+    }
+
+    public static var defaultProducer: String {
+        let platform = Platform.current
+        return "cachetiers/\(CacheTiersVersion.current) (\(platform.operatingSystem) \(platform.architecture))"
+    }
+
+    /// The manifest as pretty-printed JSON with sorted keys and ISO 8601 dates.
+    public func jsonData() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return try encoder.encode(self)
+    }
+
+    /// Reads a manifest, accepting unknown fields.
+    public init(jsonData data: Data) throws {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        self = try decoder.decode(CacheManifest.self, from: data)
+    }
+}
+
+/// The version of this package, as reported in manifests and `--version`.
+public enum CacheTiersVersion {
+    public static let current = "0.1.0"
+}
