@@ -92,10 +92,10 @@ extension TierChain {
         /// `true`: the restore returns after the write-back; `false`: it runs in the
         /// background and ``RestoreReport/pendingWriteBack`` finishes with it.
         public var waitForCompletion: Bool
-        /// Packs the restored tree once for every tier that lacks it.
+        /// Packs the restored tree once for every tier that lacks it (zstd level 1 tar by default).
         public var packer: (any CachePacker)?
 
-        public init(isEnabled: Bool = true, waitForCompletion: Bool = false, packer: (any CachePacker)? = nil) {
+        public init(isEnabled: Bool = true, waitForCompletion: Bool = false, packer: (any CachePacker)? = ArchivePacker()) {
             self.isEnabled = isEnabled
             self.waitForCompletion = waitForCompletion
             self.packer = packer

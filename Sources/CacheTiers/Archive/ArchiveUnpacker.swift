@@ -1,0 +1,101 @@
+import Foundation
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Unpacks archives safely: from a file, or from any async sequence of byte chunks,
+/// into a staging directory, or atomically replacing a destination.
+///
+/// Accepts zstd (any level, single or multi-frame, as `zstd -T0` writes) and plain
+/// tar, whatever tool wrote them: POSIX/pax and GNU tar formats.
+public struct ArchiveUnpacker: Sendable {
+    public var options: UnpackSession.Options
+
+    public init(options: UnpackSession.Options = .init()) {
+        self.options = options
+    }
+
+    /// Unpacks a stream of chunks into `staging`, an existing empty directory.
+    ///
+    /// On failure `staging` holds a partial tree; remove it (a ``TierChain`` does).
+    public func unpack<Chunks: AsyncSequence>(
+        _ chunks: Chunks,
+        into staging: FilePath,
+        progress: TransferProgress? = nil
+    ) async throws -> UnpackSummary where Chunks.Element: ContiguousBytes {
+        let session = UnpackSession(into: staging, options: options, progress: progress)
+        do {
+            for try await chunk in chunks {
+                try await session.write(chunk)
+            }
+            return try await session.finish()
+        } catch {
+            await session.cancel()
+            throw error
+        }
+    }
+
+    /// Unpacks the archive file at `archive` into `staging`, an existing empty directory.
+    public func unpack(file archive: FilePath, into staging: FilePath, progress: TransferProgress? = nil)
+        async throws -> UnpackSummary
+    {
+        let descriptor = open(archive.string, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            let code = errno
+            throw CacheTierError(
+                code == ENOENT ? .miss : .fatal, "cannot open the archive \(archive): \(String(cString: strerror(code)))"
+            )
+        }
+        defer { close(descriptor) }
+        return try await unpack(FileChunks(descriptor: descriptor), into: staging, progress: progress)
+    }
+
+    /// Unpacks `archive` into a staging directory beside `destination`, then swaps it
+    /// in atomically. On any failure the destination is exactly as it was.
+    public func unpack(file archive: FilePath, replacing destination: FilePath, logger: Logger) async throws
+        -> UnpackSummary
+    {
+        let staging = try DestinationStaging(destination: destination)
+        let directory = try staging.makeStagingDirectory()
+        do {
+            let summary = try await unpack(file: archive, into: directory)
+            try staging.promote(directory, logger: logger)
+            return summary
+        } catch {
+            staging.discard(directory, logger: logger)
+            throw error
+        }
+    }
+}
+
+/// The chunks of an open file, read 1 MiB at a time.
+struct FileChunks: AsyncSequence, Sendable {
+    let descriptor: Int32
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let descriptor: Int32
+
+        mutating func next() async throws -> [UInt8]? {
+            var chunk = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    throw CacheTierError(.transient, "cannot read the archive: \(String(cString: strerror(errno)))")
+                }
+                if count == 0 { return nil }
+                chunk.removeSubrange(count...)
+                return chunk
+            }
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(descriptor: descriptor)
+    }
+}

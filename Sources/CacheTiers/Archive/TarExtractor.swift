@@ -1,0 +1,529 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Writes a tar stream into a fresh directory as the bytes arrive, refusing anything
+/// that could write outside it.
+///
+/// Rejected: absolute paths, `..` components, entries below a symlink or a file,
+/// symlinks that are absolute or climb out of the tree, hard links to anything but a
+/// file extracted earlier, device and FIFO entries. setuid, setgid and sticky bits are
+/// dropped. Ownership is never applied. Directory modes and times are set at the end,
+/// deepest first, like GNU tar does.
+///
+/// Not thread-safe: one thread feeds it.
+final class TarExtractor {
+    private enum Phase {
+        case header
+        case fileData(remaining: Int64, descriptor: Int32, padding: Int)
+        case metadata(MetadataKind, remaining: Int64, padding: Int)
+        case skip(remaining: Int64)
+        case ended
+    }
+
+    private enum MetadataKind {
+        case pax, globalPax, longName, longLink
+    }
+
+    private struct PendingFile {
+        var path: String
+        var mode: UInt32
+        var modificationTime: Int64
+    }
+
+    private let root: String
+    private let limits: ExtractionLimits
+    private let umaskBits: UInt32
+
+    private var phase = Phase.header
+    private var headerBuffer: [UInt8] = []
+    private var metadataBuffer: [UInt8] = []
+    private var pendingPax: [String: String] = [:]
+    private var pendingLongName: String?
+    private var pendingLongLink: String?
+    private var currentFile: PendingFile?
+
+    /// Everything created so far, by relative path; parents are verified against it.
+    private var created: [String: TarEntryKind] = [:]
+    private var lastVerifiedParent = ""
+    private var directoryAttributes: [String: (mode: UInt32, mtime: Int64)] = [:]
+
+    private(set) var summary = UnpackSummary()
+    /// Offset in the tar stream of the next byte to consume.
+    private(set) var offset: Int64 = 0
+
+    /// - Parameter root: an existing, empty directory.
+    init(root: String, limits: ExtractionLimits) {
+        self.root = root.hasSuffix("/") ? String(root.dropLast()) : root
+        self.limits = limits
+        self.umaskBits = currentUmask()
+    }
+
+    deinit {
+        abort()
+    }
+
+    /// Closes anything open; the caller removes the partial tree.
+    func abort() {
+        if case .fileData(_, let descriptor, _) = phase {
+            close(descriptor)
+            phase = .ended
+        }
+    }
+
+    func consume(_ input: UnsafeRawBufferPointer) throws(ExtractionError) {
+        var rest = input[...]
+        while !rest.isEmpty {
+            switch phase {
+            case .header:
+                if headerBuffer.isEmpty && rest.count >= TarHeaderEncoder.blockSize {
+                    let block = UnsafeRawBufferPointer(rebasing: rest.prefix(TarHeaderEncoder.blockSize))
+                    rest = rest.dropFirst(TarHeaderEncoder.blockSize)
+                    try header(block)
+                    offset += Int64(TarHeaderEncoder.blockSize)
+                } else {
+                    let take = min(TarHeaderEncoder.blockSize - headerBuffer.count, rest.count)
+                    headerBuffer.append(contentsOf: rest.prefix(take))
+                    rest = rest.dropFirst(take)
+                    if headerBuffer.count == TarHeaderEncoder.blockSize {
+                        let block = headerBuffer
+                        headerBuffer.removeAll(keepingCapacity: true)
+                        var failure: ExtractionError?
+                        block.withUnsafeBytes { bytes in
+                            do throws(ExtractionError) { try header(bytes) } catch { failure = error }
+                        }
+                        if let failure { throw failure }
+                        offset += Int64(TarHeaderEncoder.blockSize)
+                    }
+                }
+
+            case .fileData(let remaining, let descriptor, let padding):
+                let take = Int(min(remaining, Int64(rest.count)))
+                try writeAll(descriptor, UnsafeRawBufferPointer(rebasing: rest.prefix(take)))
+                rest = rest.dropFirst(take)
+                offset += Int64(take)
+                if Int64(take) == remaining {
+                    try closeFile(descriptor)
+                    phase = padding > 0 ? .skip(remaining: Int64(padding)) : .header
+                } else {
+                    phase = .fileData(remaining: remaining - Int64(take), descriptor: descriptor, padding: padding)
+                }
+
+            case .metadata(let kind, let remaining, let padding):
+                let take = Int(min(remaining, Int64(rest.count)))
+                metadataBuffer.append(contentsOf: rest.prefix(take))
+                rest = rest.dropFirst(take)
+                offset += Int64(take)
+                if Int64(take) == remaining {
+                    try finishMetadata(kind)
+                    phase = padding > 0 ? .skip(remaining: Int64(padding)) : .header
+                } else {
+                    phase = .metadata(kind, remaining: remaining - Int64(take), padding: padding)
+                }
+
+            case .skip(let remaining):
+                let take = Int(min(remaining, Int64(rest.count)))
+                rest = rest.dropFirst(take)
+                offset += Int64(take)
+                phase = Int64(take) == remaining ? .header : .skip(remaining: remaining - Int64(take))
+
+            case .ended:
+                // GNU tar pads archives with zero blocks to a record size; the rest is ignored.
+                offset += Int64(rest.count)
+                return
+            }
+        }
+    }
+
+    /// Checks that the stream ended cleanly, then applies directory modes and times.
+    func finish() throws(ExtractionError) -> UnpackSummary {
+        switch phase {
+        case .ended:
+            break
+        case .header where headerBuffer.isEmpty && summary.entries > 0:
+            // Some writers omit the end-of-archive blocks; every entry arrived whole.
+            break
+        default:
+            throw .corrupt("the archive is truncated: it ends in the middle of an entry", offset: offset)
+        }
+        for (path, attributes) in directoryAttributes.sorted(by: { $0.key > $1.key }) {
+            let full = path.isEmpty ? root : root + "/" + path
+            if chmod(full, mode_t(attributes.mode & 0o777)) != 0 {
+                throw .io("cannot set the mode of \(path)", errno: errno)
+            }
+            var times = [timespec(tv_sec: Int(attributes.mtime), tv_nsec: 0), timespec(tv_sec: Int(attributes.mtime), tv_nsec: 0)]
+            if utimensat(AT_FDCWD, full, &times, AT_SYMLINK_NOFOLLOW) != 0 {
+                throw .io("cannot set the modification time of \(path)", errno: errno)
+            }
+        }
+        return summary
+    }
+
+    // MARK: headers
+
+    private func header(_ block: UnsafeRawBufferPointer) throws(ExtractionError) {
+        let raw: RawTarHeader
+        do {
+            guard let decoded = try RawTarHeader.decode(block) else {
+                phase = .ended
+                return
+            }
+            raw = decoded
+        } catch {
+            throw .corrupt(error.description, offset: offset)
+        }
+
+        let padding = { (size: Int64) in Int((512 - size % 512) % 512) }
+        switch raw.typeflag {
+        case UInt8(ascii: "x"), UInt8(ascii: "g"), UInt8(ascii: "L"), UInt8(ascii: "K"):
+            guard raw.size <= 1 << 20 else {
+                throw .corrupt("an extended header of \(raw.size) bytes is larger than any real path needs", offset: offset)
+            }
+            let kind: MetadataKind =
+                switch raw.typeflag {
+                case UInt8(ascii: "x"): .pax
+                case UInt8(ascii: "g"): .globalPax
+                case UInt8(ascii: "L"): .longName
+                default: .longLink
+                }
+            metadataBuffer.removeAll(keepingCapacity: true)
+            phase = raw.size == 0 ? .header : .metadata(kind, remaining: raw.size, padding: padding(raw.size))
+            if raw.size == 0 { try finishMetadata(kind) }
+            return
+        default:
+            break
+        }
+
+        let kind: TarEntryKind
+        switch raw.typeflag {
+        case UInt8(ascii: "0"), 0, UInt8(ascii: "7"): kind = .file
+        case UInt8(ascii: "5"): kind = .directory
+        case UInt8(ascii: "2"): kind = .symlink
+        case UInt8(ascii: "1"): kind = .hardLink
+        case UInt8(ascii: "3"), UInt8(ascii: "4"):
+            throw .unsafe("the archive holds a device entry (\(displayName(raw))); cache archives never do", offset: offset)
+        case UInt8(ascii: "6"):
+            throw .unsafe("the archive holds a FIFO entry (\(displayName(raw))); cache archives never do", offset: offset)
+        case UInt8(ascii: "S"):
+            throw .corrupt("the archive holds a GNU sparse file (\(displayName(raw))), which is not supported", offset: offset)
+        default:
+            throw .corrupt(
+                "the archive holds an entry of unknown type '\(Character(Unicode.Scalar(raw.typeflag)))' (\(displayName(raw)))",
+                offset: offset
+            )
+        }
+
+        var path = pendingPax["path"] ?? pendingLongName ?? String(decoding: raw.name, as: UTF8.self)
+        var linkTarget = pendingPax["linkpath"] ?? pendingLongLink ?? String(decoding: raw.linkName, as: UTF8.self)
+        var size = raw.size
+        var mtime = raw.modificationTime
+        if let value = pendingPax["size"] {
+            guard let parsed = Int64(value), parsed >= 0 else { throw .corrupt("a pax size '\(value)' is not a size", offset: offset) }
+            size = parsed
+        }
+        if let value = pendingPax["mtime"], let parsed = Double(value) {
+            mtime = Int64(parsed.rounded(.down))
+        }
+        pendingPax = [:]
+        pendingLongName = nil
+        pendingLongLink = nil
+        if kind == .directory, path.hasSuffix("/") { path.removeLast() }
+        if path.isEmpty, kind == .directory { path = "." }
+
+        summary.entries += 1
+        guard summary.entries <= limits.maxEntries else {
+            throw .limit("the archive holds more than \(limits.maxEntries) entries, the configured limit", offset: offset)
+        }
+
+        let dataSize = kind == .file ? size : (kind == .hardLink ? 0 : size)
+        let relative = try sanitize(path)
+
+        switch kind {
+        case .directory:
+            if let relative { try makeDirectory(relative, mode: raw.mode, mtime: mtime) }
+            phase = dataSize > 0 ? .skip(remaining: dataSize + Int64(padding(dataSize))) : .header
+        case .file:
+            guard let relative else { throw .unsafe("a file entry names the archive's root directory", offset: offset) }
+            summary.uncompressedBytes += size
+            guard summary.uncompressedBytes <= limits.maxTotalBytes else {
+                throw .limit(
+                    "the archive unpacks to more than \(limits.maxTotalBytes) bytes, the configured limit (a decompression bomb?)",
+                    offset: offset
+                )
+            }
+            let descriptor = try createFile(relative, mode: raw.mode)
+            currentFile = PendingFile(path: relative, mode: raw.mode, modificationTime: mtime)
+            summary.files += 1
+            if size == 0 {
+                try closeFile(descriptor)
+                phase = .header
+            } else {
+                phase = .fileData(remaining: size, descriptor: descriptor, padding: padding(size))
+            }
+        case .symlink:
+            guard let relative else { throw .unsafe("a symlink entry names the archive's root directory", offset: offset) }
+            try makeSymlink(relative, target: linkTarget)
+            summary.symlinks += 1
+            phase = dataSize > 0 ? .skip(remaining: dataSize + Int64(padding(dataSize))) : .header
+        case .hardLink:
+            guard let relative else { throw .unsafe("a hard link entry names the archive's root directory", offset: offset) }
+            while linkTarget.hasSuffix("/") { linkTarget.removeLast() }
+            try makeHardLink(relative, target: linkTarget)
+            summary.hardLinks += 1
+            phase = .header
+        }
+    }
+
+    private func finishMetadata(_ kind: MetadataKind) throws(ExtractionError) {
+        switch kind {
+        case .pax:
+            do {
+                pendingPax.merge(try PaxRecords.parse(metadataBuffer)) { $1 }
+            } catch {
+                throw .corrupt(error.description, offset: offset)
+            }
+        case .globalPax:
+            break  // global defaults carry nothing CacheTiers applies
+        case .longName:
+            pendingLongName = String(decoding: metadataBuffer.prefix { $0 != 0 }, as: UTF8.self)
+        case .longLink:
+            pendingLongLink = String(decoding: metadataBuffer.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        metadataBuffer.removeAll(keepingCapacity: true)
+    }
+
+    private func displayName(_ raw: RawTarHeader) -> String {
+        pendingPax["path"] ?? pendingLongName ?? String(decoding: raw.name, as: UTF8.self)
+    }
+
+    // MARK: paths
+
+    /// The path relative to the root with `.` and empty components removed; nil for the root itself.
+    private func sanitize(_ path: String) throws(ExtractionError) -> String? {
+        if path.hasPrefix("/") {
+            throw .unsafe("the entry '\(path)' has an absolute path; archives must hold relative paths", offset: offset)
+        }
+        if path.utf8.contains(0) {
+            throw .unsafe("the entry '\(path)' has a NUL byte in its path", offset: offset)
+        }
+        var components: [Substring] = []
+        for component in path.split(separator: "/", omittingEmptySubsequences: true) {
+            if component == "." { continue }
+            if component == ".." {
+                throw .unsafe("the entry '\(path)' has a '..' component that could escape the destination", offset: offset)
+            }
+            components.append(component)
+        }
+        if components.isEmpty { return nil }
+        let relative = components.joined(separator: "/")
+        guard relative.utf8.count <= limits.maxPathLength else {
+            throw .limit(
+                "the entry path '\(relative.prefix(80))…' is \(relative.utf8.count) bytes; the limit is \(limits.maxPathLength)",
+                offset: offset
+            )
+        }
+        return relative
+    }
+
+    /// Makes sure every ancestor of `relative` is a directory this extraction created,
+    /// creating missing ones, so nothing is ever written through a symlink.
+    private func prepareParent(of relative: String) throws(ExtractionError) {
+        guard let slash = relative.utf8.lastIndex(of: UInt8(ascii: "/")) else { return }
+        let parent = String(relative[..<slash])
+        if parent == lastVerifiedParent { return }
+        var prefixEnd = parent.startIndex
+        while true {
+            let next = parent[prefixEnd...].firstIndex(of: "/") ?? parent.endIndex
+            let ancestor = String(parent[..<next])
+            switch created[ancestor] {
+            case .directory?:
+                break
+            case nil:
+                let full = root + "/" + ancestor
+                if mkdir(full, 0o755) != 0 && errno != EEXIST {
+                    throw .io("cannot create the directory \(ancestor)", errno: errno)
+                }
+                created[ancestor] = .directory
+                summary.directories += 1
+            case .symlink?:
+                throw .unsafe("the entry '\(relative)' would be written through the symlink '\(ancestor)'", offset: offset)
+            case .file?, .hardLink?:
+                throw .unsafe("the entry '\(relative)' would be written below the file '\(ancestor)'", offset: offset)
+            }
+            if next == parent.endIndex { break }
+            prefixEnd = parent.index(after: next)
+        }
+        lastVerifiedParent = parent
+    }
+
+    /// Clears the way for a new entry at `relative`, which an earlier entry may hold.
+    private func replaceExisting(_ relative: String, with kind: TarEntryKind) throws(ExtractionError) {
+        guard let existing = created[relative] else { return }
+        if existing == .directory {
+            if kind == .directory { return }
+            throw .unsafe("the entry '\(relative)' would replace a directory of the same name", offset: offset)
+        }
+        if unlink(root + "/" + relative) != 0 && errno != ENOENT {
+            throw .io("cannot replace \(relative)", errno: errno)
+        }
+        created[relative] = nil
+        if lastVerifiedParent == relative || lastVerifiedParent.hasPrefix(relative + "/") { lastVerifiedParent = "" }
+    }
+
+    // MARK: entries
+
+    private func makeDirectory(_ relative: String, mode: UInt32, mtime: Int64) throws(ExtractionError) {
+        try prepareParent(of: relative)
+        try replaceExisting(relative, with: .directory)
+        if created[relative] == nil {
+            if mkdir(root + "/" + relative, 0o755) != 0 && errno != EEXIST {
+                throw .io("cannot create the directory \(relative)", errno: errno)
+            }
+            created[relative] = .directory
+            summary.directories += 1
+        }
+        // Stay writable while extracting; the archived mode is applied at the end.
+        directoryAttributes[relative] = (mode: (mode & 0o777), mtime: mtime)
+    }
+
+    private func createFile(_ relative: String, mode: UInt32) throws(ExtractionError) -> Int32 {
+        try prepareParent(of: relative)
+        try replaceExisting(relative, with: .file)
+        let permissions = mode & 0o777
+        let descriptor = open(root + "/" + relative, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(permissions))
+        guard descriptor >= 0 else { throw .io("cannot create \(relative)", errno: errno) }
+        created[relative] = .file
+        return descriptor
+    }
+
+    private func closeFile(_ descriptor: Int32) throws(ExtractionError) {
+        guard let file = currentFile else { return }
+        currentFile = nil
+        defer { close(descriptor) }
+        let permissions = file.mode & 0o777
+        if permissions & umaskBits != 0 || permissions & 0o200 == 0 {
+            guard fchmod(descriptor, mode_t(permissions)) == 0 else { throw .io("cannot set the mode of \(file.path)", errno: errno) }
+        }
+        var times = [
+            timespec(tv_sec: Int(file.modificationTime), tv_nsec: 0),
+            timespec(tv_sec: Int(file.modificationTime), tv_nsec: 0),
+        ]
+        guard futimens(descriptor, &times) == 0 else {
+            throw .io("cannot set the modification time of \(file.path)", errno: errno)
+        }
+    }
+
+    private func makeSymlink(_ relative: String, target: String) throws(ExtractionError) {
+        try checkSymlinkTarget(relative, target)
+        try prepareParent(of: relative)
+        try replaceExisting(relative, with: .symlink)
+        guard symlink(target, root + "/" + relative) == 0 else {
+            throw .io("cannot create the symlink \(relative)", errno: errno)
+        }
+        created[relative] = .symlink
+    }
+
+    /// Accepts relative targets whose `..` components all lead (`../pkg/bin/x`) and do
+    /// not climb above the root. Every accepted link then resolves inside the tree,
+    /// whatever other links it passes through, since no path climbs after descending.
+    private func checkSymlinkTarget(_ relative: String, _ target: String) throws(ExtractionError) {
+        guard !target.isEmpty else { throw .unsafe("the symlink '\(relative)' has an empty target", offset: offset) }
+        if target.hasPrefix("/") {
+            throw .unsafe("the symlink '\(relative)' points to the absolute path '\(target)', outside the tree", offset: offset)
+        }
+        let depth = relative.split(separator: "/").count - 1
+        var climbs = 0
+        var descended = false
+        for component in target.split(separator: "/", omittingEmptySubsequences: true) {
+            if component == "." { continue }
+            if component == ".." {
+                if descended {
+                    throw .unsafe(
+                        "the symlink '\(relative)' -> '\(target)' has '..' after a name; only leading '..' are accepted",
+                        offset: offset
+                    )
+                }
+                climbs += 1
+                if climbs > depth {
+                    throw .unsafe("the symlink '\(relative)' -> '\(target)' points outside the tree", offset: offset)
+                }
+            } else {
+                descended = true
+            }
+        }
+    }
+
+    private func makeHardLink(_ relative: String, target: String) throws(ExtractionError) {
+        guard let source = try sanitize(target), created[source] == .file else {
+            throw .unsafe(
+                "the hard link '\(relative)' points to '\(target)', which is not a file extracted earlier from this archive",
+                offset: offset
+            )
+        }
+        try prepareParent(of: relative)
+        try replaceExisting(relative, with: .hardLink)
+        guard link(root + "/" + source, root + "/" + relative) == 0 else {
+            throw .io("cannot create the hard link \(relative)", errno: errno)
+        }
+        created[relative] = .hardLink
+    }
+
+    private func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) throws(ExtractionError) {
+        var written = 0
+        while written < bytes.count {
+            let result = write(descriptor, bytes.baseAddress! + written, bytes.count - written)
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw .io("cannot write \(currentFile?.path ?? "a file")", errno: errno)
+            }
+            written += result
+        }
+    }
+}
+
+/// Why an extraction stopped.
+enum ExtractionError: Error, CustomStringConvertible {
+    /// The stream is malformed or truncated.
+    case corrupt(String, offset: Int64)
+    /// An entry would write outside the tree or is of a forbidden kind.
+    case unsafe(String, offset: Int64)
+    /// A configured cap was exceeded.
+    case limit(String, offset: Int64)
+    /// The filesystem refused.
+    case io(String, errno: Int32)
+
+    var description: String {
+        switch self {
+        case .corrupt(let message, _), .unsafe(let message, _), .limit(let message, _): message
+        case .io(let message, let code): "\(message): \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+/// The process's umask, read without changing it (Linux), or the common 022.
+private func currentUmask() -> UInt32 {
+    #if os(Linux)
+    if let file = fopen("/proc/self/status", "r") {
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 256)
+        while fgets(&line, Int32(line.count), file) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if text.hasPrefix("Umask:") {
+                let value = text.dropFirst(6).trimmingCharacters(in: " \t\n")
+                return UInt32(value, radix: 8) ?? 0o022
+            }
+        }
+    }
+    #endif
+    return 0o022
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
+    }
+}

@@ -1,0 +1,228 @@
+import Crypto
+import Foundation
+import Logging
+import SystemPackage
+
+/// Unpacks one archive arriving in pieces: hash and decompress as bytes come in, write
+/// files on a thread of its own.
+///
+/// Feed it with ``write(_:)`` in order (the bytes of one archive, possibly across
+/// several HTTP responses when a download resumes), then call ``finish()``, which
+/// verifies everything and returns the summary. On any error, or if the task is
+/// cancelled, call ``cancel()``; the staging directory then holds a partial tree that
+/// the caller removes (a ``TierChain`` does this itself).
+///
+/// Memory stays bounded whatever the archive's size: at most ``queueCapacity``
+/// decompressed chunks of about 1 MiB wait for the writer thread.
+public final class UnpackSession {
+    public struct Options: Sendable {
+        public var limits: ExtractionLimits
+        /// The archive's SHA-256 as published; a mismatch fails ``finish()`` as corrupt.
+        public var expectedSHA256: String?
+        /// The archive's size as published; a mismatch fails ``finish()`` as corrupt.
+        public var expectedSize: Int64?
+
+        public init(limits: ExtractionLimits = .init(), expectedSHA256: String? = nil, expectedSize: Int64? = nil) {
+            self.limits = limits
+            self.expectedSHA256 = expectedSHA256?.lowercased()
+            self.expectedSize = expectedSize
+        }
+    }
+
+    static let chunkSize = 1 << 20
+    /// Decompressed chunks that may wait for the writer thread.
+    public static let queueCapacity = 8
+
+    private let options: Options
+    private let progress: TransferProgress?
+    private let queue = ChunkQueue(capacity: UnpackSession.queueCapacity)
+    private let writer: Task<UnpackSummary, any Error>
+    private var hasher = SHA256()
+    private var decoder: (any StreamDecoder)?
+    private var format: CompressionFormat?
+    private var detection: [UInt8] = []
+    private var pending: [UInt8] = []
+    private var received: Int64 = 0
+    private var done = false
+
+    /// Starts the writer thread for `staging`, an existing empty directory.
+    public init(into staging: FilePath, options: Options = .init(), progress: TransferProgress? = nil) {
+        self.options = options
+        self.progress = progress
+        let queue = self.queue
+        let root = staging.string
+        let limits = options.limits
+        self.writer = Task {
+            try await DedicatedThread.run(name: "cachetiers-unpack") { _ in
+                let extractor = TarExtractor(root: root, limits: limits)
+                do {
+                    while let chunk = try queue.next() {
+                        try chunk.withUnsafeBytes { bytes in try extractor.consume(bytes) }
+                    }
+                    return try extractor.finish()
+                } catch {
+                    extractor.abort()
+                    queue.fail(error)
+                    throw error
+                }
+            }
+        }
+        pending.reserveCapacity(Self.chunkSize)
+    }
+
+    /// Bytes received so far.
+    public var bytesReceived: Int64 { received }
+
+    /// Hashes, decompresses and hands on the next bytes of the archive.
+    /// - Throws: a ``CacheTierError`` (corrupt, fatal for a full disk) as soon as the
+    ///   problem is found.
+    public func write(_ bytes: some ContiguousBytes) async throws {
+        var ready: [[UInt8]] = []
+        try bytes.withUnsafeBytes { buffer in
+            try ingest(buffer, into: &ready)
+        }
+        for chunk in ready {
+            try await send(chunk)
+        }
+    }
+
+    private func ingest(_ buffer: UnsafeRawBufferPointer, into ready: inout [[UInt8]]) throws {
+        precondition(!done, "write(_:) after finish() or cancel()")
+        guard !buffer.isEmpty else { return }
+        hasher.update(bufferPointer: buffer)
+        received += Int64(buffer.count)
+        progress?.advance(by: buffer.count)
+
+        if decoder == nil {
+            detection.append(contentsOf: buffer)
+            guard detection.count >= CompressionFormat.detectionLength else { return }
+            do {
+                let format = try detection.withUnsafeBytes { try CompressionFormat.detect($0) }
+                self.format = format
+                decoder = try format.makeDecoder()
+            } catch let error as CompressionError {
+                throw CacheTierError(.corrupt, error.message, underlying: error, offset: 0)
+            }
+            let first = detection
+            detection = []
+            try first.withUnsafeBytes { try decode($0, into: &ready) }
+        } else {
+            try decode(buffer, into: &ready)
+        }
+    }
+
+    private func decode(_ buffer: UnsafeRawBufferPointer, into ready: inout [[UInt8]]) throws {
+        do {
+            try decoder!.decode(buffer) { output in
+                var rest = output[...]
+                while !rest.isEmpty {
+                    let take = min(Self.chunkSize - pending.count, rest.count)
+                    pending.append(contentsOf: rest.prefix(take))
+                    rest = rest.dropFirst(take)
+                    if pending.count == Self.chunkSize {
+                        ready.append(pending)
+                        pending = []
+                        pending.reserveCapacity(Self.chunkSize)
+                    }
+                }
+            }
+        } catch let error as CompressionError {
+            throw CacheTierError(.corrupt, "the archive is corrupt: \(error.message)", underlying: error, offset: error.offset)
+        }
+    }
+
+    private func send(_ chunk: [UInt8]) async throws {
+        do {
+            try await queue.send(chunk)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            // The writer failed: its error, mapped, is the one to report.
+            throw await writerFailure(fallback: error)
+        }
+    }
+
+    /// Ends the archive: checks the compressed stream ended cleanly, waits for the
+    /// writer, and verifies size and SHA-256.
+    public func finish() async throws -> UnpackSummary {
+        precondition(!done, "finish() called twice")
+        if decoder == nil {
+            done = true
+            queue.fail(CancellationError())
+            _ = try? await writer.value
+            let message = received == 0 ? "the archive is empty" : "the archive is only \(received) bytes long"
+            throw CacheTierError(.corrupt, message, offset: received)
+        }
+        do {
+            try decoder!.finish()
+        } catch let error as CompressionError {
+            done = true
+            queue.fail(error)
+            _ = try? await writer.value
+            throw CacheTierError(.corrupt, "the archive is corrupt: \(error.message)", underlying: error, offset: error.offset)
+        }
+        if !pending.isEmpty {
+            try await send(pending)
+            pending = []
+        }
+        done = true
+        queue.finish()
+        var summary: UnpackSummary
+        do {
+            summary = try await writer.value
+        } catch {
+            throw Self.map(error)
+        }
+        let digest = hasher.finalize().hexString
+        summary.archiveBytes = received
+        summary.archiveSHA256 = digest
+        summary.format = format?.rawValue ?? ""
+        if let expected = options.expectedSize, expected != received {
+            throw CacheTierError(
+                .corrupt, "the archive is \(received) bytes but its manifest says \(expected)", offset: received
+            )
+        }
+        if let expected = options.expectedSHA256, expected != digest {
+            throw CacheTierError(
+                .corrupt, "the archive's SHA-256 is \(digest) but \(expected) was expected: the bytes were altered in transit or at rest"
+            )
+        }
+        return summary
+    }
+
+    /// Stops the writer thread and waits for it; the staging directory keeps whatever
+    /// was written so far.
+    public func cancel() async {
+        guard !done else { return }
+        done = true
+        queue.fail(CancellationError())
+        _ = try? await writer.value
+    }
+
+    private func writerFailure(fallback: any Error) async -> any Error {
+        do {
+            _ = try await writer.value
+            return Self.map(fallback)
+        } catch {
+            return Self.map(error)
+        }
+    }
+
+    static func map(_ error: any Error) -> any Error {
+        switch error {
+        case let error as ExtractionError:
+            switch error {
+            case .corrupt(let message, let offset):
+                return CacheTierError(.corrupt, "the archive is corrupt: \(message)", underlying: error, offset: offset)
+            case .unsafe(let message, let offset), .limit(let message, let offset):
+                return CacheTierError(.corrupt, "the archive was rejected: \(message)", underlying: error, offset: offset)
+            case .io(_, let code) where code == ENOSPC || code == EDQUOT || code == EROFS:
+                return CacheTierError(.fatal, "cannot write the restored tree: \(error)", underlying: error)
+            case .io:
+                return CacheTierError(.transient, "cannot write the restored tree: \(error)", underlying: error)
+            }
+        default:
+            return error
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import Foundation
+import Synchronization
+
+/// Runs blocking work (file I/O, long CPU loops) on a thread of its own, so it never
+/// occupies one of the few threads of Swift's cooperative pool.
+enum DedicatedThread {
+    /// Runs `body` on a new thread and returns its result.
+    ///
+    /// `body` receives a flag that becomes true when the calling task is cancelled; long
+    /// loops should check it and stop.
+    static func run<Result: Sendable>(
+        name: String,
+        _ body: @escaping @Sendable (_ isCancelled: CancellationFlag) throws -> Result
+    ) async throws -> Result {
+        let flag = CancellationFlag()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let thread = Thread {
+                    continuation.resume(with: Swift.Result { try body(flag) })
+                }
+                thread.name = name
+                thread.start()
+            }
+        } onCancel: {
+            flag.cancel()
+        }
+    }
+}
+
+/// Set once when the work it was handed to should stop.
+final class CancellationFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+
+    func cancel() {
+        flag.store(true, ordering: .relaxed)
+    }
+
+    var isCancelled: Bool {
+        flag.load(ordering: .relaxed)
+    }
+}
+
+/// A bounded hand-off from async code to one consumer thread.
+///
+/// The async producer suspends (never blocks) while the queue is full; the consumer
+/// thread blocks while it is empty. Either side can fail the queue, which wakes the
+/// other: the producer then throws, the consumer sees the end.
+final class ChunkQueue: @unchecked Sendable {
+    // Guarded by `condition`.
+    private let condition = NSCondition()
+    private var items: [[UInt8]] = []
+    private var head = 0
+    private var finished = false
+    private var failure: (any Error)?
+    private var waitingProducer: CheckedContinuation<Void, any Error>?
+    private let capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    private var count: Int { items.count - head }
+
+    /// Enqueues `chunk`, waiting for room.
+    /// - Throws: the error the queue was failed with.
+    func send(_ chunk: [UInt8]) async throws {
+        while try !enqueue(chunk) {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    park(continuation)
+                }
+            } onCancel: {
+                fail(CancellationError())
+            }
+        }
+    }
+
+    /// Appends `chunk` if there is room.
+    private func enqueue(_ chunk: [UInt8]) throws -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        if let failure { throw failure }
+        guard count < capacity else { return false }
+        items.append(chunk)
+        condition.signal()
+        return true
+    }
+
+    /// Parks the producer until there is room or a failure.
+    private func park(_ continuation: CheckedContinuation<Void, any Error>) {
+        condition.lock()
+        if let failure {
+            condition.unlock()
+            continuation.resume(throwing: failure)
+        } else if count < capacity {
+            condition.unlock()
+            continuation.resume()
+        } else {
+            waitingProducer = continuation
+            condition.unlock()
+        }
+    }
+
+    /// Says no more chunks will come.
+    func finish() {
+        condition.lock()
+        finished = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Stops both sides with `error`; the first failure wins.
+    func fail(_ error: any Error) {
+        condition.lock()
+        if failure == nil { failure = error }
+        let producer = waitingProducer
+        waitingProducer = nil
+        condition.broadcast()
+        condition.unlock()
+        producer?.resume(throwing: error)
+    }
+
+    /// The next chunk, blocking while none is ready; nil at the end.
+    /// - Throws: the error the queue was failed with.
+    func next() throws -> [UInt8]? {
+        condition.lock()
+        while count == 0 && !finished && failure == nil {
+            condition.wait()
+        }
+        if let failure {
+            condition.unlock()
+            throw failure
+        }
+        if count == 0 {
+            condition.unlock()
+            return nil
+        }
+        let chunk = items[head]
+        items[head] = []
+        head += 1
+        if head > 64 {
+            items.removeFirst(head)
+            head = 0
+        }
+        let producer = waitingProducer
+        waitingProducer = nil
+        condition.unlock()
+        producer?.resume()
+        return chunk
+    }
+}

@@ -1,0 +1,82 @@
+import ArgumentParser
+import CacheTiers
+import Foundation
+import Logging
+
+/// `cachetiers`: restore a dependency cache through tiers, and the tools around it.
+struct CacheTiersCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cachetiers",
+        abstract: "Restore a dependency cache (node_modules and the like) through ordered tiers.",
+        version: CacheTiersVersion.current,
+        subcommands: [PackCommand.self, UnpackCommand.self]
+    )
+}
+
+/// A failure to report as one line on stderr with exit status 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Options every command shares.
+struct LoggingOptions: ParsableArguments {
+    @Flag(name: .long, help: "Log details to stderr.")
+    var verbose = false
+
+    func makeLogger(label: String = "cachetiers") -> Logger {
+        var logger = Logger(label: label) { label in StreamLogHandler.standardError(label: label) }
+        logger.logLevel = verbose ? .debug : .warning
+        return logger
+    }
+}
+
+@main
+enum Main {
+    static func main() async {
+        do {
+            var command = try CacheTiersCommand.parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let failure as CommandFailure {
+            FileHandle.standardError.write(Data("cachetiers: \(failure)\n".utf8))
+            exit(1)
+        } catch let exit as ExitCode {
+            Foundation.exit(exit.rawValue)
+        } catch {
+            let code = CacheTiersCommand.exitCode(for: error)
+            if code == .success {
+                print(CacheTiersCommand.fullMessage(for: error))
+                exit(0)
+            }
+            FileHandle.standardError.write(Data((CacheTiersCommand.fullMessage(for: error) + "\n").utf8))
+            // Usage errors exit 2, as the command-line contract says.
+            exit(2)
+        }
+    }
+}
+
+extension Encodable {
+    /// Pretty, sorted JSON for `--json` output and reports.
+    func prettyJSON() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return String(decoding: try encoder.encode(self), as: UTF8.self)
+    }
+}
+
+/// Human-readable sizes: 1.2 MB, 340 KB.
+func formatBytes(_ bytes: Int64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1000 && unit < units.count - 1 {
+        value /= 1000
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
