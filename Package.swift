@@ -57,6 +57,8 @@ let package = Package(
             name: "CacheTiersTests",
             dependencies: [
                 "CacheTiers",
+                // Built so the end-to-end tests can run the real command.
+                "cachetiers",
                 "CacheTiersTesting",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "SystemPackage", package: "swift-system"),

@@ -1,0 +1,395 @@
+import CacheTiers
+import CacheTiersTesting
+import Foundation
+import Logging
+import SystemPackage
+import Testing
+
+/// Pack and unpack against GNU tar, and the guarantees a restore gives on bad input.
+@Suite struct ArchiveInteroperabilityTests {
+    let logger = Logger(label: "test")
+
+    @Test func gnuTarRestoresExactlyWhatWePack() async throws {
+        let scratch = try TemporaryDirectory(prefix: "interop")
+        defer { scratch.remove() }
+        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 600)
+        let archive = scratch.path.appending("ours.tar.zst")
+        let manifest = try await ArchivePacker().pack(tree, key: CacheKey("interop"), to: archive, logger: logger)
+        let out = try scratch.makeDirectory("gnu")
+        let untar = try Fixtures.run(["tar", "--zstd", "-xf", archive.string, "-C", out.string])
+        #expect(untar.status == 0, "\(untar.stderr)")
+        #expect(untar.stderr.isEmpty, "GNU tar warned: \(untar.stderr)")
+        let expected = try TreeSnapshot(of: tree)
+        #expect(try TreeSnapshot(of: out).differences(from: expected, comparingTimes: true) == [])
+        #expect(manifest.entryCount == expected.entries.count)
+        #expect(manifest.archiveSize == Int64(try Data(contentsOf: URL(fileURLWithPath: archive.string)).count))
+    }
+
+    @Test func weRestoreExactlyWhatGNUTarPacks() async throws {
+        let scratch = try TemporaryDirectory(prefix: "interop")
+        defer { scratch.remove() }
+        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 600, seed: 2)
+        // A hard link too, which make-corpus does not make.
+        try FileManager.default.linkItem(
+            atPath: tree.appending(".bin").string + "/../" + (try firstFile(in: tree)),
+            toPath: tree.appending("hard-linked.js").string
+        )
+        let archive = scratch.path.appending("gnu.tar.zst")
+        let tar = try Fixtures.run(["tar", "--zstd", "-cf", archive.string, "-C", tree.string, "."])
+        #expect(tar.status == 0, "\(tar.stderr)")
+        let destination = scratch.path.appending("restored")
+        let summary = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        #expect(summary.hardLinks == 1)
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree), comparingTimes: true) == [])
+    }
+
+    @Test func pipedZstdMultiFrameOutputRestores() async throws {
+        let scratch = try TemporaryDirectory(prefix: "interop")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 40)
+        let archive = scratch.path.appending("piped.tar.zst")
+        // -T0 with a small job size writes several frames; --long needs no extra flags to read.
+        let pipe = try Fixtures.run([
+            "sh", "-c", "tar -cf - -C '\(tree.string)' . | zstd -q -T0 --long=27 -B256K -19 -o '\(archive.string)'",
+        ])
+        #expect(pipe.status == 0, "\(pipe.stderr)")
+        let destination = scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
+    }
+
+    @Test func aPlainTarArchiveIsDetectedAndRestored() async throws {
+        let scratch = try TemporaryDirectory(prefix: "interop")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree)
+        let archive = scratch.path.appending("plain.tar")
+        #expect(try Fixtures.run(["tar", "-cf", archive.string, "-C", tree.string, "."]).status == 0)
+        let destination = scratch.path.appending("restored")
+        let summary = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        #expect(summary.format == "identity")
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
+    }
+
+    @Test func deterministicPacksAreByteIdentical() async throws {
+        let scratch = try TemporaryDirectory(prefix: "determinism")
+        defer { scratch.remove() }
+        let first = scratch.path.appending("one")
+        let second = scratch.path.appending("two")
+        try SampleTree.write(to: first, seed: 5)
+        try SampleTree.write(to: second, seed: 5)  // same contents, later mtimes
+        let packer = ArchivePacker(options: .init(deterministic: true, fixedModificationTime: 1_700_000_000))
+        let key = try CacheKey("same")
+        let a = try await packer.pack(first, key: key, to: scratch.path.appending("a.tar.zst"), logger: logger)
+        let b = try await packer.pack(second, key: key, to: scratch.path.appending("b.tar.zst"), logger: logger)
+        #expect(a.archiveSHA256 == b.archiveSHA256)
+        #expect(a.archiveSize == b.archiveSize)
+    }
+
+    @Test func aRestoreFromChunksOfAnySizeIsIdentical() async throws {
+        let scratch = try TemporaryDirectory(prefix: "streaming")
+        defer { scratch.remove() }
+        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 300, seed: 3)
+        let archive = scratch.path.appending("a.tar.zst")
+        let manifest = try await ArchivePacker().pack(tree, key: CacheKey("stream"), to: archive, logger: logger)
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: archive.string)))
+
+        // Network-shaped input: uneven chunks, some a single byte, arriving over time.
+        var generator = SystemRandomNumberGenerator()
+        var plan: [Int] = []
+        var total = 0
+        while total < bytes.count {
+            let size = min(bytes.count - total, Bool.random(using: &generator) ? Int.random(in: 1...3) : Int.random(in: 1...70_000))
+            plan.append(size)
+            total += size
+        }
+        let sizes = plan
+        let chunks = AsyncStream<[UInt8]> { continuation in
+            Task {
+                var offset = 0
+                for size in sizes {
+                    continuation.yield(Array(bytes[offset..<(offset + size)]))
+                    offset += size
+                    if offset % 7 == 0 { await Task.yield() }
+                }
+                continuation.finish()
+            }
+        }
+        let staging = try scratch.makeDirectory("staging")
+        let progress = TransferProgress()
+        let summary = try await ArchiveUnpacker(options: .init(expectedSHA256: manifest.archiveSHA256))
+            .unpack(chunks, into: staging, progress: progress)
+        #expect(summary.archiveSHA256 == manifest.archiveSHA256)
+        #expect(progress.snapshot.completed == Int64(bytes.count))
+        #expect(try TreeSnapshot(of: staging).differences(from: TreeSnapshot(of: tree), comparingTimes: true) == [])
+    }
+
+    private func firstFile(in tree: FilePath) throws -> String {
+        let enumerator = FileManager.default.enumerator(atPath: tree.string)!
+        while let path = enumerator.nextObject() as? String {
+            if path.hasSuffix(".js"), !path.hasPrefix(".bin") { return path }
+        }
+        throw FixtureError("no .js file in the corpus")
+    }
+}
+
+/// Every kind of bad archive is refused, the destination is untouched, and nothing is
+/// written outside it.
+@Suite struct SafeExtractionTests {
+    let logger = Logger(label: "test")
+
+    /// A scratch folder with a destination holding a tree, and a sibling that must stay empty.
+    struct Setting {
+        let scratch: TemporaryDirectory
+        let destination: FilePath
+        let outside: FilePath
+        let before: TreeSnapshot
+
+        init() throws {
+            scratch = try TemporaryDirectory(prefix: "safety")
+            let work = try scratch.makeDirectory("work")
+            destination = work.appending("node_modules")
+            try SampleTree.write(to: destination, seed: 3, files: 4)
+            before = try TreeSnapshot(of: destination)
+            outside = try scratch.makeDirectory("outside")
+        }
+
+        /// Checks the promises: destination as it was, no staging left, nothing outside.
+        func expectUntouched() throws -> [String] {
+            var problems = try TreeSnapshot(of: destination).differences(from: before)
+            let siblings = try FileManager.default.contentsOfDirectory(atPath: destination.removingLastComponent().string)
+            if siblings != ["node_modules"] { problems.append("left behind: \(siblings)") }
+            let escaped = try FileManager.default.contentsOfDirectory(atPath: outside.string)
+            if !escaped.isEmpty { problems.append("written outside: \(escaped)") }
+            let top = try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).sorted()
+            if top != ["outside", "work"] { problems.append("written beside the work folder: \(top)") }
+            return problems
+        }
+    }
+
+    static let hostile: [(String, @Sendable (inout CraftedTar) -> Void)] = [
+        ("absolute path", { $0.add("/tmp/cachetiers-evil", contents: Array("x".utf8)) }),
+        ("dot-dot component", { $0.add("../../outside/evil", contents: Array("x".utf8)) }),
+        ("dot-dot in the middle", { $0.add("pkg/../../../outside/evil", contents: Array("x".utf8)) }),
+        ("write through a symlink to outside", {
+            $0.add("link", kind: .symlink, link: "../../outside")
+            $0.add("link/evil", contents: Array("x".utf8))
+        }),
+        ("write through an inner symlink", {
+            $0.add("pkg/", kind: .directory, mode: 0o755)
+            $0.add("pkg/up", kind: .symlink, link: "..")
+            $0.add("pkg/up/../../outside/evil", contents: Array("x".utf8))
+        }),
+        ("file below a symlink to a directory inside", {
+            $0.add("real/", kind: .directory, mode: 0o755)
+            $0.add("alias", kind: .symlink, link: "real")
+            $0.add("alias/evil", contents: Array("x".utf8))
+        }),
+        ("absolute symlink", { $0.add("etc", kind: .symlink, link: "/etc") }),
+        ("symlink escaping the tree", { $0.add("a/b", kind: .symlink, link: "../../escape") }),
+        ("symlink climbing after descending", { $0.add("a", kind: .symlink, link: "b/../../x") }),
+        ("hard link outside", { $0.add("passwd", kind: .hardLink, link: "/etc/passwd") }),
+        ("hard link to a path not in the archive", { $0.add("copy", kind: .hardLink, link: "../outside/x") }),
+        ("character device", { $0.add("null", kind: .characterDevice) }),
+        ("block device", { $0.add("sda", kind: .blockDevice) }),
+        ("FIFO", { $0.add("pipe", kind: .fifo) }),
+    ]
+
+    @Test(arguments: 0..<hostile.count)
+    func hostileEntriesAreRejected(_ index: Int) async throws {
+        let (name, build) = Self.hostile[index]
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        tar.add("ok.js", contents: Array("fine\n".utf8))
+        build(&tar)
+        tar.add("after.js", contents: Array("after\n".utf8))
+        tar.end()
+        let archive = setting.scratch.path.appending("hostile.tar.zst")
+        try tar.write(to: archive)
+        defer { try? FileManager.default.removeItem(atPath: archive.string) }
+
+        let error = await #expect(throws: CacheTierError.self, "\(name)") {
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.kind == .corrupt, "\(name): \(String(describing: error))")
+        #expect(error?.message.contains("rejected") == true, "\(name): \(String(describing: error))")
+        try? FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [], "\(name)")
+    }
+
+    @Test func setuidAndSetgidBitsAreStripped() async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        tar.add("bin/tool", contents: Array("#!/bin/sh\n".utf8), mode: 0o6755)
+        tar.add("sticky/", kind: .directory, mode: 0o1777)
+        tar.end()
+        let archive = setting.scratch.path.appending("suid.tar.zst")
+        try tar.write(to: archive)
+        let restored = setting.scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
+        let snapshot = try TreeSnapshot(of: restored)
+        #expect(snapshot.entries["bin/tool"] == .file(mode: 0o755, contents: Array("#!/bin/sh\n".utf8)))
+        #expect(snapshot.entries["sticky"] == .directory(mode: 0o777))
+    }
+
+    @Test(arguments: [
+        ("entries", ExtractionLimits(maxEntries: 3)),
+        ("bytes", ExtractionLimits(maxTotalBytes: 1000)),
+        ("path length", ExtractionLimits(maxPathLength: 30)),
+    ])
+    func limitsStopABombEarly(_ name: String, _ limits: ExtractionLimits) async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        for index in 0..<10 {
+            tar.add("a-rather-long-directory-name/file-\(index).js", contents: [UInt8](repeating: 0x41, count: 600))
+        }
+        tar.end()
+        let archive = setting.scratch.path.appending("bomb.tar.zst")
+        try tar.write(to: archive)
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker(options: .init(limits: limits))
+                .unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.message.contains("limit") == true, "\(name): \(String(describing: error))")
+        try FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [])
+    }
+
+    /// A packed archive, and its bytes, for the damage tests.
+    func packedArchive(in setting: Setting) async throws -> (FilePath, CacheManifest, [UInt8]) {
+        let tree = setting.scratch.path.appending("source")
+        try SampleTree.write(to: tree, seed: 11, files: 60)
+        let archive = setting.scratch.path.appending("good.tar.zst")
+        let manifest = try await ArchivePacker().pack(tree, key: CacheKey("damage"), to: archive, logger: logger)
+        try FileManager.default.removeItem(atPath: tree.string)
+        return (archive, manifest, [UInt8](try Data(contentsOf: URL(fileURLWithPath: archive.string))))
+    }
+
+    @Test(arguments: [0.1, 0.5, 0.9, 0.999])
+    func truncatedArchivesAreCorrupt(_ fraction: Double) async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        let (archive, _, bytes) = try await packedArchive(in: setting)
+        let cut = Int(Double(bytes.count) * fraction)
+        try Data(bytes[..<cut]).write(to: URL(fileURLWithPath: archive.string))
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.kind == .corrupt)
+        #expect(error?.message.contains("truncated") == true, "\(String(describing: error))")
+        #expect(error?.offset != nil)
+        try FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [])
+    }
+
+    @Test(arguments: [0.02, 0.3, 0.6, 0.97])
+    func aFlippedByteAnywhereIsCorrupt(_ fraction: Double) async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        let (archive, _, original) = try await packedArchive(in: setting)
+        var bytes = original
+        let index = max(4, Int(Double(bytes.count) * fraction))  // keep the magic number intact
+        bytes[index] ^= 0x5A
+        try Data(bytes).write(to: URL(fileURLWithPath: archive.string))
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.kind == .corrupt, "\(String(describing: error))")
+        try FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [])
+    }
+
+    @Test func aSHA256MismatchIsCorrupt() async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        let (archive, manifest, _) = try await packedArchive(in: setting)
+        let wrong = String(manifest.archiveSHA256.reversed())
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker(options: .init(expectedSHA256: wrong))
+                .unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.kind == .corrupt)
+        #expect(error?.message.contains("SHA-256") == true)
+        try FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [])
+    }
+
+    @Test func aGzipArchiveGetsAnActionableError() async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        let archive = setting.scratch.path.appending("old.tar.gz")
+        #expect(try Fixtures.run(["sh", "-c", "tar -czf '\(archive.string)' -C '\(setting.destination.string)' ."]).status == 0)
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.message.contains("gzip") == true)
+        #expect(error?.message.contains("repack") == true)
+        try FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [])
+    }
+}
+
+@Suite struct CodecTests {
+    func roundTrip(_ codec: any CompressionCodec, _ input: [UInt8], feed: Int) throws -> [UInt8] {
+        let encoder = try codec.makeEncoder()
+        var compressed: [UInt8] = []
+        var offset = 0
+        while offset < input.count {
+            let end = min(offset + feed, input.count)
+            try input[offset..<end].withUnsafeBytes { try encoder.encode($0) { compressed += $0 } }
+            offset = end
+        }
+        try encoder.finish { compressed += $0 }
+        let decoder = try codec.makeDecoder()
+        var output: [UInt8] = []
+        offset = 0
+        while offset < compressed.count {
+            let end = min(offset + 777, compressed.count)
+            try compressed[offset..<end].withUnsafeBytes { try decoder.decode($0) { output += $0 } }
+            offset = end
+        }
+        try decoder.finish()
+        return output
+    }
+
+    static let input: [UInt8] = (0..<300_000).map { UInt8(truncatingIfNeeded: ($0 * 31) ^ ($0 >> 7)) }
+
+    @Test(arguments: [-5, 1, 3, 9, 19])
+    func zstdRoundTripsAtEveryLevel(_ level: Int) throws {
+        #expect(try roundTrip(ZstdCodec(level: level, threads: 2), Self.input, feed: 65_536) == Self.input)
+    }
+
+    @Test func zstdRoundTripsWithLongDistanceMatching() throws {
+        #expect(try roundTrip(ZstdCodec(level: 3, threads: 1, longDistanceWindowLog: 24), Self.input, feed: 1000) == Self.input)
+    }
+
+    @Test func identityPassesBytesThrough() throws {
+        #expect(try roundTrip(IdentityCodec(), Self.input, feed: 4096) == Self.input)
+    }
+
+    @Test func anOutOfRangeLevelIsRefusedWithTheRange() {
+        #expect {
+            _ = try ZstdCodec(level: 42).makeEncoder()
+        } throws: { error in
+            "\(error)".contains("out of range")
+        }
+    }
+
+    @Test func aTruncatedFrameIsReportedWithItsOffset() throws {
+        let encoder = try ZstdCodec(level: 1, threads: 1).makeEncoder()
+        var compressed: [UInt8] = []
+        try Self.input.withUnsafeBytes { try encoder.encode($0) { compressed += $0 } }
+        try encoder.finish { compressed += $0 }
+        let decoder = try ZstdCodec().makeDecoder()
+        try compressed.dropLast(5).withUnsafeBytes { try decoder.decode($0) { _ in } }
+        #expect {
+            try decoder.finish()
+        } throws: { error in
+            (error as? CompressionError)?.offset == Int64(compressed.count - 5) && "\(error)".contains("truncated")
+        }
+    }
+}

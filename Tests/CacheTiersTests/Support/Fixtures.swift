@@ -1,0 +1,138 @@
+import CacheTiers
+import CacheTiersTesting
+import Foundation
+import SystemPackage
+
+/// Paths and tools the tests share: the repository, the corpus generator, the CLI.
+enum Fixtures {
+    /// The repository's root folder.
+    static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// `make-corpus` from the shared tools beside the repository (CACHETIERS_MAKE_CORPUS overrides).
+    static var makeCorpusTool: String {
+        ProcessInfo.processInfo.environment["CACHETIERS_MAKE_CORPUS"]
+            ?? repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared/tools/make-corpus").path
+    }
+
+    /// Writes a node_modules-like tree with the shared corpus generator.
+    /// - Returns: the `node_modules` folder it made.
+    static func makeCorpus(in folder: FilePath, files: Int, seed: Int = 1) throws -> FilePath {
+        let tool = makeCorpusTool
+        guard FileManager.default.fileExists(atPath: tool) else {
+            throw FixtureError("the corpus generator is not at \(tool); set CACHETIERS_MAKE_CORPUS to its path")
+        }
+        let result = try run(["python3", tool, folder.string, "--files", "\(files)", "--seed", "\(seed)"])
+        guard result.status == 0 else { throw FixtureError("make-corpus failed: \(result.stderr)") }
+        return folder.appending("node_modules")
+    }
+
+    /// The `cachetiers` executable built beside the tests (CACHETIERS_BINARY overrides).
+    static var cliPath: String {
+        ProcessInfo.processInfo.environment["CACHETIERS_BINARY"]
+            ?? repositoryRoot.appendingPathComponent(".build/debug/cachetiers").path
+    }
+
+    struct ProcessResult {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Runs a program (looked up on PATH) to completion.
+    @discardableResult
+    static func run(_ arguments: [String], in directory: FilePath? = nil, environment: [String: String]? = nil) throws
+        -> ProcessResult
+    {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory.string) }
+        if let environment { process.environment = environment }
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        // Read before waiting so a chatty child cannot fill the pipe and block.
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return ProcessResult(
+            status: process.terminationStatus,
+            stdout: String(decoding: stdout, as: UTF8.self),
+            stderr: String(decoding: stderr, as: UTF8.self)
+        )
+    }
+
+    /// Runs the `cachetiers` command.
+    static func cli(_ arguments: [String], in directory: FilePath? = nil) throws -> ProcessResult {
+        let binary = cliPath
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw FixtureError("the cachetiers binary is not at \(binary); run `swift build` first")
+        }
+        return try run([binary] + arguments, in: directory)
+    }
+}
+
+struct FixtureError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Builds tar archives byte by byte, including the hostile ones a safe extractor must
+/// refuse. Independent of the library's own tar writer on purpose.
+struct CraftedTar {
+    private(set) var bytes: [UInt8] = []
+
+    enum Kind: UInt8 {
+        case file = 0x30, hardLink = 0x31, symlink = 0x32, characterDevice = 0x33, blockDevice = 0x34
+        case directory = 0x35, fifo = 0x36, pax = 0x78, gnuLongName = 0x4C
+    }
+
+    mutating func add(_ name: String, kind: Kind = .file, contents: [UInt8] = [], link: String = "", mode: Int = 0o644) {
+        var block = [UInt8](repeating: 0, count: 512)
+        func put(_ text: [UInt8], _ offset: Int, _ width: Int) {
+            for (i, byte) in text.prefix(width).enumerated() { block[offset + i] = byte }
+        }
+        func octal(_ value: Int, _ offset: Int, _ width: Int) {
+            let digits = String(value, radix: 8)
+            put(Array((String(repeating: "0", count: max(0, width - 1 - digits.count)) + digits).utf8), offset, width - 1)
+        }
+        put(Array(name.utf8), 0, 100)
+        octal(mode, 100, 8)
+        octal(0, 108, 8)
+        octal(0, 116, 8)
+        octal(contents.count, 124, 12)
+        octal(1_700_000_000, 136, 12)
+        block[156] = kind.rawValue
+        put(Array(link.utf8), 157, 100)
+        put(Array("ustar\u{0}00".utf8), 257, 8)
+        for i in 148..<156 { block[i] = 0x20 }
+        let sum = block.reduce(0) { $0 + Int($1) }
+        put(Array((String(repeating: "0", count: 6 - String(sum, radix: 8).count) + String(sum, radix: 8)).utf8), 148, 6)
+        block[154] = 0
+        bytes += block
+        bytes += contents
+        if contents.count % 512 != 0 { bytes += [UInt8](repeating: 0, count: 512 - contents.count % 512) }
+    }
+
+    mutating func end() {
+        bytes += [UInt8](repeating: 0, count: 1024)
+    }
+
+    /// Writes the archive, compressed with zstd unless `compressed` is false.
+    func write(to path: FilePath, compressed: Bool = true) throws {
+        var output = bytes
+        if compressed {
+            let encoder = try ZstdCodec(level: 3, threads: 1).makeEncoder()
+            var compressedBytes: [UInt8] = []
+            try bytes.withUnsafeBytes { input in
+                try encoder.encode(input) { compressedBytes.append(contentsOf: $0) }
+            }
+            try encoder.finish { compressedBytes.append(contentsOf: $0) }
+            output = compressedBytes
+        }
+        try Data(output).write(to: URL(fileURLWithPath: path.string))
+    }
+}
