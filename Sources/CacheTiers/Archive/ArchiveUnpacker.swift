@@ -52,7 +52,25 @@ public struct ArchiveUnpacker: Sendable {
             )
         }
         defer { close(descriptor) }
-        return try await unpack(FileChunks(descriptor: descriptor), into: staging, progress: progress)
+        let session = UnpackSession(into: staging, options: options, progress: progress)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        do {
+            while true {
+                let count = read(descriptor, buffer.baseAddress, buffer.count)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    throw CacheTierError(.transient, "cannot read the archive \(archive): \(String(cString: strerror(errno)))")
+                }
+                if count == 0 { break }
+                // The session copies what it keeps before it suspends, so one buffer serves every read.
+                try await session.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+            }
+            return try await session.finish()
+        } catch {
+            await session.cancel()
+            throw error
+        }
     }
 
     /// Unpacks `archive` into a staging directory beside `destination`, then swaps it
@@ -70,32 +88,5 @@ public struct ArchiveUnpacker: Sendable {
             staging.discard(directory, logger: logger)
             throw error
         }
-    }
-}
-
-/// The chunks of an open file, read 1 MiB at a time.
-struct FileChunks: AsyncSequence, Sendable {
-    let descriptor: Int32
-
-    struct AsyncIterator: AsyncIteratorProtocol {
-        let descriptor: Int32
-
-        mutating func next() async throws -> [UInt8]? {
-            var chunk = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    throw CacheTierError(.transient, "cannot read the archive: \(String(cString: strerror(errno)))")
-                }
-                if count == 0 { return nil }
-                chunk.removeSubrange(count...)
-                return chunk
-            }
-        }
-    }
-
-    func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(descriptor: descriptor)
     }
 }

@@ -47,8 +47,10 @@ final class TarExtractor {
     private var pendingLongLink: String?
     private var currentFile: PendingFile?
 
-    /// Everything created so far, by relative path; parents are verified against it.
-    private var created: [String: TarEntryKind] = [:]
+    /// Directories and symlinks created so far, by relative path. Parents are verified
+    /// against them; files are checked on disk when needed, which keeps memory small.
+    private var directories: Set<String> = []
+    private var symlinks: Set<String> = []
     private var lastVerifiedParent = ""
     private var directoryAttributes: [String: (mode: UInt32, mtime: Int64)] = [:]
 
@@ -307,19 +309,23 @@ final class TarExtractor {
         if path.hasPrefix("/") {
             throw .unsafe("the entry '\(path)' has an absolute path; archives must hold relative paths", offset: offset)
         }
-        if path.utf8.contains(0) {
+        let relative: String
+        if isCanonical(path) {
+            relative = path
+        } else {
+            var components: [Substring] = []
+            for component in path.split(separator: "/", omittingEmptySubsequences: true) where component != "." {
+                if component == ".." {
+                    throw .unsafe("the entry '\(path)' has a '..' component that could escape the destination", offset: offset)
+                }
+                components.append(component)
+            }
+            if components.isEmpty { return nil }
+            relative = components.joined(separator: "/")
+        }
+        if relative.utf8.contains(0) {
             throw .unsafe("the entry '\(path)' has a NUL byte in its path", offset: offset)
         }
-        var components: [Substring] = []
-        for component in path.split(separator: "/", omittingEmptySubsequences: true) {
-            if component == "." { continue }
-            if component == ".." {
-                throw .unsafe("the entry '\(path)' has a '..' component that could escape the destination", offset: offset)
-            }
-            components.append(component)
-        }
-        if components.isEmpty { return nil }
-        let relative = components.joined(separator: "/")
         guard relative.utf8.count <= limits.maxPathLength else {
             throw .limit(
                 "the entry path '\(relative.prefix(80))…' is \(relative.utf8.count) bytes; the limit is \(limits.maxPathLength)",
@@ -327,6 +333,23 @@ final class TarExtractor {
             )
         }
         return relative
+    }
+
+    /// Whether `path` has no empty, `.` or `..` component (the common case, checked without allocating).
+    private func isCanonical(_ path: String) -> Bool {
+        var componentLength = 0
+        var dots = 0
+        for byte in path.utf8 {
+            if byte == UInt8(ascii: "/") {
+                if componentLength == 0 || componentLength == dots { return false }
+                componentLength = 0
+                dots = 0
+            } else {
+                componentLength += 1
+                if byte == UInt8(ascii: ".") { dots += 1 }
+            }
+        }
+        return componentLength > 0 && !(componentLength == dots && dots <= 2)
     }
 
     /// Makes sure every ancestor of `relative` is a directory this extraction created,
@@ -339,20 +362,21 @@ final class TarExtractor {
         while true {
             let next = parent[prefixEnd...].firstIndex(of: "/") ?? parent.endIndex
             let ancestor = String(parent[..<next])
-            switch created[ancestor] {
-            case .directory?:
-                break
-            case nil:
-                let full = root + "/" + ancestor
-                if mkdir(full, 0o755) != 0 && errno != EEXIST {
-                    throw .io("cannot create the directory \(ancestor)", errno: errno)
+            if !directories.contains(ancestor) {
+                if symlinks.contains(ancestor) {
+                    throw .unsafe("the entry '\(relative)' would be written through the symlink '\(ancestor)'", offset: offset)
                 }
-                created[ancestor] = .directory
+                if mkdir(root + "/" + ancestor, 0o755) != 0 {
+                    let code = errno
+                    guard code == EEXIST, kind(of: ancestor) == S_IFDIR else {
+                        if code == EEXIST {
+                            throw .unsafe("the entry '\(relative)' would be written below the file '\(ancestor)'", offset: offset)
+                        }
+                        throw .io("cannot create the directory \(ancestor)", errno: code)
+                    }
+                }
+                directories.insert(ancestor)
                 summary.directories += 1
-            case .symlink?:
-                throw .unsafe("the entry '\(relative)' would be written through the symlink '\(ancestor)'", offset: offset)
-            case .file?, .hardLink?:
-                throw .unsafe("the entry '\(relative)' would be written below the file '\(ancestor)'", offset: offset)
             }
             if next == parent.endIndex { break }
             prefixEnd = parent.index(after: next)
@@ -360,30 +384,37 @@ final class TarExtractor {
         lastVerifiedParent = parent
     }
 
-    /// Clears the way for a new entry at `relative`, which an earlier entry may hold.
-    private func replaceExisting(_ relative: String, with kind: TarEntryKind) throws(ExtractionError) {
-        guard let existing = created[relative] else { return }
-        if existing == .directory {
-            if kind == .directory { return }
+    /// The file type bits of what is at `relative` (not following a symlink), or 0.
+    private func kind(of relative: String) -> mode_t {
+        var info = stat()
+        guard lstat(root + "/" + relative, &info) == 0 else { return 0 }
+        return info.st_mode & S_IFMT
+    }
+
+    /// Removes an earlier entry at `relative` (archives may repeat a path); never a directory.
+    private func removeEarlierEntry(_ relative: String) throws(ExtractionError) {
+        if directories.contains(relative) || kind(of: relative) == S_IFDIR {
             throw .unsafe("the entry '\(relative)' would replace a directory of the same name", offset: offset)
         }
         if unlink(root + "/" + relative) != 0 && errno != ENOENT {
             throw .io("cannot replace \(relative)", errno: errno)
         }
-        created[relative] = nil
-        if lastVerifiedParent == relative || lastVerifiedParent.hasPrefix(relative + "/") { lastVerifiedParent = "" }
+        symlinks.remove(relative)
     }
 
     // MARK: entries
 
     private func makeDirectory(_ relative: String, mode: UInt32, mtime: Int64) throws(ExtractionError) {
         try prepareParent(of: relative)
-        try replaceExisting(relative, with: .directory)
-        if created[relative] == nil {
-            if mkdir(root + "/" + relative, 0o755) != 0 && errno != EEXIST {
-                throw .io("cannot create the directory \(relative)", errno: errno)
+        if !directories.contains(relative) {
+            if mkdir(root + "/" + relative, 0o755) != 0 {
+                guard errno == EEXIST else { throw .io("cannot create the directory \(relative)", errno: errno) }
+                if unlink(root + "/" + relative) != 0 || mkdir(root + "/" + relative, 0o755) != 0 {
+                    throw .io("cannot replace \(relative) with a directory", errno: errno)
+                }
+                symlinks.remove(relative)
             }
-            created[relative] = .directory
+            directories.insert(relative)
             summary.directories += 1
         }
         // Stay writable while extracting; the archived mode is applied at the end.
@@ -392,11 +423,14 @@ final class TarExtractor {
 
     private func createFile(_ relative: String, mode: UInt32) throws(ExtractionError) -> Int32 {
         try prepareParent(of: relative)
-        try replaceExisting(relative, with: .file)
-        let permissions = mode & 0o777
-        let descriptor = open(root + "/" + relative, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(permissions))
+        let permissions = mode_t(mode & 0o777)
+        let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        var descriptor = open(root + "/" + relative, flags, permissions)
+        if descriptor < 0 && errno == EEXIST {
+            try removeEarlierEntry(relative)
+            descriptor = open(root + "/" + relative, flags, permissions)
+        }
         guard descriptor >= 0 else { throw .io("cannot create \(relative)", errno: errno) }
-        created[relative] = .file
         return descriptor
     }
 
@@ -420,11 +454,14 @@ final class TarExtractor {
     private func makeSymlink(_ relative: String, target: String) throws(ExtractionError) {
         try checkSymlinkTarget(relative, target)
         try prepareParent(of: relative)
-        try replaceExisting(relative, with: .symlink)
-        guard symlink(target, root + "/" + relative) == 0 else {
-            throw .io("cannot create the symlink \(relative)", errno: errno)
+        if symlink(target, root + "/" + relative) != 0 {
+            guard errno == EEXIST else { throw .io("cannot create the symlink \(relative)", errno: errno) }
+            try removeEarlierEntry(relative)
+            guard symlink(target, root + "/" + relative) == 0 else {
+                throw .io("cannot create the symlink \(relative)", errno: errno)
+            }
         }
-        created[relative] = .symlink
+        symlinks.insert(relative)
     }
 
     /// Accepts relative targets whose `..` components all lead (`../pkg/bin/x`) and do
@@ -458,18 +495,24 @@ final class TarExtractor {
     }
 
     private func makeHardLink(_ relative: String, target: String) throws(ExtractionError) {
-        guard let source = try sanitize(target), created[source] == .file else {
-            throw .unsafe(
-                "the hard link '\(relative)' points to '\(target)', which is not a file extracted earlier from this archive",
-                offset: offset
-            )
+        let rejection = ExtractionError.unsafe(
+            "the hard link '\(relative)' points to '\(target)', which is not a file extracted earlier from this archive",
+            offset: offset
+        )
+        guard target.utf8.first != UInt8(ascii: "/"), let source = try? sanitize(target) else { throw rejection }
+        // The source's parents must be directories made here, so link(2) follows no symlink.
+        if let slash = source.utf8.lastIndex(of: UInt8(ascii: "/")) {
+            guard directories.contains(String(source[..<slash])) else { throw rejection }
         }
+        guard kind(of: source) == S_IFREG else { throw rejection }
         try prepareParent(of: relative)
-        try replaceExisting(relative, with: .hardLink)
-        guard link(root + "/" + source, root + "/" + relative) == 0 else {
-            throw .io("cannot create the hard link \(relative)", errno: errno)
+        if link(root + "/" + source, root + "/" + relative) != 0 {
+            guard errno == EEXIST else { throw .io("cannot create the hard link \(relative)", errno: errno) }
+            try removeEarlierEntry(relative)
+            guard link(root + "/" + source, root + "/" + relative) == 0 else {
+                throw .io("cannot create the hard link \(relative)", errno: errno)
+            }
         }
-        created[relative] = .hardLink
     }
 
     private func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) throws(ExtractionError) {

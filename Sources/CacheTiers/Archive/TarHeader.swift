@@ -114,10 +114,15 @@ enum TarHeaderEncoder {
             func put(_ bytes: [UInt8], at offset: Int, width: Int) {
                 for (i, byte) in bytes.prefix(width).enumerated() { block[offset + i] = byte }
             }
+            /// Zero-padded octal in `width - 1` digits and a NUL, written without allocating.
             func octal(_ value: Int64, at offset: Int, width: Int) {
-                let digits = Array(String(value, radix: 8).utf8)
-                let padded = Array(repeating: UInt8(ascii: "0"), count: max(0, width - 1 - digits.count)) + digits
-                put(padded, at: offset, width: width - 1)
+                var remaining = value
+                var index = offset + width - 2
+                while index >= offset {
+                    block[index] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: remaining & 7)
+                    remaining >>= 3
+                    index -= 1
+                }
             }
             put(name, at: 0, width: 100)
             octal(Int64(mode), at: 100, width: 8)
@@ -131,9 +136,7 @@ enum TarHeaderEncoder {
             put(prefix, at: 345, width: 155)
             for i in 148..<156 { block[i] = UInt8(ascii: " ") }
             let sum = block.reduce(0) { $0 + Int64($1) }
-            let digits = Array(String(sum, radix: 8).utf8)
-            let padded = Array(repeating: UInt8(ascii: "0"), count: max(0, 6 - digits.count)) + digits
-            put(padded, at: 148, width: 6)
+            octal(sum, at: 148, width: 7)  // six digits, a NUL, a space
             block[154] = 0
             block[155] = UInt8(ascii: " ")
         }

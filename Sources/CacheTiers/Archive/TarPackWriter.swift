@@ -60,10 +60,12 @@ final class TarPackWriter {
     }
 
     func run() throws -> Result {
-        var info = stat()
-        guard lstat(root, &info) == 0 else { throw PackError.io("cannot read \(root)", errno: errno) }
-        guard info.st_mode & S_IFMT == S_IFDIR else { throw PackError.notADirectory(root) }
-        try walk("")
+        let rootDescriptor = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard rootDescriptor >= 0 else {
+            if errno == ENOTDIR { throw PackError.notADirectory(root) }
+            throw PackError.io("cannot open \(root)", errno: errno)
+        }
+        try walk(rootDescriptor, "")
         // End of archive: two zero blocks.
         header.removeAll(keepingCapacity: true)
         header.append(contentsOf: repeatElement(0, count: 2 * TarHeaderEncoder.blockSize))
@@ -76,14 +78,25 @@ final class TarPackWriter {
         )
     }
 
-    private func walk(_ relative: String) throws {
-        if cancellation?.isCancelled == true { throw CancellationError() }
-        let directory = relative.isEmpty ? root : root + "/" + relative
-        for name in try listDirectory(directory) {
+    /// Archives the entries of the open directory `descriptor` (which it closes), named
+    /// relative to the root. Everything is opened relative to its directory, so the
+    /// kernel never walks a long path twice.
+    private func walk(_ descriptor: Int32, _ relative: String) throws {
+        if cancellation?.isCancelled == true {
+            close(descriptor)
+            throw CancellationError()
+        }
+        guard let handle = fdopendir(descriptor) else {
+            close(descriptor)
+            throw PackError.io("cannot list \(relative.isEmpty ? root : relative)", errno: errno)
+        }
+        defer { closedir(handle) }
+        for name in try listDirectory(handle, relative) {
             let path = relative.isEmpty ? name : relative + "/" + name
-            let full = root + "/" + path
             var info = stat()
-            guard lstat(full, &info) == 0 else { throw PackError.io("cannot read \(path)", errno: errno) }
+            guard fstatat(descriptor, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
+                throw PackError.io("cannot read \(path)", errno: errno)
+            }
             let mtime = options.fixedModificationTime ?? Int64(info.st_mtim.tv_sec)
             var entry = TarEntry(
                 path: path, kind: .file, mode: UInt32(info.st_mode & 0o7777), size: 0, modificationTime: mtime,
@@ -94,7 +107,9 @@ final class TarPackWriter {
                 entry.kind = .directory
                 entry.path = path + "/"
                 try appendHeader(entry)
-                try walk(path)
+                let child = openat(descriptor, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard child >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
+                try walk(child, path)
             case S_IFREG:
                 let inode = Inode(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
                 if info.st_nlink > 1, let first = linkedInodes[inode] {
@@ -106,11 +121,14 @@ final class TarPackWriter {
                 if info.st_nlink > 1 { linkedInodes[inode] = path }
                 entry.size = Int64(info.st_size)
                 try appendHeader(entry)
-                try appendContents(of: full, path: path, size: entry.size)
+                let file = openat(descriptor, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                guard file >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
+                defer { close(file) }
+                try appendContents(of: file, path: path, size: entry.size)
                 uncompressedBytes += entry.size
             case S_IFLNK:
                 entry.kind = .symlink
-                entry.linkTarget = try readLink(full, path: path)
+                entry.linkTarget = try readLink(descriptor, name, path: path)
                 try appendHeader(entry)
             default:
                 skipped.append(path)
@@ -118,24 +136,24 @@ final class TarPackWriter {
         }
     }
 
-    private func listDirectory(_ directory: String) throws -> [String] {
-        guard let handle = opendir(directory) else { throw PackError.io("cannot list \(directory)", errno: errno) }
-        defer { closedir(handle) }
+    private func listDirectory(_ handle: OpaquePointer, _ relative: String) throws -> [String] {
         var names: [String] = []
+        errno = 0
         while let entry = readdir(handle) {
             let name = withUnsafePointer(to: &entry.pointee.d_name) { pointer in
-                pointer.withMemoryRebound(to: UInt8.self, capacity: 256) { bytes in
-                    String(decoding: UnsafeBufferPointer(start: bytes, count: strlen(UnsafeRawPointer(bytes).assumingMemoryBound(to: CChar.self))), as: UTF8.self)
-                }
+                pointer.withMemoryRebound(to: CChar.self, capacity: 256) { String(validatingCString: $0) ?? "" }
             }
-            if name != "." && name != ".." { names.append(name) }
+            if name != "." && name != ".." && !name.isEmpty { names.append(name) }
         }
+        if errno != 0 { throw PackError.io("cannot list \(relative.isEmpty ? root : relative)", errno: errno) }
         return names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }
 
-    private func readLink(_ full: String, path: String) throws -> String {
+    private func readLink(_ directory: Int32, _ name: String, path: String) throws -> String {
         var target = [UInt8](repeating: 0, count: 4096)
-        let length = target.withUnsafeMutableBytes { readlink(full, $0.baseAddress!.assumingMemoryBound(to: CChar.self), 4096) }
+        let length = target.withUnsafeMutableBytes {
+            readlinkat(directory, name, $0.baseAddress!.assumingMemoryBound(to: CChar.self), 4096)
+        }
         guard length >= 0 else { throw PackError.io("cannot read the symlink \(path)", errno: errno) }
         return String(decoding: target[..<length], as: UTF8.self)
     }
@@ -161,10 +179,7 @@ final class TarPackWriter {
     }
 
     /// Reads the file straight into the tar buffer, then pads to a block boundary.
-    private func appendContents(of full: String, path: String, size: Int64) throws {
-        let descriptor = open(full, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard descriptor >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
-        defer { close(descriptor) }
+    private func appendContents(of descriptor: Int32, path: String, size: Int64) throws {
         var remaining = size
         while remaining > 0 {
             if fill == buffer.count { try flush() }

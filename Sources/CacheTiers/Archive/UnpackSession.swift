@@ -56,8 +56,9 @@ public final class UnpackSession {
             try await DedicatedThread.run(name: "cachetiers-unpack") { _ in
                 let extractor = TarExtractor(root: root, limits: limits)
                 do {
-                    while let chunk = try queue.next() {
+                    while var chunk = try queue.next() {
                         try chunk.withUnsafeBytes { bytes in try extractor.consume(bytes) }
+                        queue.recycle(&chunk)
                     }
                     return try extractor.finish()
                 } catch {
@@ -121,7 +122,7 @@ public final class UnpackSession {
                     rest = rest.dropFirst(take)
                     if pending.count == Self.chunkSize {
                         ready.append(pending)
-                        pending = []
+                        pending = queue.takeSpare() ?? []
                         pending.reserveCapacity(Self.chunkSize)
                     }
                 }

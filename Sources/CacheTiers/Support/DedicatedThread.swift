@@ -53,6 +53,7 @@ final class ChunkQueue: @unchecked Sendable {
     private var finished = false
     private var failure: (any Error)?
     private var waitingProducer: CheckedContinuation<Void, any Error>?
+    private var spares: [[UInt8]] = []
     private let capacity: Int
 
     init(capacity: Int) {
@@ -99,6 +100,23 @@ final class ChunkQueue: @unchecked Sendable {
             waitingProducer = continuation
             condition.unlock()
         }
+    }
+
+    /// Hands back a consumed chunk's storage so the producer can reuse it instead of
+    /// allocating: memory stays flat however long the stream.
+    func recycle(_ chunk: inout [UInt8]) {
+        chunk.removeAll(keepingCapacity: true)
+        condition.lock()
+        if spares.count < capacity { spares.append(chunk) }
+        condition.unlock()
+        chunk = []
+    }
+
+    /// Empty storage from a recycled chunk, if any.
+    func takeSpare() -> [UInt8]? {
+        condition.lock()
+        defer { condition.unlock() }
+        return spares.popLast()
     }
 
     /// Says no more chunks will come.
