@@ -53,6 +53,17 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        .executableTarget(
+            name: "QuickStart",
+            dependencies: ["CacheTiers", .product(name: "Logging", package: "swift-log")],
+            path: "Examples/QuickStart"
+        ),
+        // In-process measurements the benchmark scripts compare with the stock tools.
+        .executableTarget(
+            name: "cachetiers-bench",
+            dependencies: ["CacheTiers"],
+            path: "Benchmarks/ArchiveBench"
+        ),
         .testTarget(
             name: "CacheTiersTests",
             dependencies: [

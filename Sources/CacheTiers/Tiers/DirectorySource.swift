@@ -1,0 +1,120 @@
+import Foundation
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A tier over a local or mounted directory of archives, readable and writable.
+///
+/// The layout is the cache master's: `ROOT/KEY.tar.zst` beside
+/// `ROOT/KEY.tar.zst.manifest.json`, exactly what `cachetiers pack DIR --output
+/// ROOT/KEY.tar.zst` writes, so a directory can be seeded by hand. An archive is
+/// served only with its manifest, and verified against it while it unpacks.
+///
+/// Publishing is create-only and atomic: the archive is written to a temporary file in
+/// the same directory and linked into place (`link(2)` fails if the name exists), then
+/// its manifest is renamed beside it.
+public struct DirectorySource: CacheSource, CacheSink {
+    public let name: String
+    public let root: FilePath
+    public var traits: CacheSourceTraits { .download }
+    public var limits: ExtractionLimits
+
+    public init(name: String = "directory", root: FilePath, limits: ExtractionLimits = .init()) {
+        self.name = name
+        self.root = root
+        self.limits = limits
+    }
+
+    /// Where the archive for `key` lives.
+    public func archivePath(for key: CacheKey) -> FilePath {
+        root.appending("\(key.rawValue).tar.zst")
+    }
+
+    /// Where the manifest for `key` lives.
+    public func manifestPath(for key: CacheKey) -> FilePath {
+        root.appending("\(key.rawValue).tar.zst.manifest.json")
+    }
+
+    public func restore(
+        _ request: RestoreRequest,
+        into staging: FilePath,
+        progress: TransferProgress,
+        logger: Logger
+    ) async throws -> SourceRestoreOutcome {
+        try Task.checkCancellation()
+        let archive = archivePath(for: request.key)
+        guard FileSystem.kind(of: archive) == .regular else {
+            return .miss("no archive at \(archive)")
+        }
+        guard let manifest = try readManifest(for: request.key) else {
+            return .miss("\(archive) has no manifest beside it yet (a publish in progress, or an incomplete one)")
+        }
+        progress.setTotal(manifest.archiveSize)
+        let unpacker = ArchiveUnpacker(
+            options: .init(limits: limits, expectedSHA256: manifest.archiveSHA256, expectedSize: manifest.archiveSize)
+        )
+        do {
+            _ = try await unpacker.unpack(file: archive, into: staging, progress: progress)
+        } catch let error as CacheTierError where error.kind == .miss {
+            return .miss(error.message)  // removed between the check and the open
+        }
+        return .restored(RestoreDetails(bytesTransferred: manifest.archiveSize, requests: 1, manifest: manifest))
+    }
+
+    private func readManifest(for key: CacheKey) throws -> CacheManifest? {
+        let path = manifestPath(for: key)
+        guard let data = FileManager.default.contents(atPath: path.string) else { return nil }
+        do {
+            return try CacheManifest(jsonData: data)
+        } catch {
+            throw CacheTierError(
+                .corrupt, tier: name, "the manifest \(path) is not valid JSON of a cache manifest: \(error); delete it and publish again",
+                underlying: error
+            )
+        }
+    }
+
+    public func contains(_ key: CacheKey, logger: Logger) async throws -> Bool {
+        FileSystem.kind(of: archivePath(for: key)) == .regular && FileSystem.kind(of: manifestPath(for: key)) == .regular
+    }
+
+    public func publish(_ archive: PackedArchive, logger: Logger) async throws -> PublishOutcome {
+        let key = archive.key
+        do {
+            try FileManager.default.createDirectory(atPath: root.string, withIntermediateDirectories: true)
+        } catch {
+            throw CacheTierError(.fatal, tier: name, "cannot create the cache directory \(root): \(error)", underlying: error)
+        }
+        let suffix = FileSystem.uniqueSuffix()
+        let temporaryArchive = root.appending(".\(key.rawValue).tar.zst.partial-\(suffix)")
+        let temporaryManifest = root.appending(".\(key.rawValue).manifest.partial-\(suffix)")
+        defer {
+            unlink(temporaryArchive.string)
+            unlink(temporaryManifest.string)
+        }
+        do {
+            try FileManager.default.copyItem(atPath: archive.file.string, toPath: temporaryArchive.string)
+            try archive.manifest.jsonData().write(to: URL(fileURLWithPath: temporaryManifest.string))
+        } catch {
+            throw CacheTierError(.transient, tier: name, "cannot write into \(root): \(error)", underlying: error)
+        }
+        guard link(temporaryArchive.string, archivePath(for: key).string) == 0 else {
+            if errno == EEXIST { return .exists }
+            throw CacheTierError(
+                .transient, tier: name, "cannot publish into \(root): \(String(cString: strerror(errno)))"
+            )
+        }
+        do {
+            try FileSystem.rename(temporaryManifest, to: manifestPath(for: key))
+        } catch {
+            unlink(archivePath(for: key).string)
+            throw CacheTierError(.transient, tier: name, "cannot publish the manifest into \(root): \(error)", underlying: error)
+        }
+        return .published
+    }
+}

@@ -1,0 +1,103 @@
+import CacheTiers
+import CacheTiersTesting
+import Foundation
+import Logging
+import SystemPackage
+import Testing
+
+@Suite struct DirectorySourceTests {
+    struct Subject: ConformanceSubject {
+        let directory: DirectorySource
+        var source: any CacheSource { directory }
+        var sink: (any CacheSink)? { directory }
+        var packer: (any CachePacker)? { ArchivePacker() }
+
+        func seed(_ key: CacheKey, from tree: FilePath) async throws {
+            let scratch = try TemporaryDirectory(prefix: "seed")
+            defer { scratch.remove() }
+            let file = scratch.path.appending("a.tar.zst")
+            let manifest = try await ArchivePacker().pack(tree, key: key, to: file, logger: Logger(label: "seed"))
+            _ = try await directory.publish(PackedArchive(file: file, manifest: manifest), logger: Logger(label: "seed"))
+        }
+    }
+
+    @Test func conforms() async throws {
+        let scratch = try TemporaryDirectory(prefix: "directory")
+        defer { scratch.remove() }
+        try await CacheSourceConformance(subject: Subject(directory: DirectorySource(root: scratch.path.appending("cache")))).run()
+    }
+
+    @Test func anArchiveWithoutItsManifestIsAMiss() async throws {
+        let scratch = try TemporaryDirectory(prefix: "directory")
+        defer { scratch.remove() }
+        let source = DirectorySource(root: scratch.path)
+        let key = try CacheKey("half-published")
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: source.archivePath(for: key).string))
+        let staging = try scratch.makeDirectory("staging")
+        let outcome = try await source.restore(RestoreRequest(key: key), into: staging, progress: .init(), logger: Logger(label: "t"))
+        guard case .miss(let reason) = outcome else { Issue.record("expected a miss, got \(outcome)"); return }
+        #expect(reason.contains("no manifest"))
+        #expect(try await !source.contains(key, logger: Logger(label: "t")))
+    }
+
+    @Test func aDamagedArchiveIsCorruptAndTheChainFallsThrough() async throws {
+        let scratch = try TemporaryDirectory(prefix: "directory")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree)
+        let key = try CacheKey("damaged")
+        let good = DirectorySource(name: "good", root: scratch.path.appending("good"))
+        let bad = DirectorySource(name: "bad", root: scratch.path.appending("bad"))
+        try await Subject(directory: good).seed(key, from: tree)
+        try await Subject(directory: bad).seed(key, from: tree)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: bad.archivePath(for: key).string))
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: bad.archivePath(for: key).string))
+
+        var logger = Logger(label: "t")
+        logger.logLevel = .critical
+        let chain = TierChain(
+            tiers: [.init(bad, policy: .init(retry: .none)), .init(good)],
+            configuration: .init(writeBack: .disabled, retryBudget: RetryBudget()),
+            logger: logger
+        )
+        let destination = scratch.path.appending("node_modules")
+        let report = try await chain.restore(key, into: destination)
+        #expect(report.attempts.map(\.outcome) == [.corrupt, .hit])
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
+    }
+}
+
+/// The chain with real tiers and the real packer: a lower hit is written back, and
+/// the next restore is served from the faster tier.
+@Suite struct ChainWithRealTiersTests {
+    @Test func writeBackMakesTheNextRestoreHitTheFirstTier() async throws {
+        let scratch = try TemporaryDirectory(prefix: "real-chain")
+        defer { scratch.remove() }
+        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 200, seed: 9)
+        let key = try CacheKey("node-modules-e2e")
+        let fast = DirectorySource(name: "fast", root: scratch.path.appending("fast"))
+        let slow = DirectorySource(name: "slow", root: scratch.path.appending("slow"))
+        try await DirectorySourceTests.Subject(directory: slow).seed(key, from: tree)
+
+        var logger = Logger(label: "t")
+        logger.logLevel = .critical
+        let chain = TierChain(
+            tiers: [.init(fast), .init(slow)],
+            configuration: .init(writeBack: .init(waitForCompletion: true), retryBudget: RetryBudget()),
+            logger: logger
+        )
+        let destination = scratch.path.appending("workspace/node_modules")
+        try FileManager.default.createDirectory(atPath: destination.removingLastComponent().string, withIntermediateDirectories: true)
+        let first = try await chain.restore(key, into: destination)
+        #expect(first.servedBy == "slow")
+        #expect(first.writeBack == [WriteBackRecord(tier: "fast", outcome: .published)])
+        #expect(try await fast.contains(key, logger: logger))
+
+        try FileManager.default.removeItem(atPath: destination.string)
+        let second = try await chain.restore(key, into: destination)
+        #expect(second.servedBy == "fast")
+        #expect(second.attempts.map(\.outcome) == [.hit])
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree), comparingTimes: true) == [])
+    }
+}
