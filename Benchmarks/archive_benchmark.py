@@ -94,6 +94,7 @@ def main():
             "tar -cf - -C '%s' . | zstd -1 -T0 -q -f -o '%s'" % (corpus, stock_archive))
     print("            archive: ours %.1f MB, stock %.1f MB" % (os.path.getsize(ours_archive) / 1e6, os.path.getsize(stock_archive) / 1e6))
 
+    os.makedirs(a.shm, exist_ok=True)
     ours_out, stock_out = a.shm + "/ours", a.shm + "/stock"
     compare("unpack", [OURS, "unpack", ours_archive, "--into", ours_out],
             "zstd -d -c '%s' | tar -xf - -C '%s'" % (ours_archive, stock_out),

@@ -235,6 +235,30 @@ import Testing
         #expect(snapshot.entries["sticky"] == .directory(mode: 0o777))
     }
 
+    @Test func readOnlyAndRevisitedDirectoriesRestoreWithTheirModesAndTimes() async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        tar.add("ro/", kind: .directory, mode: 0o555)
+        tar.add("ro/inside.js", contents: Array("a\n".utf8))
+        tar.add("a/", kind: .directory, mode: 0o750)
+        tar.add("b/x.js", contents: Array("x\n".utf8))
+        tar.add("a/late.js", contents: Array("late\n".utf8))  // the stream comes back to a/
+        tar.add("ro/later.js", contents: Array("later\n".utf8))  // and into the read-only one
+        tar.end()
+        let archive = setting.scratch.path.appending("dirs.tar")
+        try tar.write(to: archive, compressed: false)
+        let restored = setting.scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
+        let snapshot = try TreeSnapshot(of: restored)
+        #expect(snapshot.entries["ro"] == .directory(mode: 0o555))
+        #expect(snapshot.entries["a"] == .directory(mode: 0o750))
+        #expect(snapshot.entries["ro/later.js"] == .file(mode: 0o644, contents: Array("later\n".utf8)))
+        #expect(snapshot.modificationTimes["ro"] == 1_700_000_000)
+        #expect(snapshot.modificationTimes["a"] == 1_700_000_000)
+        try? FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: restored.appending("ro").string)
+    }
+
     @Test(arguments: [
         ("entries", ExtractionLimits(maxEntries: 3)),
         ("bytes", ExtractionLimits(maxTotalBytes: 1000)),

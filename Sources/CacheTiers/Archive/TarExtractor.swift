@@ -47,12 +47,25 @@ final class TarExtractor {
     private var pendingLongLink: String?
     private var currentFile: PendingFile?
 
-    /// Directories and symlinks created so far, by relative path. Parents are verified
-    /// against them; files are checked on disk when needed, which keeps memory small.
-    private var directories: Set<String> = []
-    private var symlinks: Set<String> = []
+    /// The last parent directory proven to be a chain of real directories. Directories
+    /// are never replaced during an extraction, so its prefixes stay proven; anything
+    /// else is checked on disk, where a symlink cannot pass for a directory. Memory stays
+    /// flat however many entries the archive holds.
     private var lastVerifiedParent = ""
-    private var directoryAttributes: [String: (mode: UInt32, mtime: Int64)] = [:]
+
+    private struct PendingDirectory {
+        var path: String
+        var mode: UInt32
+        var modificationTime: Int64
+    }
+
+    /// Directories whose archived mode and time wait until their contents are written:
+    /// the ancestors of the current entry, applied as the stream leaves them (as GNU tar
+    /// does), so the list is as long as the tree is deep.
+    private var openDirectories: [PendingDirectory] = []
+    /// Directories the archive makes unwritable: applied at the very end, so a later
+    /// entry inside them can still be written.
+    private var readOnlyDirectories: [PendingDirectory] = []
 
     private(set) var summary = UnpackSummary()
     /// Offset in the tar stream of the next byte to consume.
@@ -152,17 +165,64 @@ final class TarExtractor {
         default:
             throw .corrupt("the archive is truncated: it ends in the middle of an entry", offset: offset)
         }
-        for (path, attributes) in directoryAttributes.sorted(by: { $0.key > $1.key }) {
-            let full = path.isEmpty ? root : root + "/" + path
-            if chmod(full, mode_t(attributes.mode & 0o777)) != 0 {
-                throw .io("cannot set the mode of \(path)", errno: errno)
-            }
-            var times = [timespec(tv_sec: Int(attributes.mtime), tv_nsec: 0), timespec(tv_sec: Int(attributes.mtime), tv_nsec: 0)]
-            if utimensat(AT_FDCWD, full, &times, AT_SYMLINK_NOFOLLOW) != 0 {
-                throw .io("cannot set the modification time of \(path)", errno: errno)
-            }
+        while let directory = openDirectories.popLast() {
+            try apply(directory)
+        }
+        for directory in readOnlyDirectories.sorted(by: { $0.path > $1.path }) {
+            try apply(directory)
         }
         return summary
+    }
+
+    /// Sets a finished directory's archived mode and modification time.
+    private func apply(_ directory: PendingDirectory) throws(ExtractionError) {
+        if directory.mode & 0o200 == 0 && !directory.path.isEmpty && !readOnlyDirectories.contains(where: { $0.path == directory.path }) {
+            readOnlyDirectories.append(directory)
+            return
+        }
+        let full = root + "/" + directory.path
+        if chmod(full, mode_t(directory.mode & 0o777)) != 0 {
+            throw .io("cannot set the mode of \(directory.path)", errno: errno)
+        }
+        var times = [
+            timespec(tv_sec: Int(directory.modificationTime), tv_nsec: 0),
+            timespec(tv_sec: Int(directory.modificationTime), tv_nsec: 0),
+        ]
+        if utimensat(AT_FDCWD, full, &times, AT_SYMLINK_NOFOLLOW) != 0 {
+            throw .io("cannot set the modification time of \(directory.path)", errno: errno)
+        }
+    }
+
+    /// The parent of `relative` when it is a directory whose archived time is already in
+    /// place (not the current pending one, and not the root).
+    private func revisitedParent(of relative: String) -> String? {
+        guard let slash = relative.utf8.lastIndex(of: UInt8(ascii: "/")) else { return nil }
+        let parent = String(relative[..<slash])
+        return openDirectories.last?.path == parent ? nil : parent
+    }
+
+    private func modificationTime(of relative: String) -> timespec? {
+        var info = stat()
+        guard lstat(root + "/" + relative, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return nil }
+        return info.st_mtim
+    }
+
+    private func restoreModificationTime(_ time: timespec, of relative: String) {
+        var times = [time, time]
+        _ = utimensat(AT_FDCWD, root + "/" + relative, &times, AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// Applies the pending directories that `relative` is not inside: the stream has left them.
+    private func leaveDirectories(notContaining relative: String) throws(ExtractionError) {
+        while let last = openDirectories.last {
+            if relative.utf8.count > last.path.utf8.count, relative.hasPrefix(last.path),
+                relative.utf8[relative.utf8.index(relative.utf8.startIndex, offsetBy: last.path.utf8.count)] == UInt8(ascii: "/")
+            {
+                return
+            }
+            openDirectories.removeLast()
+            try apply(last)
+        }
     }
 
     // MARK: headers
@@ -243,6 +303,15 @@ final class TarExtractor {
 
         let dataSize = kind == .file ? size : (kind == .hardLink ? 0 : size)
         let relative = try sanitize(path)
+        if let relative { try leaveDirectories(notContaining: relative) }
+
+        // An entry written into a directory whose time was already applied (the stream
+        // came back to it) must not disturb that time.
+        let revisited = relative.flatMap(revisitedParent(of:))
+        let savedTime = revisited.flatMap(modificationTime(of:))
+        defer {
+            if let revisited, let savedTime { restoreModificationTime(savedTime, of: revisited) }
+        }
 
         switch kind {
         case .directory:
@@ -352,36 +421,61 @@ final class TarExtractor {
         return componentLength > 0 && !(componentLength == dots && dots <= 2)
     }
 
-    /// Makes sure every ancestor of `relative` is a directory this extraction created,
-    /// creating missing ones, so nothing is ever written through a symlink.
+    /// Makes sure every ancestor of `relative` is a real directory, creating missing
+    /// ones, so nothing is ever written through a symlink or below a file.
     private func prepareParent(of relative: String) throws(ExtractionError) {
         guard let slash = relative.utf8.lastIndex(of: UInt8(ascii: "/")) else { return }
         let parent = String(relative[..<slash])
         if parent == lastVerifiedParent { return }
-        var prefixEnd = parent.startIndex
-        while true {
-            let next = parent[prefixEnd...].firstIndex(of: "/") ?? parent.endIndex
+        var start = parent.startIndex
+        // The prefix shared with the last proven parent is proven already.
+        let proven = commonDirectoryPrefix(parent, lastVerifiedParent)
+        if !proven.isEmpty {
+            let provenEnd = parent.utf8.index(parent.utf8.startIndex, offsetBy: proven.utf8.count)
+            start = provenEnd == parent.endIndex ? provenEnd : parent.index(after: provenEnd)
+        }
+        while start < parent.endIndex {
+            let next = parent[start...].firstIndex(of: "/") ?? parent.endIndex
             let ancestor = String(parent[..<next])
-            if !directories.contains(ancestor) {
-                if symlinks.contains(ancestor) {
-                    throw .unsafe("the entry '\(relative)' would be written through the symlink '\(ancestor)'", offset: offset)
-                }
-                if mkdir(root + "/" + ancestor, 0o755) != 0 {
-                    let code = errno
-                    guard code == EEXIST, kind(of: ancestor) == S_IFDIR else {
-                        if code == EEXIST {
-                            throw .unsafe("the entry '\(relative)' would be written below the file '\(ancestor)'", offset: offset)
-                        }
-                        throw .io("cannot create the directory \(ancestor)", errno: code)
-                    }
-                }
-                directories.insert(ancestor)
-                summary.directories += 1
-            }
+            try ensureDirectory(ancestor, for: relative)
             if next == parent.endIndex { break }
-            prefixEnd = parent.index(after: next)
+            start = parent.index(after: next)
         }
         lastVerifiedParent = parent
+    }
+
+    /// The longest common prefix of two paths that ends at a component boundary.
+    private func commonDirectoryPrefix(_ a: String, _ b: String) -> String {
+        var end = a.startIndex
+        var boundary = a.startIndex
+        var other = b.startIndex
+        while end < a.endIndex, other < b.endIndex, a[end] == b[other] {
+            if a[end] == "/" { boundary = end }
+            end = a.index(after: end)
+            other = b.index(after: other)
+        }
+        let aEnds = end == a.endIndex || a[end] == "/"
+        let bEnds = other == b.endIndex || b[other] == "/"
+        if aEnds && bEnds { return String(a[..<end]) }
+        return String(a[..<boundary])
+    }
+
+    /// Creates `ancestor` as a directory, or proves on disk that it is one.
+    private func ensureDirectory(_ ancestor: String, for relative: String) throws(ExtractionError) {
+        if mkdir(root + "/" + ancestor, 0o755) == 0 {
+            summary.directories += 1
+            return
+        }
+        let code = errno
+        guard code == EEXIST else { throw .io("cannot create the directory \(ancestor)", errno: code) }
+        switch kind(of: ancestor) {
+        case S_IFDIR:
+            return
+        case S_IFLNK:
+            throw .unsafe("the entry '\(relative)' would be written through the symlink '\(ancestor)'", offset: offset)
+        default:
+            throw .unsafe("the entry '\(relative)' would be written below the file '\(ancestor)'", offset: offset)
+        }
     }
 
     /// The file type bits of what is at `relative` (not following a symlink), or 0.
@@ -393,32 +487,32 @@ final class TarExtractor {
 
     /// Removes an earlier entry at `relative` (archives may repeat a path); never a directory.
     private func removeEarlierEntry(_ relative: String) throws(ExtractionError) {
-        if directories.contains(relative) || kind(of: relative) == S_IFDIR {
+        if kind(of: relative) == S_IFDIR {
             throw .unsafe("the entry '\(relative)' would replace a directory of the same name", offset: offset)
         }
         if unlink(root + "/" + relative) != 0 && errno != ENOENT {
             throw .io("cannot replace \(relative)", errno: errno)
         }
-        symlinks.remove(relative)
     }
 
     // MARK: entries
 
     private func makeDirectory(_ relative: String, mode: UInt32, mtime: Int64) throws(ExtractionError) {
         try prepareParent(of: relative)
-        if !directories.contains(relative) {
-            if mkdir(root + "/" + relative, 0o755) != 0 {
-                guard errno == EEXIST else { throw .io("cannot create the directory \(relative)", errno: errno) }
-                if unlink(root + "/" + relative) != 0 || mkdir(root + "/" + relative, 0o755) != 0 {
+        if mkdir(root + "/" + relative, 0o755) == 0 {
+            summary.directories += 1
+        } else {
+            guard errno == EEXIST else { throw .io("cannot create the directory \(relative)", errno: errno) }
+            if kind(of: relative) != S_IFDIR {
+                // An earlier file or symlink of the same name: a directory replaces it.
+                guard unlink(root + "/" + relative) == 0, mkdir(root + "/" + relative, 0o755) == 0 else {
                     throw .io("cannot replace \(relative) with a directory", errno: errno)
                 }
-                symlinks.remove(relative)
+                summary.directories += 1
             }
-            directories.insert(relative)
-            summary.directories += 1
         }
-        // Stay writable while extracting; the archived mode is applied at the end.
-        directoryAttributes[relative] = (mode: (mode & 0o777), mtime: mtime)
+        // Stay writable while extracting; the archived mode is applied when the stream leaves it.
+        openDirectories.append(PendingDirectory(path: relative, mode: mode & 0o777, modificationTime: mtime))
     }
 
     private func createFile(_ relative: String, mode: UInt32) throws(ExtractionError) -> Int32 {
@@ -461,7 +555,6 @@ final class TarExtractor {
                 throw .io("cannot create the symlink \(relative)", errno: errno)
             }
         }
-        symlinks.insert(relative)
     }
 
     /// Accepts relative targets whose `..` components all lead (`../pkg/bin/x`) and do
@@ -500,9 +593,12 @@ final class TarExtractor {
             offset: offset
         )
         guard target.utf8.first != UInt8(ascii: "/"), let source = try? sanitize(target) else { throw rejection }
-        // The source's parents must be directories made here, so link(2) follows no symlink.
-        if let slash = source.utf8.lastIndex(of: UInt8(ascii: "/")) {
-            guard directories.contains(String(source[..<slash])) else { throw rejection }
+        // Every parent of the source must be a real directory, so link(2) follows no symlink.
+        var components = source.split(separator: "/").dropLast()[...]
+        var ancestor = ""
+        while let component = components.popFirst() {
+            ancestor = ancestor.isEmpty ? String(component) : ancestor + "/" + component
+            guard kind(of: ancestor) == S_IFDIR else { throw rejection }
         }
         guard kind(of: source) == S_IFREG else { throw rejection }
         try prepareParent(of: relative)
