@@ -9,7 +9,7 @@ struct CacheTiersCommand: AsyncParsableCommand {
         commandName: "cachetiers",
         abstract: "Restore a dependency cache (node_modules and the like) through ordered tiers.",
         version: CacheTiersVersion.current,
-        subcommands: [PackCommand.self, UnpackCommand.self]
+        subcommands: [PackCommand.self, UnpackCommand.self, ServeCommand.self, PublishCommand.self]
     )
 }
 

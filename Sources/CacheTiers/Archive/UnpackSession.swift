@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Logging
+import NIOCore
 import SystemPackage
 
 /// Unpacks one archive arriving in pieces: hash and decompress as bytes come in, write
@@ -81,6 +82,18 @@ public final class UnpackSession {
         var ready: [[UInt8]] = []
         try bytes.withUnsafeBytes { buffer in
             try ingest(buffer, into: &ready)
+        }
+        for chunk in ready {
+            try await send(chunk)
+        }
+    }
+
+    /// Hashes, decompresses and hands on the next bytes of the archive, as they come
+    /// from a network client.
+    public func write(_ buffer: ByteBuffer) async throws {
+        var ready: [[UInt8]] = []
+        try buffer.withUnsafeReadableBytes { bytes in
+            try ingest(bytes, into: &ready)
         }
         for chunk in ready {
             try await send(chunk)

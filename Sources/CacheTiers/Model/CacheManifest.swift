@@ -47,7 +47,8 @@ public struct CacheManifest: Sendable, Hashable, Codable {
         self.level = level
         self.uncompressedSize = uncompressedSize
         self.entryCount = entryCount
-        self.createdAt = createdAt
+        // Whole seconds: the JSON form carries no more, so a manifest round-trips equal.
+        self.createdAt = Date(timeIntervalSince1970: createdAt.timeIntervalSince1970.rounded(.down))
         self.producer = producer
     }
 

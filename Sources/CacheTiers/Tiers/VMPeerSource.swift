@@ -1,0 +1,324 @@
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import SystemPackage
+
+/// TIER 1: restore from a peer VM (the cache master) over the private network,
+/// decoding and extracting while the bytes arrive.
+///
+/// The archive streams straight into an ``UnpackSession``, verified against the
+/// SHA-256 the server gives as its ETag; no temporary archive file is written. When a
+/// connection drops mid-transfer the download resumes from the last byte received with
+/// a Range request pinned to that ETag (`If-Match`), feeding the same decoder; a
+/// changed archive restarts cleanly.
+///
+/// It is also a ``CacheSink``: `publish` uploads an archive create-only.
+///
+/// It owns an `HTTPClient` configured with the connect timeout; call ``shutdown()``
+/// when done with it.
+public final class VMPeerSource: CacheSource, CacheSink {
+    public struct Configuration: Sendable {
+        /// How several cache masters share the load.
+        public enum Selection: Sendable, Hashable {
+            /// Try the peers in the order given.
+            case ordered
+            /// Rendezvous hashing: each key has its own preference order, so several
+            /// cache masters each hold a share of the keys.
+            case rendezvous
+        }
+
+        /// Base URLs of the cache masters, e.g. `http://10.0.0.5:7420`.
+        public var peers: [String]
+        public var selection: Selection
+        /// Sent as `Authorization: Bearer <token>`.
+        public var token: String?
+        /// How long to wait for a TCP connection, separate from the chain's transfer timeout.
+        public var connectTimeout: Duration
+        /// How many times one download may resume after a dropped connection.
+        public var maxResumes: Int
+        public var limits: ExtractionLimits
+
+        public init(
+            peers: [String],
+            selection: Selection = .ordered,
+            token: String? = nil,
+            connectTimeout: Duration = .seconds(2),
+            maxResumes: Int = 5,
+            limits: ExtractionLimits = .init()
+        ) {
+            self.peers = peers.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+            self.selection = selection
+            self.token = token
+            self.connectTimeout = connectTimeout
+            self.maxResumes = maxResumes
+            self.limits = limits
+        }
+    }
+
+    public let name: String
+    public let configuration: Configuration
+    public var traits: CacheSourceTraits { .download }
+    private let client: HTTPClient
+
+    public init(name: String = "peer", configuration: Configuration) {
+        precondition(!configuration.peers.isEmpty, "a VMPeerSource needs at least one peer URL")
+        self.name = name
+        self.configuration = configuration
+        let milliseconds = Int64(configuration.connectTimeout.components.seconds * 1000)
+            + configuration.connectTimeout.components.attoseconds / 1_000_000_000_000_000
+        var http = HTTPClient.Configuration()
+        http.timeout = .init(connect: .milliseconds(max(1, milliseconds)))
+        http.redirectConfiguration = .disallow
+        http.decompression = .disabled
+        self.client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: http)
+    }
+
+    /// Closes the HTTP client's connections. Call once, when the source is no longer used.
+    public func shutdown() async throws {
+        try await client.shutdown()
+    }
+
+    /// The peers in the order this key tries them.
+    public func peers(for key: CacheKey) -> [String] {
+        switch configuration.selection {
+        case .ordered:
+            return configuration.peers
+        case .rendezvous:
+            func score(_ peer: String) -> UInt64 {
+                let digest = SHA256.hash(data: Array("\(key.rawValue)\u{0}\(peer)".utf8))
+                return digest.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+            }
+            return configuration.peers.sorted { score($0) > score($1) }
+        }
+    }
+
+    private func url(_ peer: String, _ key: CacheKey) -> String {
+        "\(peer)/v1/caches/\(key.rawValue)"
+    }
+
+    private func request(_ url: String, method: HTTPMethod = .GET) -> HTTPClientRequest {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        request.headers.add(name: "User-Agent", value: "cachetiers/\(CacheTiersVersion.current)")
+        if let token = configuration.token {
+            request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        }
+        return request
+    }
+
+    // MARK: restore
+
+    public func restore(
+        _ request: RestoreRequest,
+        into staging: FilePath,
+        progress: TransferProgress,
+        logger: Logger
+    ) async throws -> SourceRestoreOutcome {
+        var misses: [String] = []
+        var unreachable: CacheTierError?
+        for peer in peers(for: request.key) {
+            try Task.checkCancellation()
+            let response: HTTPClientResponse
+            do {
+                response = try await execute(self.request(url(peer, request.key)), peer: peer, logger: logger)
+            } catch let error as CacheTierError where error.kind == .transient || error.kind == .timeout {
+                // Nothing was written yet: the next peer may answer.
+                logger.notice("peer unreachable", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                unreachable = error
+                continue
+            }
+            switch response.status.code {
+            case 200:
+                return try await download(response, from: peer, key: request.key, into: staging, progress: progress, logger: logger)
+            case 404:
+                misses.append(peer)
+                continue
+            default:
+                throw await failure(for: response, peer: peer, what: "GET \(request.key)")
+            }
+        }
+        if let unreachable, misses.isEmpty { throw unreachable }
+        return .miss("no cache for \(request.key) on \(misses.joined(separator: ", "))")
+    }
+
+    private func download(
+        _ first: HTTPClientResponse,
+        from peer: String,
+        key: CacheKey,
+        into staging: FilePath,
+        progress: TransferProgress,
+        logger: Logger
+    ) async throws -> SourceRestoreOutcome {
+        guard let etag = first.headers.first(name: "ETag"),
+            let length = first.headers.first(name: "Content-Length").flatMap(Int64.init)
+        else {
+            throw CacheTierError(.corrupt, "\(peer) sent the archive without an ETag and Content-Length; is it a cache master?")
+        }
+        let digest = etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"W/"))
+        progress.setTotal(length)
+        let session = UnpackSession(
+            into: staging,
+            options: .init(limits: configuration.limits, expectedSHA256: digest, expectedSize: length),
+            progress: progress
+        )
+        var body = first.body
+        var requests = 1
+        do {
+            while true {
+                do {
+                    for try await buffer in body {
+                        try await session.write(buffer)
+                    }
+                    break
+                } catch let error where Self.isDroppedConnection(error) {
+                    guard !Task.isCancelled else { throw CancellationError() }
+                    guard requests <= configuration.maxResumes else {
+                        throw CacheTierError(
+                            .transient, "the connection to \(peer) dropped \(requests) times; giving up on this attempt",
+                            underlying: error
+                        )
+                    }
+                    let offset = session.bytesReceived
+                    logger.notice(
+                        "connection dropped mid-transfer; resuming",
+                        metadata: ["peer": "\(peer)", "offset": "\(offset)", "of": "\(length)"]
+                    )
+                    var resume = request(url(peer, key))
+                    resume.headers.add(name: "Range", value: "bytes=\(offset)-")
+                    resume.headers.add(name: "If-Match", value: etag)
+                    let response = try await execute(resume, peer: peer, logger: logger)
+                    requests += 1
+                    switch response.status.code {
+                    case 206 where response.headers.first(name: "Content-Range")?.hasPrefix("bytes \(offset)-") == true:
+                        body = response.body
+                    case 412:
+                        throw CacheTierError(
+                            .transient, "the archive on \(peer) changed during the download; restarting from the beginning"
+                        )
+                    default:
+                        throw await failure(for: response, peer: peer, what: "resuming at byte \(offset)")
+                    }
+                }
+            }
+            let summary = try await session.finish()
+            logger.debug("restored from peer", metadata: ["peer": "\(peer)", "requests": "\(requests)", "files": "\(summary.files)"])
+            return .restored(RestoreDetails(bytesTransferred: summary.archiveBytes, requests: requests))
+        } catch {
+            await session.cancel()
+            throw error
+        }
+    }
+
+    /// Whether an error while reading a body means the connection went away (worth a resume).
+    static func isDroppedConnection(_ error: any Error) -> Bool {
+        if error is CacheTierError || error is CancellationError { return false }
+        if let error = error as? HTTPClientError, error == .cancelled { return false }
+        return true
+    }
+
+    /// Sends a request, mapping connection failures to tier errors.
+    private func execute(_ request: HTTPClientRequest, peer: String, logger: Logger) async throws -> HTTPClientResponse {
+        do {
+            return try await client.execute(request, timeout: .hours(24), logger: logger)
+        } catch let error as HTTPClientError where error == .connectTimeout {
+            throw CacheTierError(
+                .timeout, "connect timed out after \(configuration.connectTimeout) to \(peer)", underlying: error
+            )
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch let error as HTTPClientError where error == .cancelled {
+            throw CancellationError()
+        } catch {
+            throw CacheTierError(.transient, "cannot reach \(peer): \(error)", underlying: error)
+        }
+    }
+
+    /// The tier error for an unexpected answer, with the server's own words.
+    private func failure(for response: HTTPClientResponse, peer: String, what: String) async -> CacheTierError {
+        var text = ""
+        if let body = try? await response.body.collect(upTo: 4096) {
+            text = String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let detail = text.isEmpty ? "" : ": \(text)"
+        let code = response.status.code
+        switch code {
+        case 401, 403:
+            return CacheTierError(
+                .unauthorized,
+                "\(peer) refused \(what) with \(code)\(detail); check the peer token (--token-file or tokenFile)"
+            )
+        case 429, 500...599:
+            let retryAfter = response.headers.first(name: "Retry-After").flatMap(Int.self.init).map { Duration.seconds($0) }
+            return CacheTierError(.transient, "\(peer) answered \(code) to \(what)\(detail)", retryAfter: retryAfter)
+        default:
+            return CacheTierError(.transient, "\(peer) answered \(code) to \(what)\(detail)")
+        }
+    }
+
+    // MARK: publish
+
+    public func contains(_ key: CacheKey, logger: Logger) async throws -> Bool {
+        var lastError: CacheTierError?
+        for peer in peers(for: key) {
+            do {
+                let response = try await execute(request(url(peer, key), method: .HEAD), peer: peer, logger: logger)
+                switch response.status.code {
+                case 200: return true
+                case 404: return false
+                default: throw await failure(for: response, peer: peer, what: "HEAD \(key)")
+                }
+            } catch let error as CacheTierError where error.kind == .transient || error.kind == .timeout {
+                lastError = error
+            }
+        }
+        throw lastError ?? CacheTierError(.transient, "no peer answered")
+    }
+
+    /// Uploads to the first reachable peer in the key's order, create-only.
+    public func publish(_ archive: PackedArchive, logger: Logger) async throws -> PublishOutcome {
+        var lastError: CacheTierError?
+        let manifest = try archive.manifest.jsonData().base64EncodedString()
+        for peer in peers(for: archive.key) {
+            var put = request(url(peer, archive.key), method: .PUT)
+            put.headers.add(name: "If-None-Match", value: "*")
+            put.headers.add(name: "Content-Type", value: "application/zstd")
+            put.headers.add(name: "X-CacheTiers-Manifest", value: manifest)
+            put.body = .stream(FileByteBuffers(path: archive.file), length: .known(archive.manifest.archiveSize))
+            do {
+                let response = try await execute(put, peer: peer, logger: logger)
+                switch response.status.code {
+                case 200, 201: return .published
+                case 412: return .exists
+                default: throw await failure(for: response, peer: peer, what: "PUT \(archive.key)")
+                }
+            } catch let error as CacheTierError where error.kind == .transient || error.kind == .timeout {
+                lastError = error
+            }
+        }
+        throw lastError ?? CacheTierError(.transient, "no peer answered")
+    }
+}
+
+/// A file's contents as ByteBuffers of 256 KiB, for streaming uploads.
+struct FileByteBuffers: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let path: FilePath
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let handle: FileHandle?
+        var failed = false
+
+        mutating func next() async throws -> ByteBuffer? {
+            guard let handle else { throw CacheTierError(.fatal, "cannot open the archive to upload") }
+            guard let data = try handle.read(upToCount: 256 * 1024), !data.isEmpty else { return nil }
+            return ByteBuffer(bytes: data)
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(handle: FileHandle(forReadingAtPath: path.string))
+    }
+}

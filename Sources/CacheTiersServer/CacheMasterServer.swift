@@ -1,0 +1,173 @@
+import CacheTiers
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+import SystemPackage
+
+/// The cache master: serves archives to peer VMs over HTTP and accepts new ones.
+///
+/// Archives live in ``Configuration-swift.struct/root`` in the layout
+/// ``DirectorySource`` reads (`KEY.tar.zst` beside `KEY.tar.zst.manifest.json`), so
+/// a directory tier and the cache master can share one folder. The API is documented in
+/// `Documentation/CacheMasterAPI.md`.
+///
+/// Start it in-process with ``start()`` (tests, the demo, examples) and stop it with
+/// ``stop()``, or let ``run()`` serve until SIGINT or SIGTERM (`cachetiers serve`).
+public final class CacheMasterServer: Sendable {
+    public struct Configuration: Sendable {
+        /// The folder holding the archives; created if missing.
+        public var root: FilePath
+        public var host: String
+        /// 0 picks a free port.
+        public var port: Int
+        /// When set, every request but `/healthz` needs `Authorization: Bearer <token>`.
+        public var token: String?
+        /// Archive downloads and uploads served at once; more get 503 with Retry-After.
+        public var maxConcurrentTransfers: Int
+        /// What 503 answers put in Retry-After, in seconds.
+        public var retryAfterSeconds: Int
+        /// Bytes read from disk per chunk when streaming an archive.
+        public var chunkSize: Int
+
+        public init(
+            root: FilePath,
+            host: String = "127.0.0.1",
+            port: Int = 7420,
+            token: String? = nil,
+            maxConcurrentTransfers: Int = 64,
+            retryAfterSeconds: Int = 1,
+            chunkSize: Int = 256 * 1024
+        ) {
+            self.root = root
+            self.host = host
+            self.port = port
+            self.token = token
+            self.maxConcurrentTransfers = maxConcurrentTransfers
+            self.retryAfterSeconds = retryAfterSeconds
+            self.chunkSize = chunkSize
+        }
+    }
+
+    public let configuration: Configuration
+    let logger: Logger
+    let metrics: ServerMetrics
+    let store: ArchiveStore
+    let transfers: TransferLimiter
+
+    private struct Running {
+        var group: ServiceGroup
+        var task: Task<Void, any Error>
+    }
+
+    private let running = Mutex<Running?>(nil)
+
+    public init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.metrics = ServerMetrics()
+        self.store = ArchiveStore(root: configuration.root)
+        self.transfers = TransferLimiter(limit: configuration.maxConcurrentTransfers)
+    }
+
+    /// Starts serving in the background.
+    /// - Returns: the base URL it listens on, e.g. `http://127.0.0.1:41234`.
+    public func start() async throws -> String {
+        try store.prepare()
+        let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
+        let application = makeApplication { port in continuation.yield(port) }
+        let group = ServiceGroup(
+            configuration: .init(services: [application], gracefulShutdownSignals: [], logger: logger)
+        )
+        let task = Task { try await group.run() }
+        running.withLock { $0 = Running(group: group, task: task) }
+
+        for await port in stream {
+            return "http://\(urlHost):\(port)"
+        }
+        // The stream ends only if the server stopped before it bound.
+        _ = try await task.value
+        throw CacheMasterError("the cache master stopped before it started listening")
+    }
+
+    /// Stops serving: in-flight transfers finish or are cut, uploads leave nothing behind.
+    public func stop() async {
+        guard let current = running.withLock({ state -> Running? in
+            defer { state = nil }
+            return state
+        }) else { return }
+        await current.group.triggerGracefulShutdown()
+        _ = try? await current.task.value
+    }
+
+    /// Serves until SIGINT or SIGTERM, printing `listening on http://HOST:PORT` first.
+    public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
+        try store.prepare()
+        let host = urlHost
+        let application = makeApplication { port in onListening("http://\(host):\(port)") }
+        let group = ServiceGroup(
+            configuration: .init(services: [application], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await group.run()
+    }
+
+    private var urlHost: String {
+        configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
+    }
+
+    private func makeApplication(onPort: @escaping @Sendable (Int) -> Void) -> some ApplicationProtocol {
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: MetricsMiddleware(metrics: metrics))
+        router.add(middleware: BearerTokenMiddleware(token: configuration.token))
+        let routes = CacheRoutes(server: self)
+        routes.register(on: router)
+        return Application(
+            router: router,
+            configuration: .init(
+                address: .hostname(configuration.host, port: configuration.port),
+                serverName: "cachetiers/\(CacheTiersVersion.current)"
+            ),
+            onServerRunning: { channel in onPort(channel.localAddress?.port ?? 0) },
+            logger: logger
+        )
+    }
+
+    /// The Prometheus text exposition of the server's metrics.
+    public func metricsText() -> String {
+        metrics.exposition(activeTransfers: transfers.active)
+    }
+}
+
+/// A cache master failure that is not an HTTP answer.
+public struct CacheMasterError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Counts transfers in flight and refuses beyond a limit.
+final class TransferLimiter: Sendable {
+    private let count = Atomic<Int>(0)
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = max(1, limit)
+    }
+
+    /// Takes a slot; false when all are busy.
+    func acquire() -> Bool {
+        while true {
+            let current = count.load(ordering: .relaxed)
+            guard current < limit else { return false }
+            if count.compareExchange(expected: current, desired: current + 1, ordering: .acquiringAndReleasing).exchanged {
+                return true
+            }
+        }
+    }
+
+    func release() {
+        count.subtract(1, ordering: .acquiringAndReleasing)
+    }
+
+    var active: Int { count.load(ordering: .relaxed) }
+}

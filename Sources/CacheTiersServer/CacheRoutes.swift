@@ -1,0 +1,220 @@
+import CacheTiers
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+extension HTTPField.Name {
+    /// The manifest of a `PUT`, as base64 of its JSON.
+    static let cacheTiersManifest = HTTPField.Name("X-CacheTiers-Manifest")!
+}
+
+/// The HTTP API of the cache master (see Documentation/CacheMasterAPI.md).
+struct CacheRoutes: Sendable {
+    let server: CacheMasterServer
+
+    var store: ArchiveStore { server.store }
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/healthz") { _, _ in "ok\n" }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: server.metricsText()))
+            )
+        }
+        router.get("/v1/caches/:key") { request, context in try await download(request, context, includeBody: true) }
+        router.head("/v1/caches/:key") { request, context in try await download(request, context, includeBody: false) }
+        router.get("/v1/caches/:key/manifest") { _, context in try manifest(context) }
+        router.put("/v1/caches/:key") { request, context in try await upload(request, context) }
+    }
+
+    private func key(_ context: BasicRequestContext) throws -> CacheKey {
+        let raw = context.parameters.get("key") ?? ""
+        do {
+            return try CacheKey(raw)
+        } catch {
+            throw HTTPError(.badRequest, message: "invalid cache key: \(error)\n")
+        }
+    }
+
+    private func manifest(_ context: BasicRequestContext) throws -> Response {
+        let key = try key(context)
+        let manifest: CacheManifest?
+        do {
+            manifest = try store.manifest(for: key)
+        } catch {
+            throw HTTPError(.internalServerError, message: "the manifest of \(key) is unreadable: \(error)\n")
+        }
+        guard let manifest else { throw HTTPError(.notFound, message: "no cache for \(key)\n") }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: try manifest.jsonData()))
+        )
+    }
+
+    private func busy() -> HTTPError {
+        HTTPError(
+            .serviceUnavailable,
+            headers: [.retryAfter: "\(server.configuration.retryAfterSeconds)"],
+            message: "the cache master is serving \(server.transfers.limit) transfers; retry shortly\n"
+        )
+    }
+
+    private func download(_ request: Request, _ context: BasicRequestContext, includeBody: Bool) async throws -> Response {
+        let key = try key(context)
+        let archive: ArchiveStore.OpenArchive
+        switch try store.open(key) {
+        case .missing:
+            throw HTTPError(.notFound, message: "no cache for \(key)\n")
+        case .changing:
+            throw HTTPError(.serviceUnavailable, headers: [.retryAfter: "1"], message: "\(key) is being replaced; retry\n")
+        case .found(let found):
+            archive = found
+        }
+        let etag = "\"\(archive.manifest.archiveSHA256)\""
+        var headers: HTTPFields = [
+            .contentType: "application/zstd",
+            .eTag: etag,
+            .acceptRanges: "bytes",
+        ]
+        if let ifMatch = request.headers[.ifMatch], ifMatch != "*",
+            !ifMatch.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == etag })
+        {
+            throw HTTPError(.preconditionFailed, message: "the archive of \(key) changed; its ETag is now \(etag)\n")
+        }
+
+        var byteRange = Int64(0)..<archive.size
+        var status = HTTPResponse.Status.ok
+        if let header = request.headers[.range] {
+            switch ByteRange.parse(header, size: archive.size) {
+            case .whole:
+                break
+            case .unsatisfiable:
+                throw HTTPError(
+                    .rangeNotSatisfiable, headers: [.contentRange: "bytes */\(archive.size)"],
+                    message: "range \(header) is outside the \(archive.size)-byte archive\n"
+                )
+            case .partial(let partial):
+                byteRange = partial
+                status = .partialContent
+                headers[.contentRange] = "bytes \(partial.lowerBound)-\(partial.upperBound - 1)/\(archive.size)"
+            }
+        }
+        headers[.contentLength] = "\(byteRange.count)"
+        guard includeBody else {
+            return Response(status: status, headers: headers, body: .init())
+        }
+        guard server.transfers.acquire() else { throw busy() }
+
+        let chunkSize = server.configuration.chunkSize
+        let metrics = server.metrics
+        let transfers = server.transfers
+        let allocator = ByteBufferAllocator()
+        let range = byteRange
+        let body = ResponseBody(contentLength: Int(range.count)) { writer in
+            defer { transfers.release() }
+            var offset = range.lowerBound
+            while offset < range.upperBound {
+                let length = Int(min(Int64(chunkSize), range.upperBound - offset))
+                let chunk = try await ArchiveStore.read(archive, offset: offset, length: length, allocator: allocator)
+                try await writer.write(chunk)
+                metrics.bytesServed.increment(by: Int64(length))
+                offset += Int64(length)
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: status, headers: headers, body: body)
+    }
+
+    private func upload(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let key = try key(context)
+        guard let encoded = request.headers[.cacheTiersManifest], let json = Data(base64Encoded: encoded) else {
+            throw HTTPError(.badRequest, message: "a PUT needs the archive's manifest as base64 JSON in X-CacheTiers-Manifest\n")
+        }
+        let manifest: CacheManifest
+        do {
+            manifest = try CacheManifest(jsonData: json)
+        } catch {
+            throw HTTPError(.badRequest, message: "X-CacheTiers-Manifest is not a cache manifest: \(error)\n")
+        }
+        guard manifest.key == key else {
+            throw HTTPError(.badRequest, message: "the manifest is for \(manifest.key), not \(key)\n")
+        }
+        let createOnly = request.headers[.ifNoneMatch] == "*"
+        if createOnly, FileManager.default.fileExists(atPath: store.archivePath(key).string) {
+            throw HTTPError(.preconditionFailed, message: "\(key) is already published\n")
+        }
+        guard server.transfers.acquire() else { throw busy() }
+        defer { server.transfers.release() }
+
+        let upload: ArchiveStore.Upload
+        do {
+            upload = try store.beginUpload(key)
+        } catch {
+            throw HTTPError(.internalServerError, message: "\(error)\n")
+        }
+        for try await buffer in request.body {
+            try await upload.append(buffer)
+            server.metrics.bytesReceived.increment(by: Int64(buffer.readableBytes))
+            if upload.size > manifest.archiveSize {
+                throw HTTPError(.badRequest, message: "the upload is longer than the manifest's \(manifest.archiveSize) bytes\n")
+            }
+        }
+        guard upload.size == manifest.archiveSize else {
+            throw HTTPError(
+                .badRequest, message: "the upload is \(upload.size) bytes but the manifest says \(manifest.archiveSize)\n"
+            )
+        }
+        let digest = upload.sha256
+        guard digest == manifest.archiveSHA256 else {
+            throw HTTPError(
+                .badRequest, message: "the upload's SHA-256 is \(digest) but the manifest says \(manifest.archiveSHA256)\n"
+            )
+        }
+        let outcome: ArchiveStore.CommitOutcome
+        do {
+            outcome = try store.commit(upload, manifest: manifest, createOnly: createOnly)
+        } catch {
+            throw HTTPError(.internalServerError, message: "\(error)\n")
+        }
+        switch outcome {
+        case .exists:
+            throw HTTPError(.preconditionFailed, message: "\(key) is already published\n")
+        case .created:
+            server.logger.info("published", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])
+            return Response(status: .created, headers: [.eTag: "\"\(digest)\""])
+        case .replaced:
+            server.logger.info("replaced", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])
+            return Response(status: .ok, headers: [.eTag: "\"\(digest)\""])
+        }
+    }
+}
+
+/// A single `Range: bytes=…` request, as RFC 9110 reads it.
+enum ByteRange: Equatable {
+    case whole
+    case partial(Range<Int64>)
+    case unsatisfiable
+
+    /// Multiple ranges and malformed headers are ignored (the whole archive is sent),
+    /// as the RFC allows.
+    static func parse(_ header: String, size: Int64) -> ByteRange {
+        guard header.hasPrefix("bytes="), !header.contains(",") else { return .whole }
+        let spec = header.dropFirst("bytes=".count).trimmingCharacters(in: .whitespaces)
+        let parts = spec.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return .whole }
+        if parts[0].isEmpty {
+            guard let suffix = Int64(parts[1]), suffix >= 0 else { return .whole }
+            guard suffix > 0, size > 0 else { return .unsatisfiable }
+            return .partial(max(0, size - suffix)..<size)
+        }
+        guard let start = Int64(parts[0]), start >= 0 else { return .whole }
+        guard start < size else { return .unsatisfiable }
+        if parts[1].isEmpty { return .partial(start..<size) }
+        guard let end = Int64(parts[1]), end >= start else { return .whole }
+        return .partial(start..<min(end + 1, size))
+    }
+}

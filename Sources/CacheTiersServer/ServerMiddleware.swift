@@ -1,0 +1,92 @@
+import Hummingbird
+import HTTPTypes
+import Prometheus
+
+/// The server's counters, in its own Prometheus registry (`GET /metrics`).
+final class ServerMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let bytesServed: Prometheus.Counter
+    let bytesReceived: Prometheus.Counter
+    let activeTransfers: Prometheus.Gauge
+
+    private static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "cachetiers", subsystem: "server", metricName: metric, unitName: unit, helpText: help)
+    }
+
+    private static var requests: MetricNameDescriptor { name("requests", "total", "Requests by route, method and status.") }
+    private static var errors: MetricNameDescriptor { name("errors", "total", "Requests that failed on the server (status 500 and above).") }
+
+    init() {
+        bytesServed = registry.makeCounter(descriptor: Self.name("bytes_served", "total", "Archive bytes sent to clients."))
+        bytesReceived = registry.makeCounter(descriptor: Self.name("bytes_received", "total", "Archive bytes received in uploads."))
+        activeTransfers = registry.makeGauge(descriptor: Self.name("active", "transfers", "Downloads and uploads in flight."))
+    }
+
+    func recordRequest(route: String, method: String, status: Int) {
+        registry.makeCounter(
+            descriptor: Self.requests, labels: [("route", route), ("method", method), ("status", "\(status)")]
+        ).increment()
+        if status >= 500 {
+            registry.makeCounter(descriptor: Self.errors, labels: [("route", route)]).increment()
+        }
+    }
+
+    func exposition(activeTransfers active: Int) -> String {
+        activeTransfers.set(Double(active))
+        return registry.emitToString()
+    }
+}
+
+/// Counts every request by route and status.
+struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: ServerMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            let response = try await next(request, context)
+            metrics.recordRequest(route: routeLabel(context), method: request.method.rawValue, status: response.status.code)
+            return response
+        } catch let error as any HTTPResponseError {
+            metrics.recordRequest(route: routeLabel(context), method: request.method.rawValue, status: error.status.code)
+            throw error
+        } catch {
+            metrics.recordRequest(route: routeLabel(context), method: request.method.rawValue, status: 500)
+            throw error
+        }
+    }
+
+    private func routeLabel(_ context: Context) -> String {
+        context.endpointPath ?? "unmatched"
+    }
+}
+
+/// Requires `Authorization: Bearer <token>` on everything but `/healthz`, compared in
+/// constant time.
+struct BearerTokenMiddleware<Context: RequestContext>: RouterMiddleware {
+    let token: String?
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let token, request.uri.path != "/healthz" else { return try await next(request, context) }
+        let presented = request.headers[.authorization].flatMap { value -> Substring? in
+            value.hasPrefix("Bearer ") ? value.dropFirst("Bearer ".count) : nil
+        }
+        guard let presented, constantTimeEquals(Array(presented.utf8), Array(token.utf8)) else {
+            throw HTTPError(
+                .unauthorized, headers: [.wwwAuthenticate: "Bearer realm=\"cachetiers\""],
+                message: presented == nil ? "this cache master needs Authorization: Bearer <token>\n" : "the bearer token was refused\n"
+            )
+        }
+        return try await next(request, context)
+    }
+}
+
+/// Compares without stopping at the first difference, so timing reveals nothing of the token.
+func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var difference = UInt8(a.count == b.count ? 0 : 1)
+    for index in 0..<max(a.count, b.count) {
+        let x = index < a.count ? a[index] : 0
+        let y = index < b.count ? b[index] : 0
+        difference |= x ^ y
+    }
+    return difference == 0
+}

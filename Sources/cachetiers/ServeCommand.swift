@@ -1,0 +1,65 @@
+import ArgumentParser
+import CacheTiers
+import CacheTiersServer
+import Foundation
+import SystemPackage
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the cache master: serve archives from DIR to peer VMs and accept new ones.",
+        discussion: "The HTTP API is in Documentation/CacheMasterAPI.md. Stops cleanly on SIGINT or SIGTERM."
+    )
+
+    @Option(name: .long, help: "The folder of archives (KEY.tar.zst beside KEY.tar.zst.manifest.json); created if missing.")
+    var root: String
+
+    @Option(name: .long, help: "The address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(name: .long, help: "The port to listen on; 0 picks a free one.")
+    var port = 7420
+
+    @Option(name: .long, help: "A file holding the bearer token every request but /healthz must present.")
+    var tokenFile: String?
+
+    @Option(name: .long, help: "Downloads and uploads served at once; beyond it, 503 with Retry-After.")
+    var maxTransfers = 64
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0 to 65535") }
+        guard maxTransfers >= 1 else { throw ValidationError("--max-transfers must be at least 1") }
+    }
+
+    func run() async throws {
+        var logger = logging.makeLogger(label: "cachetiers.serve")
+        if !logging.verbose { logger.logLevel = .info }
+        let token = try tokenFile.map { try readToken($0, option: "--token-file") }
+        let server = CacheMasterServer(
+            configuration: .init(
+                root: FilePath(root), host: host, port: port, token: token, maxConcurrentTransfers: maxTransfers
+            ),
+            logger: logger
+        )
+        do {
+            try await server.run { url in
+                // The first line an operator's script waits for; written unbuffered.
+                FileHandle.standardOutput.write(Data("listening on \(url)\n".utf8))
+            }
+        } catch {
+            throw CommandFailure("serve: \(error)")
+        }
+    }
+}
+
+/// Reads a token file, trimming the trailing newline editors add.
+func readToken(_ path: String, option: String) throws -> String {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw CommandFailure("\(option) \(path) cannot be read")
+    }
+    let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    guard !token.isEmpty else { throw CommandFailure("\(option) \(path) is empty") }
+    return token
+}

@@ -1,0 +1,323 @@
+import AsyncHTTPClient
+import CacheTiers
+import CacheTiersServer
+import CacheTiersTesting
+import Foundation
+import Logging
+import NIOHTTP1
+import SystemPackage
+import Testing
+
+/// TIER 1 end to end: a real cache master on loopback, the real client, real faults.
+@Suite(.serialized) struct VMPeerSourceTests {
+    let logger = PeerHarness.quietLogger
+
+    func chain(_ tiers: [TierChain.Tier]) -> TierChain {
+        TierChain(
+            tiers: tiers,
+            configuration: .init(deadline: .seconds(120), writeBack: .disabled, retryBudget: RetryBudget()),
+            logger: logger
+        )
+    }
+
+    @Test func aCorpusRestoresIdenticallyFromThePeer() async throws {
+        try await PeerHarness.with { peer in
+            let tree = try Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 500, seed: 4)
+            let key = try CacheKey("node-modules-peer")
+            let manifest = try await peer.publish(tree, as: key)
+            let source = VMPeerSource(configuration: .init(peers: [peer.url]))
+            defer { Task { try? await source.shutdown() } }
+            let destination = peer.scratch.path.appending("restored")
+            let report = try await chain([.init(source)]).restore(key, into: destination)
+            #expect(report.servedBy == "peer")
+            #expect(report.bytesTransferred == manifest.archiveSize)
+            #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree), comparingTimes: true) == [])
+        }
+    }
+
+    @Test func conforms() async throws {
+        try await PeerHarness.with { peer in
+            struct Subject: ConformanceSubject {
+                let peer: PeerHarness
+                let client: VMPeerSource
+                var source: any CacheSource { client }
+                var sink: (any CacheSink)? { client }
+                var packer: (any CachePacker)? { ArchivePacker() }
+                func seed(_ key: CacheKey, from tree: FilePath) async throws {
+                    try await peer.publish(tree, as: key)
+                }
+            }
+            let client = VMPeerSource(configuration: .init(peers: [peer.url]))
+            try await CacheSourceConformance(subject: Subject(peer: peer, client: client)).run()
+            try await client.shutdown()
+        }
+    }
+
+    @Test func aConnectionCutMidTransferResumesWithARangeRequest() async throws {
+        try await PeerHarness.with { peer in
+            let tree = try Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 5)
+            let key = try CacheKey("cut")
+            let manifest = try await peer.publish(tree, as: key)
+            let proxy = try FaultInjectingProxy(
+                upstreamPort: peer.port, fault: .cut(afterBytes: Int(manifest.archiveSize / 3), connections: 2)
+            )
+            defer { proxy.stop() }
+            let source = VMPeerSource(configuration: .init(peers: [proxy.url]))
+            let destination = peer.scratch.path.appending("restored")
+            let report = try await chain([.init(source, policy: .init(retry: .none))]).restore(key, into: destination)
+            try await source.shutdown()
+            #expect(report.attempts.map(\.outcome) == [.hit], "resumed within one attempt")
+            #expect(proxy.connectionsAccepted == 3, "cut twice, so two resumes")
+            #expect(peer.server.metricsText().contains(#"status="206""#))
+            #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
+        }
+    }
+
+    @Test func aFlippedByteIsCorruptAndTheNextTierServes() async throws {
+        try await PeerHarness.with { peer in
+            let tree = peer.scratch.path.appending("tree")
+            try SampleTree.write(to: tree, files: 200)
+            let key = try CacheKey("flipped")
+            try await peer.publish(tree, as: key)
+            let fallback = DirectorySource(name: "gcs", root: peer.scratch.path.appending("root"))  // same archives, no proxy
+            let proxy = try FaultInjectingProxy(upstreamPort: peer.port, fault: .flipByte(atOffset: 20_000))
+            defer { proxy.stop() }
+            let source = VMPeerSource(configuration: .init(peers: [proxy.url]))
+            let destination = peer.scratch.path.appending("workspace/node_modules")
+            try SampleTree.write(to: destination, seed: 8, files: 3)
+            let before = try TreeSnapshot(of: destination)
+
+            let corruptOnly = chain([.init(source, policy: .init(retry: .none))])
+            let failure = await #expect(throws: RestoreFailure.self) { try await corruptOnly.restore(key, into: destination) }
+            #expect(failure?.report.attempts.map(\.outcome) == [.corrupt])
+            #expect(try TreeSnapshot(of: destination).differences(from: before) == [], "destination untouched")
+
+            try await source.shutdown()
+            // A fresh client, so the request comes on a new connection the proxy damages again.
+            let again = VMPeerSource(configuration: .init(peers: [proxy.url]))
+            let report = try await chain([.init(again, policy: .init(retry: .none)), .init(fallback)]).restore(key, into: destination)
+            try await again.shutdown()
+            #expect(report.attempts.map(\.outcome) == [.corrupt, .hit])
+            #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
+        }
+    }
+
+    @Test func aTricklingPeerIsCaughtByStallDetection() async throws {
+        try await PeerHarness.with { peer in
+            let tree = peer.scratch.path.appending("tree")
+            try SampleTree.write(to: tree, files: 100)
+            let key = try CacheKey("trickle")
+            try await peer.publish(tree, as: key)
+            let fallback = DirectorySource(name: "gcs", root: peer.scratch.path.appending("root"))
+            let proxy = try FaultInjectingProxy(upstreamPort: peer.port, fault: .trickle(afterBytes: 2000, interval: .seconds(3)))
+            defer { proxy.stop() }
+            let source = VMPeerSource(configuration: .init(peers: [proxy.url]))
+            let policy = TierChain.TierPolicy(timeout: .seconds(60), stallTimeout: .milliseconds(800), retry: .none)
+            let report = try await chain([.init(source, policy: policy), .init(fallback)])
+                .restore(key, into: peer.scratch.path.appending("restored"))
+            try await source.shutdown()
+            #expect(report.attempts.map(\.outcome) == [.stalled, .hit])
+            #expect(report.attempts[0].error?.contains("no progress") == true)
+        }
+    }
+
+    @Test func aDownPeerFallsThroughWithinTheConnectTimeout() async throws {
+        let scratch = try TemporaryDirectory(prefix: "down")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree)
+        let key = try CacheKey("down")
+        let fallback = DirectorySource(name: "gcs", root: scratch.path.appending("cache"))
+        try await DirectorySourceTests.Subject(directory: fallback).seed(key, from: tree)
+        // A port nothing listens on: bind one, then close it.
+        let closed = try FaultInjectingProxy(upstreamPort: 9)
+        let url = closed.url
+        closed.stop()
+        let source = VMPeerSource(configuration: .init(peers: [url], connectTimeout: .seconds(1)))
+        let report = try await chain([.init(source, policy: .init(retry: .none)), .init(fallback)])
+            .restore(key, into: scratch.path.appending("restored"))
+        try await source.shutdown()
+        #expect(report.attempts.map(\.outcome) == [.error, .hit])
+        #expect(report.attempts[0].error?.contains("cannot reach") == true)
+        // AsyncHTTPClient retries a refused connection until the connect timeout; never longer.
+        #expect(report.attempts[0].durationSeconds < 3, "gave up within the 1 s connect timeout (plus slack)")
+    }
+
+    @Test func aMissingKeyIsAMiss() async throws {
+        try await PeerHarness.with { peer in
+            let source = VMPeerSource(configuration: .init(peers: [peer.url]))
+            let failure = await #expect(throws: RestoreFailure.self) {
+                try await chain([.init(source)]).restore(CacheKey("absent"), into: peer.scratch.path.appending("x"))
+            }
+            try await source.shutdown()
+            #expect(failure?.report.attempts.map(\.outcome) == [.miss])
+        }
+    }
+
+    @Test(arguments: [nil, "wrong-token"])
+    func aMissingOrWrongTokenIsUnauthorized(_ presented: String?) async throws {
+        try await PeerHarness.with(token: "s3cret") { peer in
+            let tree = peer.scratch.path.appending("tree")
+            try SampleTree.write(to: tree)
+            let key = try CacheKey("guarded")
+            try await peer.publish(tree, as: key, token: "s3cret")
+            let source = VMPeerSource(configuration: .init(peers: [peer.url], token: presented))
+            let failure = await #expect(throws: RestoreFailure.self) {
+                try await chain([.init(source)]).restore(key, into: peer.scratch.path.appending("x"))
+            }
+            try await source.shutdown()
+            #expect(failure?.report.attempts.map(\.outcome) == [.unauthorized], "no retry")
+            #expect(failure?.report.attempts.first?.error?.contains("401") == true)
+            #expect(try await peer.send(.GET, "/healthz").status == 200, "health needs no token")
+            #expect(try await peer.send(.GET, "/metrics").status == 401)
+            #expect(try await peer.send(.GET, "/metrics", headers: [("Authorization", "Bearer s3cret")]).status == 200)
+        }
+    }
+
+    @Test func rendezvousHashingSpreadsKeysAcrossPeers() throws {
+        let peers = ["http://10.0.0.1:7420", "http://10.0.0.2:7420", "http://10.0.0.3:7420"]
+        let source = VMPeerSource(configuration: .init(peers: peers, selection: .rendezvous))
+        defer { Task { try? await source.shutdown() } }
+        var firsts: [String: Int] = [:]
+        for index in 0..<300 {
+            let key = try CacheKey("key-\(index)")
+            let order = source.peers(for: key)
+            #expect(Set(order) == Set(peers))
+            #expect(source.peers(for: key) == order, "stable for a key")
+            firsts[order[0], default: 0] += 1
+        }
+        #expect(firsts.count == 3)
+        #expect(firsts.values.allSatisfy { $0 > 60 }, "each peer leads for a fair share: \(firsts)")
+    }
+}
+
+/// The cache master's HTTP API, request by request.
+@Suite(.serialized) struct CacheMasterAPITests {
+    func published(_ peer: PeerHarness, large: Bool = false) async throws -> (CacheKey, CacheManifest, [UInt8]) {
+        let tree = peer.scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 50)
+        if large {
+            // Incompressible, and larger than loopback socket buffers: the server must wait on the reader.
+            var generator = SystemRandomNumberGenerator()
+            let noise = (0..<(24 << 20) / 8).map { _ in generator.next() as UInt64 }
+            try noise.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: tree.appending("native/big.node").string)) }
+        }
+        let key = try CacheKey("api")
+        let manifest = try await peer.publish(tree, as: key)
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: peer.scratch.path.appending("root/api.tar.zst").string)))
+        return (key, manifest, bytes)
+    }
+
+    @Test func getHeadAndManifest() async throws {
+        try await PeerHarness.with { peer in
+            let (_, manifest, bytes) = try await published(peer)
+            let get = try await peer.send(.GET, "/v1/caches/api")
+            #expect(get.status == 200)
+            #expect(get.body == bytes)
+            #expect(get.headers.first(name: "ETag") == "\"\(manifest.archiveSHA256)\"")
+            #expect(get.headers.first(name: "Accept-Ranges") == "bytes")
+            #expect(get.headers.first(name: "Content-Length") == "\(bytes.count)")
+            let head = try await peer.send(.HEAD, "/v1/caches/api")
+            #expect(head.status == 200 && head.body.isEmpty)
+            #expect(head.headers.first(name: "Content-Length") == "\(bytes.count)")
+            let json = try await peer.send(.GET, "/v1/caches/api/manifest")
+            #expect(try CacheManifest(jsonData: Data(json.body)) == manifest)
+        }
+    }
+
+    @Test func rangesAndPreconditions() async throws {
+        try await PeerHarness.with { peer in
+            let (_, manifest, bytes) = try await published(peer)
+            let part = try await peer.send(.GET, "/v1/caches/api", headers: [("Range", "bytes=100-199")])
+            #expect(part.status == 206)
+            #expect(part.body == Array(bytes[100...199]))
+            #expect(part.headers.first(name: "Content-Range") == "bytes 100-199/\(bytes.count)")
+            let tail = try await peer.send(.GET, "/v1/caches/api", headers: [("Range", "bytes=-10")])
+            #expect(tail.body == Array(bytes.suffix(10)))
+            let open = try await peer.send(.GET, "/v1/caches/api", headers: [("Range", "bytes=\(bytes.count - 5)-")])
+            #expect(open.body == Array(bytes.suffix(5)))
+            let outside = try await peer.send(.GET, "/v1/caches/api", headers: [("Range", "bytes=\(bytes.count)-")])
+            #expect(outside.status == 416)
+            #expect(outside.headers.first(name: "Content-Range") == "bytes */\(bytes.count)")
+            let matching = try await peer.send(.GET, "/v1/caches/api", headers: [("If-Match", "\"\(manifest.archiveSHA256)\"")])
+            #expect(matching.status == 200)
+            let stale = try await peer.send(.GET, "/v1/caches/api", headers: [("If-Match", "\"0000\"")])
+            #expect(stale.status == 412)
+        }
+    }
+
+    @Test func errorsForBadKeysUnknownRoutesAndMissingCaches() async throws {
+        try await PeerHarness.with { peer in
+            #expect(try await peer.send(.GET, "/v1/caches/..%2Fetc").status == 400)
+            #expect(try await peer.send(.GET, "/v1/caches/.hidden").status == 400)
+            #expect(try await peer.send(.GET, "/v1/caches/absent").status == 404)
+            #expect(try await peer.send(.GET, "/v2/whatever").status == 404)
+            #expect(try await peer.send(.GET, "/healthz").status == 200)
+            let metrics = try await peer.send(.GET, "/metrics")
+            let text = String(decoding: metrics.body, as: UTF8.self)
+            #expect(text.contains("cachetiers_server_requests_total"))
+            #expect(text.contains("cachetiers_server_active_transfers"))
+        }
+    }
+
+    @Test func aBadUploadLeavesNothingBehind() async throws {
+        try await PeerHarness.with { peer in
+            let (_, manifest, bytes) = try await published(peer)
+            var other = manifest
+            other.key = try CacheKey("other")
+            let header = try other.jsonData().base64EncodedString()
+            var damaged = bytes
+            damaged[damaged.count / 2] ^= 1
+            let wrongHash = try await peer.send(.PUT, "/v1/caches/other", headers: [("X-CacheTiers-Manifest", header)], body: damaged)
+            #expect(wrongHash.status == 400)
+            #expect(String(decoding: wrongHash.body, as: UTF8.self).contains("SHA-256"))
+            let short = try await peer.send(.PUT, "/v1/caches/other", headers: [("X-CacheTiers-Manifest", header)], body: Array(bytes.prefix(100)))
+            #expect(short.status == 400)
+            let mismatched = try await peer.send(.PUT, "/v1/caches/api2", headers: [("X-CacheTiers-Manifest", header)], body: bytes)
+            #expect(mismatched.status == 400, "the manifest names another key")
+            let names = try FileManager.default.contentsOfDirectory(atPath: peer.scratch.path.appending("root").string).sorted()
+            #expect(names == ["api.tar.zst", "api.tar.zst.manifest.json"], "no half object: \(names)")
+            #expect(try await peer.send(.GET, "/v1/caches/other").status == 404)
+        }
+    }
+
+    @Test func createOnlyPublishingReportsExists() async throws {
+        try await PeerHarness.with { peer in
+            let (_, manifest, bytes) = try await published(peer)
+            let header = try manifest.jsonData().base64EncodedString()
+            let again = try await peer.send(
+                .PUT, "/v1/caches/api", headers: [("X-CacheTiers-Manifest", header), ("If-None-Match", "*")], body: bytes
+            )
+            #expect(again.status == 412)
+            let replace = try await peer.send(.PUT, "/v1/caches/api", headers: [("X-CacheTiers-Manifest", header)], body: bytes)
+            #expect(replace.status == 200, "without If-None-Match a publish replaces")
+        }
+    }
+
+    @Test func beyondTheTransferLimitTheServerAnswers503WithRetryAfter() async throws {
+        try await PeerHarness.with(maxTransfers: 1) { peer in
+            _ = try await published(peer, large: true)
+            // Hold the only slot with a download trickling through a proxy.
+            let proxy = try FaultInjectingProxy(upstreamPort: peer.port, fault: .trickle(afterBytes: 1000, interval: .milliseconds(200)))
+            defer { proxy.stop() }
+            let (headers, signal) = AsyncStream.makeStream(of: Int.self)
+            let slow = Task {
+                var request = HTTPClientRequest(url: proxy.url + "/v1/caches/api")
+                request.method = .GET
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+                signal.yield(Int(response.status.code))
+                for try await _ in response.body {}
+            }
+            defer { slow.cancel() }
+            var firstStatus: Int?
+            for await status in headers {
+                firstStatus = status
+                break
+            }
+            #expect(firstStatus == 200, "the slow download holds the only slot")
+            let busy = try await peer.send(.GET, "/v1/caches/api")
+            #expect(busy.status == 503)
+            #expect(busy.headers.first(name: "Retry-After") == "1")
+        }
+    }
+}
