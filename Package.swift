@@ -88,7 +88,7 @@ let package = Package(
         // In-process measurements the benchmark scripts compare with the stock tools.
         .executableTarget(
             name: "cachetiers-bench",
-            dependencies: ["CacheTiers"],
+            dependencies: ["CacheTiers", "CacheTiersTesting", .product(name: "Logging", package: "swift-log")],
             path: "Benchmarks/ArchiveBench"
         ),
         .testTarget(

@@ -59,11 +59,16 @@ def main():
     corpus_root = os.path.join(a.work, "corpus-%d" % a.files)
     corpus = os.path.join(corpus_root, "node_modules")
     if not os.path.isdir(corpus):
-        subprocess.run([sys.executable, make_corpus, corpus_root, "--files", str(a.files)], check=True)
+        # Generated into a temporary folder renamed when complete, so an interrupted run is not reused.
+        shutil.rmtree(corpus_root + ".partial", ignore_errors=True)
+        subprocess.run([sys.executable, make_corpus, corpus_root + ".partial", "--files", str(a.files)], check=True)
+        os.rename(corpus_root + ".partial", corpus_root)
     small_root = os.path.join(a.work, "corpus-2000")
     if not os.path.isdir(os.path.join(small_root, "node_modules")):
-        subprocess.run([sys.executable, make_corpus, small_root, "--files", "2000", "--seed", "7"], check=True,
+        shutil.rmtree(small_root + ".partial", ignore_errors=True)
+        subprocess.run([sys.executable, make_corpus, small_root + ".partial", "--files", "2000", "--seed", "7"], check=True,
                        stdout=subprocess.DEVNULL)
+        os.rename(small_root + ".partial", small_root)
 
     ours_archive = os.path.join(a.work, "ours.tar.zst")
     stock_archive = os.path.join(a.work, "stock.tar.zst")

@@ -1,30 +1,98 @@
-// Measurements that need the library without the command line around it, for
-// Benchmarks/archive_benchmark.py. `cachetiers-bench decompress FILE` decompresses a
-// zstd file to nowhere, the counterpart of `zstd -d -c FILE > /dev/null`.
+// Measurements that need the library without the command line around it, for the
+// scripts in Benchmarks/. Each prints one line of JSON.
+//
+//   cachetiers-bench decompress FILE                    zstd-decode FILE to nowhere
+//   cachetiers-bench peer-restore URL KEY DIR           restore KEY from a cache master into DIR
+//   cachetiers-bench peer-restore-throttled URL KEY DIR BYTES_PER_SECOND
+//                                                       the same through a bandwidth-limited proxy
+//   cachetiers-bench peer-concurrent URL KEY DIR N      N concurrent restores into DIR/0 … DIR/N-1
 import CacheTiers
+import CacheTiersTesting
 import Foundation
+import Logging
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-let arguments = CommandLine.arguments
-guard arguments.count == 3, arguments[1] == "decompress" else {
-    FileHandle.standardError.write(Data("usage: cachetiers-bench decompress FILE\n".utf8))
-    exit(2)
-}
-let descriptor = open(arguments[2], O_RDONLY)
-guard descriptor >= 0 else {
-    FileHandle.standardError.write(Data("cachetiers-bench: cannot open \(arguments[2])\n".utf8))
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("cachetiers-bench: \(message)\n".utf8))
     exit(1)
 }
-let decoder = try ZstdCodec().makeDecoder()
-let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-var produced = 0
-while true {
-    let count = read(descriptor, buffer.baseAddress, buffer.count)
-    if count <= 0 { break }
-    try decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[..<count])) { produced += $0.count }
+
+func seconds(since start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
 }
-try decoder.finish()
-print(produced)
+
+let logger: Logger = {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .error
+    return logger
+}()
+
+func restore(from url: String, key: String, into directory: String, restores: Int = 1) async throws -> (Double, Int64) {
+    let source = VMPeerSource(configuration: .init(peers: [url]))
+    let chain = TierChain(
+        tiers: [.init(source, policy: .init(timeout: .seconds(600), retry: .none))],
+        configuration: .init(deadline: .seconds(900), writeBack: .disabled),
+        logger: logger
+    )
+    let cacheKey = try CacheKey(key)
+    let start = ContinuousClock.now
+    let bytes = try await withThrowingTaskGroup(of: Int64.self) { group in
+        for index in 0..<restores {
+            let destination = restores == 1 ? FilePath(directory) : FilePath(directory).appending("\(index)")
+            group.addTask { try await chain.restore(cacheKey, into: destination).bytesTransferred }
+        }
+        return try await group.reduce(0, +)
+    }
+    let elapsed = seconds(since: start)
+    try await source.shutdown()
+    return (elapsed, bytes)
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+do {
+switch arguments.first {
+case "decompress" where arguments.count == 2:
+    let descriptor = open(arguments[1], O_RDONLY)
+    guard descriptor >= 0 else { fail("cannot open \(arguments[1])") }
+    let decoder = try ZstdCodec().makeDecoder()
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    var produced = 0
+    let start = ContinuousClock.now
+    while true {
+        let count = read(descriptor, buffer.baseAddress, buffer.count)
+        if count <= 0 { break }
+        try decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[..<count])) { produced += $0.count }
+    }
+    try decoder.finish()
+    print(#"{"bytes": \#(produced), "seconds": \#(seconds(since: start))}"#)
+
+case "peer-restore" where arguments.count == 4:
+    let (elapsed, bytes) = try await restore(from: arguments[1], key: arguments[2], into: arguments[3])
+    print(#"{"bytes": \#(bytes), "seconds": \#(elapsed)}"#)
+
+case "peer-restore-throttled" where arguments.count == 5:
+    guard let port = arguments[1].split(separator: ":").last.flatMap({ Int($0) }), let rate = Int(arguments[4]) else {
+        fail("peer-restore-throttled URL KEY DIR BYTES_PER_SECOND")
+    }
+    let proxy = try FaultInjectingProxy(upstreamPort: port, fault: .bandwidth(bytesPerSecond: rate))
+    let (elapsed, bytes) = try await restore(from: proxy.url, key: arguments[2], into: arguments[3])
+    proxy.stop()
+    print(#"{"bytes": \#(bytes), "seconds": \#(elapsed), "transferSeconds": \#(Double(bytes) / Double(rate))}"#)
+
+case "peer-concurrent" where arguments.count == 5:
+    guard let count = Int(arguments[4]), count > 0 else { fail("peer-concurrent URL KEY DIR N") }
+    try FileManager.default.createDirectory(atPath: arguments[3], withIntermediateDirectories: true)
+    let (elapsed, bytes) = try await restore(from: arguments[1], key: arguments[2], into: arguments[3], restores: count)
+    print(#"{"bytes": \#(bytes), "seconds": \#(elapsed), "restores": \#(count)}"#)
+
+default:
+    fail("usage: see the comment at the top of Benchmarks/ArchiveBench/main.swift")
+}
+} catch {
+    fail("\(error)")
+}

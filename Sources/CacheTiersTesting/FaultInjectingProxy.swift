@@ -24,6 +24,10 @@ public final class FaultInjectingProxy: Sendable {
         case bandwidth(bytesPerSecond: Int)
         /// Send `bytes` bytes, then one byte every `interval`.
         case trickle(afterBytes: Int, interval: Duration)
+        /// Close the first connection after `bytes` bytes, and hold every later one for
+        /// `delay` before connecting it to the server: time for a test to change the
+        /// server between a cut and the client's resume.
+        case cutThenDelay(afterBytes: Int, delay: Duration)
     }
 
     private struct State {
@@ -111,6 +115,9 @@ public final class FaultInjectingProxy: Sendable {
                 close(client)
                 return
             }
+            if case .cutThenDelay(_, let delay) = fault, index > 1 {
+                Thread.sleep(forTimeInterval: Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
+            }
             let server = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = Self.loopback(port: UInt16(upstreamPort))
             let connected = withUnsafePointer(to: &address) {
@@ -159,6 +166,9 @@ public final class FaultInjectingProxy: Sendable {
             if downstream {
                 switch connection.fault {
                 case .cut(let bytes, let connections) where connection.index <= connections:
+                    if forwarded >= bytes { return }
+                    limit = min(limit, bytes - forwarded)
+                case .cutThenDelay(let bytes, _) where connection.index == 1:
                     if forwarded >= bytes { return }
                     limit = min(limit, bytes - forwarded)
                 case .trickle(let bytes, _) where forwarded >= bytes:

@@ -39,6 +39,9 @@ public final class VMPeerSource: CacheSource, CacheSink {
         public var connectTimeout: Duration
         /// How many times one download may resume after a dropped connection.
         public var maxResumes: Int
+        /// Connections kept per cache master, so concurrent restores through one source
+        /// never queue behind each other.
+        public var maxConnectionsPerPeer: Int
         public var limits: ExtractionLimits
 
         public init(
@@ -47,6 +50,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
             token: String? = nil,
             connectTimeout: Duration = .seconds(2),
             maxResumes: Int = 5,
+            maxConnectionsPerPeer: Int = 64,
             limits: ExtractionLimits = .init()
         ) {
             self.peers = peers.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
@@ -54,6 +58,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
             self.token = token
             self.connectTimeout = connectTimeout
             self.maxResumes = maxResumes
+            self.maxConnectionsPerPeer = maxConnectionsPerPeer
             self.limits = limits
         }
     }
@@ -71,6 +76,14 @@ public final class VMPeerSource: CacheSource, CacheSink {
             + configuration.connectTimeout.components.attoseconds / 1_000_000_000_000_000
         var http = HTTPClient.Configuration()
         http.timeout = .init(connect: .milliseconds(max(1, milliseconds)))
+        // AsyncHTTPClient's default of 8 connections a host makes the 9th concurrent
+        // restore wait, and fail once the connect timeout passes.
+        http.connectionPool = .init(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.maxConnectionsPerPeer
+        )
+        // A refused connection means the peer is down: fail now and let the chain move
+        // on, instead of retrying until the connect timeout.
+        http.connectionPool.retryConnectionEstablishment = false
         http.redirectConfiguration = .disallow
         http.decompression = .disabled
         self.client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: http)

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""TIER 1 benchmark: restore from a cache master on loopback, side by side with curl.
+
+Starts `cachetiers serve` (release build) over a folder holding one archive of a
+make-corpus tree, then measures in one run, medians of --runs, alternating sides:
+
+  restore     cachetiers-bench peer-restore (VMPeerSource through a TierChain)
+              vs  curl -s URL | zstd -d | tar -xf -        (both into /dev/shm)
+  throttled   the same restore through a proxy limited to --rate bytes/s, against the
+              pure transfer time (archive bytes / rate): can decoding and extraction
+              hide behind the network?
+  concurrent  --concurrent restores at once from the one server (smaller corpus):
+              all must succeed; aggregate throughput and the server's peak RSS
+
+  swift build -c release --product cachetiers --product cachetiers-bench
+  python3 Benchmarks/peer_benchmark.py               # --files 4000 for a quick run
+"""
+import argparse, json, os, shutil, statistics, subprocess, sys, time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OURS = os.path.join(REPO, ".build", "release", "cachetiers")
+BENCH = os.path.join(REPO, ".build", "release", "cachetiers-bench")
+
+
+def timed(command, shell=False):
+    start = time.perf_counter()
+    result = subprocess.run(command, shell=shell, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit("benchmark: %s failed: %s" % (command, result.stderr))
+    return time.perf_counter() - start, result.stdout
+
+
+def corpus(work, files, seed):
+    """The corpus, generated once (into a temporary folder renamed when complete)."""
+    root = os.path.join(work, "corpus-%d" % files if seed == 1 else "corpus-%d-%d" % (files, seed))
+    if not os.path.isdir(os.path.join(root, "node_modules")):
+        tool = os.path.join(os.path.dirname(REPO), "shared", "tools", "make-corpus")
+        partial = root + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run([sys.executable, tool, partial, "--files", str(files), "--seed", str(seed)], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.rename(partial, root)
+    return os.path.join(root, "node_modules")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=40000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rate", type=int, default=50_000_000, help="bytes per second for the throttled run")
+    ap.add_argument("--concurrent", type=int, default=32)
+    ap.add_argument("--concurrent-files", type=int, default=3000)
+    ap.add_argument("--work", default=os.path.join(REPO, "bench-work"))
+    ap.add_argument("--shm", default="/dev/shm/cachetiers-peer-bench")
+    a = ap.parse_args()
+    for tool in (OURS, BENCH):
+        if not os.access(tool, os.X_OK):
+            sys.exit("benchmark: build first: swift build -c release --product cachetiers --product cachetiers-bench")
+
+    os.makedirs(a.work, exist_ok=True)
+    root = os.path.join(a.work, "peer-root")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    big, small = corpus(a.work, a.files, 1), corpus(a.work, a.concurrent_files, 3)
+    subprocess.run([OURS, "pack", big, "--output", os.path.join(root, "big.tar.zst")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([OURS, "pack", small, "--output", os.path.join(root, "small.tar.zst")], check=True, stdout=subprocess.DEVNULL)
+    size = os.path.getsize(os.path.join(root, "big.tar.zst"))
+
+    server = subprocess.Popen([OURS, "serve", "--root", root, "--port", "0", "--max-transfers", "64"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = server.stdout.readline().strip().split()[-1]
+        print("server %s; archive %.1f MB (make-corpus --files %d); %d runs, medians\n" % (url, size / 1e6, a.files, a.runs))
+        os.makedirs(a.shm, exist_ok=True)
+        ours_out, stock_out = a.shm + "/ours", a.shm + "/stock"
+
+        times = {"ours": [], "stock": []}
+        for _ in range(a.runs):
+            shutil.rmtree(ours_out, ignore_errors=True)
+            times["ours"].append(timed([BENCH, "peer-restore", url, "big", ours_out])[0])
+            shutil.rmtree(stock_out, ignore_errors=True)
+            os.makedirs(stock_out)
+            times["stock"].append(timed("curl -sf %s/v1/caches/big | zstd -d | tar -xf - -C %s" % (url, stock_out), shell=True)[0])
+        o, s = statistics.median(times["ours"]), statistics.median(times["stock"])
+        print("restore     ours %.2f s   curl|zstd|tar %.2f s   ratio %.2fx   (ours %s; stock %s)" % (
+            o, s, o / s, " ".join("%.2f" % t for t in times["ours"]), " ".join("%.2f" % t for t in times["stock"])))
+        same = subprocess.run(["diff", "-r", "--no-dereference", big, ours_out], capture_output=True).returncode == 0
+        print("            restored tree identical: %s" % ("yes" if same else "NO"))
+
+        throttled = []
+        for _ in range(max(3, a.runs // 2)):
+            shutil.rmtree(ours_out, ignore_errors=True)
+            throttled.append(json.loads(timed([BENCH, "peer-restore-throttled", url, "big", ours_out, str(a.rate)])[1]))
+        restore_s = statistics.median(r["seconds"] for r in throttled)
+        transfer_s = throttled[0]["transferSeconds"]
+        print("throttled   %.0f MB/s: restore %.2f s, pure transfer %.2f s, ratio %.2fx   (runs %s)" % (
+            a.rate / 1e6, restore_s, transfer_s, restore_s / transfer_s, " ".join("%.2f" % r["seconds"] for r in throttled)))
+
+        shutil.rmtree(a.shm + "/many", ignore_errors=True)
+        result = json.loads(timed([BENCH, "peer-concurrent", url, "small", a.shm + "/many", str(a.concurrent)])[1])
+        with open("/proc/%d/status" % server.pid) as status:
+            peak = next(int(l.split()[1]) for l in status if l.startswith("VmHWM"))
+        print("concurrent  %d restores of %.1f MB: all succeeded in %.2f s, aggregate %.0f MB/s; server peak RSS %.1f MiB" % (
+            a.concurrent, result["bytes"] / a.concurrent / 1e6, result["seconds"], result["bytes"] / result["seconds"] / 1e6,
+            peak / 1024))
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(a.shm, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
