@@ -22,12 +22,16 @@ struct UnpackCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The archive's expected SHA-256 (hex); a mismatch fails and leaves DIR untouched.")
     var sha256: String?
 
+    @Option(name: .long, help: "Threads writing small files beside the parser (0 = none).")
+    var writerThreads = UnpackSession.Options.defaultWriterThreads
+
     @Flag(name: .long, help: "Print the summary as JSON.")
     var json = false
 
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
+        guard (0...16).contains(writerThreads) else { throw ValidationError("--writer-threads must be 0 to 16") }
         if let sha256, sha256.count != 64 || !sha256.allSatisfy(\.isHexDigit) {
             throw ValidationError("--sha256 must be 64 hexadecimal digits")
         }
@@ -53,7 +57,9 @@ struct UnpackCommand: AsyncParsableCommand {
             }
         }
         let started = ContinuousClock.now
-        let unpacker = ArchiveUnpacker(options: .init(expectedSHA256: expectedSHA, expectedSize: expectedSize))
+        let unpacker = ArchiveUnpacker(
+            options: .init(expectedSHA256: expectedSHA, expectedSize: expectedSize, writerThreads: writerThreads)
+        )
         let summary: UnpackSummary
         do {
             summary = try await unpacker.unpack(file: FilePath(file), replacing: FilePath(into), logger: logger)

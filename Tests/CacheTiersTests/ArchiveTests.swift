@@ -72,6 +72,18 @@ import Testing
         #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
     }
 
+    @Test(arguments: [0, 1, 3])
+    func everyWriterThreadCountRestoresTheSameTree(_ threads: Int) async throws {
+        let scratch = try TemporaryDirectory(prefix: "writers")
+        defer { scratch.remove() }
+        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 400, seed: 6)
+        let archive = scratch.path.appending("a.tar.zst")
+        _ = try await ArchivePacker().pack(tree, key: CacheKey("writers"), to: archive, logger: logger)
+        let destination = scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker(options: .init(writerThreads: threads)).unpack(file: archive, replacing: destination, logger: logger)
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree), comparingTimes: true) == [])
+    }
+
     @Test func deterministicPacksAreByteIdentical() async throws {
         let scratch = try TemporaryDirectory(prefix: "determinism")
         defer { scratch.remove() }

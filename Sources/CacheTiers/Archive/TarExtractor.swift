@@ -20,6 +20,8 @@ final class TarExtractor {
     private enum Phase {
         case header
         case fileData(remaining: Int64, descriptor: Int32, padding: Int)
+        /// A small file collected in memory for the writer pool.
+        case bufferedFile(remaining: Int64, padding: Int)
         case metadata(MetadataKind, remaining: Int64, padding: Int)
         case skip(remaining: Int64)
         case ended
@@ -46,6 +48,12 @@ final class TarExtractor {
     private var pendingLongName: String?
     private var pendingLongLink: String?
     private var currentFile: PendingFile?
+    private var fileBuffer: [UInt8] = []
+    /// Writes small files on other threads; nil to write everything on this one.
+    private let pool: FileWriterPool?
+    /// Directories the stream has left whose files may still be in the pool: their
+    /// times are applied once the pool has written every job up to `sequence`.
+    private var awaitingDirectories: [(directory: PendingDirectory, sequence: Int)] = []
 
     /// The last parent directory proven to be a chain of real directories. Directories
     /// are never replaced during an extraction, so its prefixes stay proven; anything
@@ -71,23 +79,28 @@ final class TarExtractor {
     /// Offset in the tar stream of the next byte to consume.
     private(set) var offset: Int64 = 0
 
-    /// - Parameter root: an existing, empty directory.
-    init(root: String, limits: ExtractionLimits) {
+    /// - Parameters:
+    ///   - root: an existing, empty directory.
+    ///   - writerThreads: extra threads that write small files; 0 writes on the caller's.
+    init(root: String, limits: ExtractionLimits, writerThreads: Int = 0) {
         self.root = root.hasSuffix("/") ? String(root.dropLast()) : root
         self.limits = limits
-        self.umaskBits = currentUmask()
+        let umaskBits = currentUmask()
+        self.umaskBits = umaskBits
+        self.pool = writerThreads > 0 ? FileWriterPool(root: self.root, umaskBits: umaskBits, threads: writerThreads) : nil
     }
 
     deinit {
         abort()
     }
 
-    /// Closes anything open; the caller removes the partial tree.
+    /// Closes anything open and stops the writer threads; the caller removes the partial tree.
     func abort() {
         if case .fileData(_, let descriptor, _) = phase {
             close(descriptor)
-            phase = .ended
         }
+        phase = .ended
+        pool?.stop()
     }
 
     func consume(_ input: UnsafeRawBufferPointer) throws(ExtractionError) {
@@ -128,6 +141,18 @@ final class TarExtractor {
                     phase = .fileData(remaining: remaining - Int64(take), descriptor: descriptor, padding: padding)
                 }
 
+            case .bufferedFile(let remaining, let padding):
+                let take = Int(min(remaining, Int64(rest.count)))
+                fileBuffer.append(contentsOf: rest.prefix(take))
+                rest = rest.dropFirst(take)
+                offset += Int64(take)
+                if Int64(take) == remaining {
+                    try submitBufferedFile()
+                    phase = padding > 0 ? .skip(remaining: Int64(padding)) : .header
+                } else {
+                    phase = .bufferedFile(remaining: remaining - Int64(take), padding: padding)
+                }
+
             case .metadata(let kind, let remaining, let padding):
                 let take = Int(min(remaining, Int64(rest.count)))
                 metadataBuffer.append(contentsOf: rest.prefix(take))
@@ -165,6 +190,14 @@ final class TarExtractor {
         default:
             throw .corrupt("the archive is truncated: it ends in the middle of an entry", offset: offset)
         }
+        if let pool {
+            try pool.barrier()
+            pool.stop()
+        }
+        for (directory, _) in awaitingDirectories {
+            try apply(directory)
+        }
+        awaitingDirectories.removeAll()
         while let directory = openDirectories.popLast() {
             try apply(directory)
         }
@@ -221,8 +254,31 @@ final class TarExtractor {
                 return
             }
             openDirectories.removeLast()
-            try apply(last)
+            if let pool {
+                awaitingDirectories.append((last, pool.lastSubmittedSequence))
+            } else {
+                try apply(last)
+            }
         }
+    }
+
+    /// Applies the times of left directories whose files the pool has all written.
+    private func applyWrittenDirectories() throws(ExtractionError) {
+        guard let pool, !awaitingDirectories.isEmpty else { return }
+        let written = pool.completedThrough
+        var applied = 0
+        while applied < awaitingDirectories.count, awaitingDirectories[applied].sequence <= written {
+            try apply(awaitingDirectories[applied].directory)
+            applied += 1
+        }
+        if applied > 0 { awaitingDirectories.removeFirst(applied) }
+    }
+
+    private func submitBufferedFile() throws(ExtractionError) {
+        guard let file = currentFile, let pool else { return }
+        currentFile = nil
+        try pool.submit(relative: file.path, contents: fileBuffer, mode: file.mode, modificationTime: file.modificationTime)
+        fileBuffer = []
     }
 
     // MARK: headers
@@ -304,10 +360,17 @@ final class TarExtractor {
         let dataSize = kind == .file ? size : (kind == .hardLink ? 0 : size)
         let relative = try sanitize(path)
         if let relative { try leaveDirectories(notContaining: relative) }
+        try applyWrittenDirectories()
 
         // An entry written into a directory whose time was already applied (the stream
         // came back to it) must not disturb that time.
         let revisited = relative.flatMap(revisitedParent(of:))
+        if let pool, let relative {
+            // Anything that could race a file still being written waits for the pool.
+            if kind == .hardLink || revisited != nil || pool.isInFlight(relative) {
+                try pool.barrier()
+            }
+        }
         let savedTime = revisited.flatMap(modificationTime(of:))
         defer {
             if let revisited, let savedTime { restoreModificationTime(savedTime, of: revisited) }
@@ -326,9 +389,21 @@ final class TarExtractor {
                     offset: offset
                 )
             }
+            summary.files += 1
+            if pool != nil, revisited == nil, size <= Int64(FileWriterPool.maximumFileSize) {
+                try prepareParent(of: relative)
+                currentFile = PendingFile(path: relative, mode: raw.mode, modificationTime: mtime)
+                fileBuffer.reserveCapacity(Int(size))
+                if size == 0 {
+                    try submitBufferedFile()
+                    phase = .header
+                } else {
+                    phase = .bufferedFile(remaining: size, padding: padding(size))
+                }
+                return
+            }
             let descriptor = try createFile(relative, mode: raw.mode)
             currentFile = PendingFile(path: relative, mode: raw.mode, modificationTime: mtime)
-            summary.files += 1
             if size == 0 {
                 try closeFile(descriptor)
                 phase = .header

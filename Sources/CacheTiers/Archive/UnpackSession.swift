@@ -22,11 +22,23 @@ public final class UnpackSession {
         public var expectedSHA256: String?
         /// The archive's size as published; a mismatch fails ``finish()`` as corrupt.
         public var expectedSize: Int64?
+        /// Threads that write small files beside the one that parses the archive; 0
+        /// writes every file on that one.
+        public var writerThreads: Int
 
-        public init(limits: ExtractionLimits = .init(), expectedSHA256: String? = nil, expectedSize: Int64? = nil) {
+        /// One extra writer thread: decoding, parsing and two writers keep two cores busy.
+        public static var defaultWriterThreads: Int { 1 }
+
+        public init(
+            limits: ExtractionLimits = .init(),
+            expectedSHA256: String? = nil,
+            expectedSize: Int64? = nil,
+            writerThreads: Int = Options.defaultWriterThreads
+        ) {
             self.limits = limits
             self.expectedSHA256 = expectedSHA256?.lowercased()
             self.expectedSize = expectedSize
+            self.writerThreads = max(0, writerThreads)
         }
     }
 
@@ -53,9 +65,10 @@ public final class UnpackSession {
         let queue = self.queue
         let root = staging.string
         let limits = options.limits
+        let writerThreads = options.writerThreads
         self.writer = Task {
             try await DedicatedThread.run(name: "cachetiers-unpack") { _ in
-                let extractor = TarExtractor(root: root, limits: limits)
+                let extractor = TarExtractor(root: root, limits: limits, writerThreads: writerThreads)
                 do {
                     while var chunk = try queue.next() {
                         try chunk.withUnsafeBytes { bytes in try extractor.consume(bytes) }
