@@ -6,9 +6,11 @@ make-corpus tree, then measures in one run, medians of --runs, alternating sides
 
   restore     cachetiers-bench peer-restore (VMPeerSource through a TierChain)
               vs  curl -s URL | zstd -d | tar -xf -        (both into /dev/shm)
-  throttled   the same restore through a proxy limited to --rate bytes/s, against the
-              pure transfer time (archive bytes / rate): can decoding and extraction
-              hide behind the network?
+  throttled   the same restore over a link limited to --rate bytes/s, against the pure
+              transfer time (archive bytes / rate): can decoding and extraction hide
+              behind the network? With --shaping tc (root), server and client run in a
+              network namespace of their own whose loopback the kernel shapes (tbf);
+              with --shaping proxy, through the fault-injecting proxy's rate limit.
   concurrent  --concurrent restores at once from the one server (smaller corpus):
               all must succeed; aggregate throughput and the server's peak RSS
 
@@ -43,6 +45,31 @@ def corpus(work, files, seed):
     return os.path.join(root, "node_modules")
 
 
+def shaped_restores(a, root, out):
+    """Restores over a loopback the kernel limits to a.rate, in a namespace of its own."""
+    ns = "cachetiers-bench-%d" % os.getpid()
+    run_in = ["ip", "netns", "exec", ns]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    server = None
+    try:
+        subprocess.run(run_in + ["ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(run_in + ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "%dbit" % (a.rate * 8),
+                                 "burst", "256kb", "latency", "100ms"], check=True)
+        server = subprocess.Popen(run_in + [OURS, "serve", "--root", root, "--port", "0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        url = server.stdout.readline().strip().split()[-1]
+        results = []
+        for _ in range(max(3, a.runs // 2)):
+            shutil.rmtree(out, ignore_errors=True)
+            results.append(json.loads(timed(run_in + [BENCH, "peer-restore", url, "big", out])[1]))
+        return results
+    finally:
+        if server:
+            server.terminate()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=40000)
@@ -50,6 +77,7 @@ def main():
     ap.add_argument("--rate", type=int, default=50_000_000, help="bytes per second for the throttled run")
     ap.add_argument("--concurrent", type=int, default=32)
     ap.add_argument("--concurrent-files", type=int, default=3000)
+    ap.add_argument("--shaping", choices=("tc", "proxy"), default="tc" if os.geteuid() == 0 else "proxy")
     ap.add_argument("--work", default=os.path.join(REPO, "bench-work"))
     ap.add_argument("--shm", default="/dev/shm/cachetiers-peer-bench")
     a = ap.parse_args()
@@ -88,13 +116,16 @@ def main():
         print("            restored tree identical: %s" % ("yes" if same else "NO"))
 
         throttled = []
-        for _ in range(max(3, a.runs // 2)):
-            shutil.rmtree(ours_out, ignore_errors=True)
-            throttled.append(json.loads(timed([BENCH, "peer-restore-throttled", url, "big", ours_out, str(a.rate)])[1]))
+        if a.shaping == "tc":
+            throttled = shaped_restores(a, root, ours_out)
+        else:
+            for _ in range(max(3, a.runs // 2)):
+                shutil.rmtree(ours_out, ignore_errors=True)
+                throttled.append(json.loads(timed([BENCH, "peer-restore-throttled", url, "big", ours_out, str(a.rate)])[1]))
         restore_s = statistics.median(r["seconds"] for r in throttled)
-        transfer_s = throttled[0]["transferSeconds"]
-        print("throttled   %.0f MB/s: restore %.2f s, pure transfer %.2f s, ratio %.2fx   (runs %s)" % (
-            a.rate / 1e6, restore_s, transfer_s, restore_s / transfer_s, " ".join("%.2f" % r["seconds"] for r in throttled)))
+        transfer_s = size / a.rate
+        print("throttled   %.0f MB/s (%s): restore %.2f s, pure transfer %.2f s, ratio %.2fx   (runs %s)" % (
+            a.rate / 1e6, a.shaping, restore_s, transfer_s, restore_s / transfer_s, " ".join("%.2f" % r["seconds"] for r in throttled)))
 
         shutil.rmtree(a.shm + "/many", ignore_errors=True)
         result = json.loads(timed([BENCH, "peer-concurrent", url, "small", a.shm + "/many", str(a.concurrent)])[1])
