@@ -22,8 +22,7 @@ func fail(_ message: String) -> Never {
 }
 
 func seconds(since start: ContinuousClock.Instant) -> Double {
-    let elapsed = ContinuousClock.now - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    (ContinuousClock.now - start).inSeconds
 }
 
 let logger: Logger = {

@@ -1,3 +1,4 @@
+import CacheTiers
 import Foundation
 import Synchronization
 
@@ -116,7 +117,7 @@ public final class FaultInjectingProxy: Sendable {
                 return
             }
             if case .cutThenDelay(_, let delay) = fault, index > 1 {
-                Thread.sleep(forTimeInterval: Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
+                Thread.sleep(forTimeInterval: delay.inSeconds)
             }
             let server = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = Self.loopback(port: UInt16(upstreamPort))
@@ -195,9 +196,9 @@ public final class FaultInjectingProxy: Sendable {
                     // Hold the connection to `rate`: wait until this chunk's time slot.
                     let due = start + .nanoseconds(Int64(Double(forwarded + count) / Double(rate) * 1e9))
                     let wait = due - ContinuousClock.now
-                    if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18) }
+                    if wait > .zero { Thread.sleep(forTimeInterval: wait.inSeconds) }
                 case .trickle(let bytes, let interval) where forwarded >= bytes:
-                    Thread.sleep(forTimeInterval: Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18)
+                    Thread.sleep(forTimeInterval: interval.inSeconds)
                 default:
                     break
                 }

@@ -89,8 +89,7 @@ struct PackCommand: AsyncParsableCommand {
         }
 
         let manifest = summary.manifest
-        let seconds = summary.duration.components.seconds
-        let elapsed = Double(seconds) + Double(summary.duration.components.attoseconds) / 1e18
+        let elapsed = summary.duration.inSeconds
         let ratio = manifest.archiveSize > 0 ? Double(manifest.uncompressedSize) / Double(manifest.archiveSize) : 0
         if json {
             let report = PackReport(

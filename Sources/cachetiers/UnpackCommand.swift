@@ -66,8 +66,7 @@ struct UnpackCommand: AsyncParsableCommand {
         } catch {
             throw CommandFailure("unpack: \(error); \(into) is unchanged")
         }
-        let elapsed = (ContinuousClock.now - started)
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = (ContinuousClock.now - started).inSeconds
         if json {
             print(try UnpackReport(summary: summary, into: into, seconds: seconds, verifiedBy: verifiedBy).prettyJSON())
         } else {

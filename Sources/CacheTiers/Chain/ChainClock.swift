@@ -14,15 +14,15 @@ struct ChainClock: Sendable {
 }
 
 extension Duration {
-    /// The duration in seconds as a `Double`.
-    var seconds: Double {
+    /// The duration in seconds as a `Double`, for reports, logs and APIs that take seconds.
+    public var inSeconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
     }
 
     /// A readable rendering for messages: `2 s`, `250 ms`.
     var humanReadable: String {
-        let value = seconds
+        let value = inSeconds
         if value >= 1 || value == 0 {
             let rounded = (value * 10).rounded() / 10
             return rounded == rounded.rounded() ? "\(Int(rounded)) s" : "\(rounded) s"

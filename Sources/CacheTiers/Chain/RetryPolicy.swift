@@ -30,13 +30,13 @@ public struct RetryPolicy: Sendable, Hashable {
     /// The longest backoff before the attempt after `failedAttempt` (1-based).
     public func ceiling(afterAttempt failedAttempt: Int) -> Duration {
         let factor = pow(multiplier, Double(max(0, failedAttempt - 1)))
-        let capped = min(initialDelay.seconds * factor, maxDelay.seconds)
+        let capped = min(initialDelay.inSeconds * factor, maxDelay.inSeconds)
         return .nanoseconds(Int64(capped * 1e9))
     }
 
     /// The delay before the attempt after `failedAttempt`, given a random fraction in `0..<1`.
     public func delay(afterAttempt failedAttempt: Int, random: Double) -> Duration {
-        let ceiling = ceiling(afterAttempt: failedAttempt).seconds
+        let ceiling = ceiling(afterAttempt: failedAttempt).inSeconds
         return .nanoseconds(Int64(ceiling * min(max(random, 0), 1) * 1e9))
     }
 }

@@ -28,11 +28,6 @@ final class SingleFlight<Key: Hashable & Sendable, Value: Sendable>: Sendable {
 
     private let state = Mutex(State())
 
-    /// The number of keys in flight now.
-    var inFlight: Int {
-        state.withLock { $0.flights.count }
-    }
-
     func run(_ key: Key, operation: @escaping @Sendable () async throws -> Value) async throws -> Value {
         let (waiterID, task) = state.withLock { state -> (Int, Task<Value, any Error>) in
             let id = state.nextWaiter

@@ -101,14 +101,14 @@ extension RestoreRun {
         _ error: String?
     ) {
         let record = AttemptRecord(
-            tier: tier, attempt: attempt, outcome: outcome, durationSeconds: duration.seconds, bytes: bytes, error: error
+            tier: tier, attempt: attempt, outcome: outcome, durationSeconds: duration.inSeconds, bytes: bytes, error: error
         )
         attempts.append(record)
         chain.metrics.recordAttempt(record, duration: duration)
         emit(.attemptFinished(record))
         var metadata: Logger.Metadata = [
             "tier": "\(tier)", "attempt": "\(attempt)", "outcome": "\(outcome.rawValue)",
-            "seconds": "\(duration.seconds)", "bytes": "\(bytes)",
+            "seconds": "\(duration.inSeconds)", "bytes": "\(bytes)",
         ]
         if let error { metadata["error"] = "\(error)" }
         logger.log(level: outcome == .hit || outcome == .miss ? .info : .warning, "attempt finished", metadata: metadata)

@@ -159,8 +159,9 @@ struct RestoreRun: Sendable {
     }
 
     private func failure(start: Duration, fatal: CacheTierError?) -> RestoreFailure {
-        let duration = (clock.now() - start).seconds
-        chain.metrics.recordRestore(servedBy: nil, duration: clock.now() - start)
+        let elapsed = clock.now() - start
+        let duration = elapsed.inSeconds
+        chain.metrics.recordRestore(servedBy: nil, duration: elapsed)
         let report = RestoreReport(
             key: key, outcome: .failed, servedBy: nil, destination: staging.destination.string,
             durationSeconds: duration, bytesTransferred: 0, estimatedCostUSD: nil,
@@ -179,12 +180,12 @@ struct RestoreRun: Sendable {
         logger.info(
             "restored",
             metadata: [
-                "tier": "\(tier.name)", "seconds": "\(duration.seconds)", "bytes": "\(details.bytesTransferred)",
+                "tier": "\(tier.name)", "seconds": "\(duration.inSeconds)", "bytes": "\(details.bytesTransferred)",
             ]
         )
         var report = RestoreReport(
             key: key, outcome: .restored, servedBy: tier.name, destination: staging.destination.string,
-            durationSeconds: duration.seconds, bytesTransferred: details.bytesTransferred,
+            durationSeconds: duration.inSeconds, bytesTransferred: details.bytesTransferred,
             estimatedCostUSD: details.estimatedCostUSD, attempts: attempts.records, writeBack: []
         )
         let sinks = writeBackTargets(above: tierIndex)

@@ -72,8 +72,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
         precondition(!configuration.peers.isEmpty, "a VMPeerSource needs at least one peer URL")
         self.name = name
         self.configuration = configuration
-        let milliseconds = Int64(configuration.connectTimeout.components.seconds * 1000)
-            + configuration.connectTimeout.components.attoseconds / 1_000_000_000_000_000
+        let milliseconds = Int64((configuration.connectTimeout.inSeconds * 1000).rounded())
         var http = HTTPClient.Configuration()
         http.timeout = .init(connect: .milliseconds(max(1, milliseconds)))
         // AsyncHTTPClient's default of 8 connections a host makes the 9th concurrent
@@ -322,7 +321,6 @@ struct FileByteBuffers: AsyncSequence, Sendable {
 
     struct AsyncIterator: AsyncIteratorProtocol {
         let handle: FileHandle?
-        var failed = false
 
         mutating func next() async throws -> ByteBuffer? {
             guard let handle else { throw CacheTierError(.fatal, "cannot open the archive to upload") }
