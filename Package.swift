@@ -40,6 +40,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                // RSA for signing service-account JWTs (RS256).
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -100,7 +102,12 @@ let package = Package(
                 "CacheTiersTesting",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+                // Fake token endpoints and metadata servers for the credential tests.
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            exclude: ["Support/gcs_interop.py"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -2,7 +2,9 @@
 #include "CCacheTiersShims.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -15,4 +17,73 @@ int cachetiers_exchange_paths(const char *first, const char *second) {
     errno = ENOSYS;
     return -1;
 #endif
+}
+
+// MARK: CRC-32C
+
+static uint32_t crc32c_table[8][256];
+static int crc32c_use_hardware = -1;
+
+static void crc32c_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t crc = n;
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1)));
+        crc32c_table[0][n] = crc;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t crc = crc32c_table[0][n];
+        for (int k = 1; k < 8; k++) {
+            crc = crc32c_table[0][crc & 0xFF] ^ (crc >> 8);
+            crc32c_table[k][n] = crc;
+        }
+    }
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    crc32c_use_hardware = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+#else
+    crc32c_use_hardware = 0;
+#endif
+}
+
+static uint32_t crc32c_software(uint32_t crc, const uint8_t *p, size_t n) {
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        word ^= crc;
+        crc = crc32c_table[7][word & 0xFF] ^ crc32c_table[6][(word >> 8) & 0xFF] ^
+              crc32c_table[5][(word >> 16) & 0xFF] ^ crc32c_table[4][(word >> 24) & 0xFF] ^
+              crc32c_table[3][(word >> 32) & 0xFF] ^ crc32c_table[2][(word >> 40) & 0xFF] ^
+              crc32c_table[1][(word >> 48) & 0xFF] ^ crc32c_table[0][word >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) crc = crc32c_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hardware(uint32_t crc, const uint8_t *p, size_t n) {
+    uint64_t c = crc;
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        c = __builtin_ia32_crc32di(c, word);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return c32;
+}
+#endif
+
+uint32_t cachetiers_crc32c(uint32_t crc, const void *bytes, size_t length) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, crc32c_init);
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (crc32c_use_hardware) return ~crc32c_hardware(crc, bytes, length);
+#endif
+    return ~crc32c_software(crc, bytes, length);
 }

@@ -25,6 +25,9 @@ public final class FaultInjectingProxy: Sendable {
         case bandwidth(bytesPerSecond: Int)
         /// Send `bytes` bytes, then one byte every `interval`.
         case trickle(afterBytes: Int, interval: Duration)
+        /// Close the first `connections` connections after the client has sent `bytes`
+        /// bytes: an upload that dies mid-body.
+        case cutUpload(afterBytes: Int, connections: Int = 1)
         /// Close the first connection after `bytes` bytes, and hold every later one for
         /// `delay` before connecting it to the server: time for a test to change the
         /// server between a cut and the client's resume.
@@ -164,6 +167,10 @@ public final class FaultInjectingProxy: Sendable {
         defer { tearDown(connection) }
         while true {
             var limit = buffer.count
+            if !downstream, case .cutUpload(let bytes, let connections) = connection.fault, connection.index <= connections {
+                if forwarded >= bytes { return }
+                limit = min(limit, bytes - forwarded)
+            }
             if downstream {
                 switch connection.fault {
                 case .cut(let bytes, let connections) where connection.index <= connections:

@@ -6,4 +6,12 @@
 /// kernel or filesystem lacks it, and on platforms without the call).
 int cachetiers_exchange_paths(const char *first, const char *second);
 
+#include <stddef.h>
+#include <stdint.h>
+
+/// Extends a CRC-32C (Castagnoli, as Google Cloud Storage uses) over `length` bytes.
+/// Start with 0; the result of one call is the `crc` of the next. Uses the SSE4.2
+/// crc32 instruction where the CPU has it, a slicing-by-8 table otherwise.
+uint32_t cachetiers_crc32c(uint32_t crc, const void *bytes, size_t length);
+
 #endif

@@ -72,20 +72,11 @@ public final class VMPeerSource: CacheSource, CacheSink {
         precondition(!configuration.peers.isEmpty, "a VMPeerSource needs at least one peer URL")
         self.name = name
         self.configuration = configuration
-        let milliseconds = Int64((configuration.connectTimeout.inSeconds * 1000).rounded())
-        var http = HTTPClient.Configuration()
-        http.timeout = .init(connect: .milliseconds(max(1, milliseconds)))
-        // AsyncHTTPClient's default of 8 connections a host makes the 9th concurrent
+        // AsyncHTTPClient's default of 8 connections a host would make the 9th concurrent
         // restore wait, and fail once the connect timeout passes.
-        http.connectionPool = .init(
-            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.maxConnectionsPerPeer
+        self.client = .forTier(
+            connectTimeout: configuration.connectTimeout, connectionsPerHost: configuration.maxConnectionsPerPeer
         )
-        // A refused connection means the peer is down: fail now and let the chain move
-        // on, instead of retrying until the connect timeout.
-        http.connectionPool.retryConnectionEstablishment = false
-        http.redirectConfiguration = .disallow
-        http.decompression = .disabled
-        self.client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: http)
     }
 
     /// Closes the HTTP client's connections. Call once, when the source is no longer used.

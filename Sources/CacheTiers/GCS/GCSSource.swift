@@ -1,0 +1,440 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import SystemPackage
+
+/// TIER 2: restore from a Google Cloud Storage bucket through the JSON API, decoding
+/// and extracting while the bytes arrive.
+///
+/// Objects are named `{prefix}{key}.tar.zst`. The manifest travels in the object's
+/// custom metadata (`cachetiers-manifest`, the manifest JSON), so object and manifest
+/// are one atomic write and there is no sidecar to get out of step.
+///
+/// A restore reads the object's metadata (size, generation, CRC32C, manifest), then
+/// downloads the media pinned to that generation: one stream, or, for objects larger
+/// than two segments and `parallelDownloads > 1`, ranged segments fetched concurrently
+/// and fed to the decoder in order through a bounded reorder buffer. A failed request
+/// (a dropped connection, 408, 429, 5xx) is retried alone from its last byte. The
+/// whole stream is checked against the object's CRC32C and the manifest's SHA-256.
+///
+/// It is also a ``CacheSink``: `publish` uploads create-only (`ifGenerationMatch=0`).
+///
+/// It owns an `HTTPClient`; call ``shutdown()`` when done with it.
+public final class GCSSource: CacheSource, CacheSink {
+    /// The custom-metadata field that holds the manifest JSON.
+    public static let manifestMetadataKey = "cachetiers-manifest"
+
+    public struct Configuration: Sendable {
+        public var bucket: String
+        /// Prepended to `{key}.tar.zst`; include a trailing `/` to use a folder.
+        public var prefix: String
+        /// Base URL of the JSON API, e.g. `https://storage.googleapis.com`.
+        public var endpoint: String
+        public var credentials: any AccessTokenProvider
+        /// How long to wait for a TCP connection.
+        public var connectTimeout: Duration
+        /// Concurrent ranged requests per download; 1 downloads as one stream.
+        public var parallelDownloads: Int
+        /// Bytes per ranged request. At most `2 × parallelDownloads` segments are held
+        /// in memory waiting for the decoder.
+        public var segmentSize: Int
+        /// How many times one request (a download segment, an upload chunk) is retried
+        /// after a dropped connection, 408, 429 or 5xx before the attempt fails.
+        public var retriesPerRequest: Int
+        /// Upload chunk size; a multiple of 256 KiB, as GCS requires. Archives up to one
+        /// chunk go up in a single multipart request.
+        public var uploadChunkSize: Int
+        /// Price of a downloaded GB (2^30 bytes) in USD: 0.12 is internet egress.
+        public var pricePerGB: Double
+        /// Price of 1,000 reads (Class B operations) in USD.
+        public var pricePerThousandReads: Double
+        public var limits: ExtractionLimits
+
+        public init(
+            bucket: String,
+            prefix: String = "",
+            endpoint: String? = nil,
+            credentials: any AccessTokenProvider = NoAccessToken(),
+            connectTimeout: Duration = .seconds(5),
+            parallelDownloads: Int = 4,
+            segmentSize: Int = 16 << 20,
+            retriesPerRequest: Int = 4,
+            uploadChunkSize: Int = 8 << 20,
+            pricePerGB: Double = 0.12,
+            pricePerThousandReads: Double = 0.0004,
+            limits: ExtractionLimits = .init()
+        ) {
+            self.bucket = bucket
+            self.prefix = prefix
+            let endpoint = endpoint ?? Self.defaultEndpoint()
+            self.endpoint = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
+            self.credentials = credentials
+            self.connectTimeout = connectTimeout
+            self.parallelDownloads = max(1, parallelDownloads)
+            self.segmentSize = max(256 << 10, segmentSize)
+            self.retriesPerRequest = max(0, retriesPerRequest)
+            self.uploadChunkSize = max(1, uploadChunkSize / (256 << 10)) * (256 << 10)
+            self.pricePerGB = pricePerGB
+            self.pricePerThousandReads = pricePerThousandReads
+            self.limits = limits
+        }
+
+        /// `STORAGE_EMULATOR_HOST` when set (the convention of Google's client
+        /// libraries; a scheme is added when missing), else the real service.
+        public static func defaultEndpoint(
+            environment: [String: String] = ProcessInfo.processInfo.environment
+        ) -> String {
+            guard let host = environment["STORAGE_EMULATOR_HOST"], !host.isEmpty else {
+                return "https://storage.googleapis.com"
+            }
+            return host.contains("://") ? host : "http://\(host)"
+        }
+    }
+
+    public let name: String
+    public let configuration: Configuration
+    public var traits: CacheSourceTraits { .download }
+    let client: HTTPClient
+
+    public init(name: String = "gcs", configuration: Configuration) {
+        self.name = name
+        self.configuration = configuration
+        self.client = .forTier(connectTimeout: configuration.connectTimeout, connectionsPerHost: 64)
+    }
+
+    /// Closes the HTTP client's connections. Call once, when the source is no longer used.
+    public func shutdown() async throws {
+        try await client.shutdown()
+    }
+
+    /// The object name for `key`: `{prefix}{key}.tar.zst`.
+    public func objectName(for key: CacheKey) -> String {
+        "\(configuration.prefix)\(key.rawValue).tar.zst"
+    }
+
+    var bucketDescription: String { "gs://\(configuration.bucket)" }
+
+    func objectURL(_ name: String) -> String {
+        "\(configuration.endpoint)/storage/v1/b/\(configuration.bucket.gcsPathSegment)/o/\(name.gcsPathSegment)"
+    }
+
+    // MARK: restore
+
+    public func restore(
+        _ request: RestoreRequest,
+        into staging: FilePath,
+        progress: TransferProgress,
+        logger: Logger
+    ) async throws -> SourceRestoreOutcome {
+        let requests = RequestCounter()
+        let name = objectName(for: request.key)
+        guard let object = try await metadata(of: name, requests: requests, logger: logger) else {
+            return .miss("no object \(bucketDescription)/\(name)")
+        }
+        let manifest: CacheManifest?
+        do {
+            manifest = try object.manifest()
+        } catch {
+            throw CacheTierError(.corrupt, "the manifest in the metadata of \(bucketDescription)/\(name) is unreadable: \(error)")
+        }
+        if let manifest, manifest.key != request.key {
+            throw CacheTierError(.corrupt, "\(bucketDescription)/\(name) holds the archive of \(manifest.key), not \(request.key)")
+        }
+        progress.setTotal(object.size)
+        let session = UnpackSession(
+            into: staging,
+            options: .init(limits: configuration.limits, expectedSHA256: manifest?.archiveSHA256, expectedSize: object.size),
+            progress: progress
+        )
+        do {
+            var crc = CRC32C()
+            let segments = segments(of: object.size)
+            if segments.count <= 2 || configuration.parallelDownloads == 1 {
+                try await fetch(object, range: 0..<object.size, requests: requests, logger: logger) { buffer in
+                    crc.update(buffer)
+                    try await session.write(buffer)
+                }
+            } else {
+                try await fetchInParallel(object, segments: segments, requests: requests, progress: progress, logger: logger) {
+                    buffer in
+                    crc.update(buffer)
+                    try await session.write(buffer)
+                }
+            }
+            if let expected = object.crc32c, expected != crc.base64 {
+                throw CacheTierError(
+                    .corrupt,
+                    "\(bucketDescription)/\(name) failed its CRC32C check (object says \(expected), received \(crc.base64))"
+                )
+            }
+            let summary = try await session.finish()
+            let count = requests.value
+            logger.debug(
+                "restored from GCS",
+                metadata: ["object": "\(name)", "requests": "\(count)", "files": "\(summary.files)"]
+            )
+            return .restored(
+                RestoreDetails(
+                    bytesTransferred: summary.archiveBytes,
+                    requests: count,
+                    estimatedCostUSD: estimatedCost(bytes: summary.archiveBytes, requests: count),
+                    manifest: manifest
+                )
+            )
+        } catch {
+            await session.cancel()
+            throw error
+        }
+    }
+
+    /// Egress for `bytes` plus the read operations.
+    public func estimatedCost(bytes: Int64, requests: Int) -> Double {
+        Double(bytes) / Double(1 << 30) * configuration.pricePerGB
+            + Double(requests) / 1000 * configuration.pricePerThousandReads
+    }
+
+    func segments(of size: Int64) -> [Range<Int64>] {
+        let step = Int64(configuration.segmentSize)
+        return stride(from: Int64(0), to: size, by: Int(step)).map { $0..<min($0 + step, size) }
+    }
+
+    /// The object's metadata, or nil when there is no such object.
+    func metadata(of name: String, requests: RequestCounter, logger: Logger) async throws -> GCSObject? {
+        let url = objectURL(name)
+        let response = try await send(what: "reading the metadata of \(bucketDescription)/\(name)", requests: requests, logger: logger) {
+            HTTPClientRequest(url: url)
+        }
+        switch response.status.code {
+        case 200:
+            let body = try await response.body.collect(upTo: 1 << 20)
+            do {
+                return try JSONDecoder().decode(GCSObject.self, from: Data(body.readableBytesView))
+            } catch {
+                throw CacheTierError(.transient, "\(configuration.endpoint) sent object metadata that is not GCS JSON: \(error)")
+            }
+        case 404:
+            _ = try? await response.body.collect(upTo: 1 << 20)
+            return nil
+        default:
+            throw await failure(response, what: "reading the metadata of \(bucketDescription)/\(name)")
+        }
+    }
+
+    /// Downloads `range` of the object's media, pinned to its generation, handing each
+    /// buffer to `deliver` in order. A dropped connection, 408, 429 or 5xx resumes from
+    /// the last byte delivered, up to `retriesPerRequest` times.
+    func fetch(
+        _ object: GCSObject,
+        range: Range<Int64>,
+        requests: RequestCounter,
+        logger: Logger,
+        deliver: (ByteBuffer) async throws -> Void
+    ) async throws {
+        let base = "\(objectURL(object.name))?alt=media&generation=\(object.generation)&ifGenerationMatch=\(object.generation)"
+        let what = "downloading \(bucketDescription)/\(object.name)"
+        var position = range.lowerBound
+        var retries = 0
+        while position < range.upperBound {
+            try Task.checkCancellation()
+            let whole = position == 0 && range.upperBound == object.size
+            do {
+                let response = try await send(what: what, requests: requests, logger: logger) {
+                    var request = HTTPClientRequest(url: base)
+                    if !whole { request.headers.add(name: "Range", value: "bytes=\(position)-\(range.upperBound - 1)") }
+                    return request
+                }
+                switch response.status.code {
+                case 200 where whole, 206 where !whole:
+                    if let generation = response.headers.first(name: "X-Goog-Generation"), generation != object.generation {
+                        throw ObjectReplaced(name: object.name)
+                    }
+                case 404, 412:
+                    throw ObjectReplaced(name: object.name)
+                default:
+                    throw await failure(response, what: what)
+                }
+                for try await buffer in response.body {
+                    let wanted = Int(min(Int64(buffer.readableBytes), range.upperBound - position))
+                    do {
+                        try await deliver(wanted == buffer.readableBytes ? buffer : buffer.getSlice(at: buffer.readerIndex, length: wanted)!)
+                    } catch {
+                        // The decoder's verdict, not the network's: never retried.
+                        throw DeliveryFailed(underlying: error)
+                    }
+                    position += Int64(wanted)
+                }
+                if position < range.upperBound {
+                    throw CacheTierError(.transient, "the response ended at byte \(position) of \(range.upperBound)")
+                }
+            } catch let failure as DeliveryFailed {
+                throw failure.underlying
+            } catch let error as ObjectReplaced {
+                throw CacheTierError(
+                    .transient, "\(bucketDescription)/\(error.name) was replaced during the download; the next attempt starts over"
+                )
+            } catch let error where Self.isWorthRetrying(error) && retries < configuration.retriesPerRequest {
+                retries += 1
+                let wait = Self.backoff(retry: retries, error: error)
+                logger.notice(
+                    "GCS request failed; retrying from the last byte",
+                    metadata: [
+                        "object": "\(object.name)", "offset": "\(position)", "retry": "\(retries)",
+                        "wait": "\(wait)", "error": "\(error)",
+                    ]
+                )
+                try await Task.sleep(for: wait)
+            }
+        }
+    }
+
+    /// Downloads `segments` with up to `parallelDownloads` requests at once and delivers
+    /// them in order; at most `2 × parallelDownloads` segments wait in memory.
+    private func fetchInParallel(
+        _ object: GCSObject,
+        segments: [Range<Int64>],
+        requests: RequestCounter,
+        progress: TransferProgress,
+        logger: Logger,
+        deliver: (ByteBuffer) async throws -> Void
+    ) async throws {
+        let parallel = configuration.parallelDownloads
+        let window = parallel * 2
+        try await withThrowingTaskGroup(of: (Int, ByteBuffer).self) { group in
+            var launched = 0
+            var delivered = 0
+            var inFlight = 0
+            var ready: [Int: ByteBuffer] = [:]
+            while delivered < segments.count {
+                while inFlight < parallel, launched < segments.count, launched < delivered + window {
+                    let index = launched
+                    let range = segments[index]
+                    group.addTask {
+                        var segment = ByteBufferAllocator().buffer(capacity: range.count)
+                        try await self.fetch(object, range: range, requests: requests, logger: logger) { buffer in
+                            var buffer = buffer
+                            segment.writeBuffer(&buffer)
+                            // Bytes are arriving even while the decoder waits for an earlier segment.
+                            progress.touch()
+                        }
+                        return (index, segment)
+                    }
+                    launched += 1
+                    inFlight += 1
+                }
+                if let next = ready.removeValue(forKey: delivered) {
+                    try await deliver(next)
+                    delivered += 1
+                    continue
+                }
+                guard let (index, segment) = try await group.next() else { break }
+                inFlight -= 1
+                ready[index] = segment
+            }
+        }
+    }
+
+    static func isWorthRetrying(_ error: any Error) -> Bool {
+        if error is CancellationError { return false }
+        if let error = error as? CacheTierError { return error.kind == .transient || error.kind == .timeout }
+        if let error = error as? HTTPClientError, error == .cancelled { return false }
+        // A connection that dropped while the body streamed.
+        return true
+    }
+
+    /// Exponential backoff with jitter (0.25 s, 0.5 s, 1 s, … up to 8 s), or the
+    /// server's Retry-After when it gave one.
+    static func backoff(retry: Int, error: any Error) -> Duration {
+        if let retryAfter = (error as? CacheTierError)?.retryAfter { return retryAfter }
+        let ceiling = min(8.0, 0.25 * pow(2, Double(retry - 1)))
+        return .milliseconds(Int(Double.random(in: ceiling / 2...ceiling) * 1000))
+    }
+
+    // MARK: requests
+
+    /// Sends a request with a fresh access token. On 401 the token is invalidated and
+    /// the request sent once more; connection failures become tier errors.
+    func send(
+        what: String,
+        requests: RequestCounter,
+        logger: Logger,
+        body: Int64? = nil,
+        _ make: () throws -> HTTPClientRequest
+    ) async throws -> HTTPClientResponse {
+        var refreshed = false
+        while true {
+            let token = try await configuration.credentials.token(logger: logger)
+            var request = try make()
+            request.headers.replaceOrAdd(name: "User-Agent", value: "cachetiers/\(CacheTiersVersion.current)")
+            if let token { request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
+            requests.increment()
+            let response: HTTPClientResponse
+            do {
+                response = try await client.execute(request, timeout: .hours(24), logger: logger)
+            } catch let error as HTTPClientError where error == .connectTimeout {
+                throw CacheTierError(
+                    .timeout, "connect timed out after \(configuration.connectTimeout) to \(configuration.endpoint)",
+                    underlying: error
+                )
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch let error as HTTPClientError where error == .cancelled {
+                throw CancellationError()
+            } catch {
+                throw CacheTierError(.transient, "cannot reach \(configuration.endpoint) while \(what): \(error)", underlying: error)
+            }
+            if response.status.code == 401, let token, !refreshed {
+                refreshed = true
+                logger.notice("GCS refused the access token; refreshing it once", metadata: ["while": "\(what)"])
+                await configuration.credentials.invalidate(token)
+                continue
+            }
+            return response
+        }
+    }
+
+    /// The tier error for an unexpected answer, with the server's own message.
+    func failure(_ response: HTTPClientResponse, what: String) async -> CacheTierError {
+        let body = try? await response.body.collect(upTo: 16 * 1024)
+        let message = GCSErrorBody.message(from: body)
+        let detail = message.isEmpty ? "" : ": \(message)"
+        let code = Int(response.status.code)
+        switch code {
+        case 401:
+            return CacheTierError(
+                .unauthorized,
+                "GCS refused the credentials (401) while \(what)\(detail); check gcs.credentials (a token file, a service-account key, or the metadata server)"
+            )
+        case 403:
+            return CacheTierError(
+                .unauthorized,
+                "GCS denied access (403) while \(what)\(detail); grant the account storage object access on \(bucketDescription)"
+            )
+        case 408, 429, 500...599:
+            let retryAfter = response.headers.first(name: "Retry-After").flatMap(Int.init).map { Duration.seconds($0) }
+            return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)", retryAfter: retryAfter)
+        default:
+            return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)")
+        }
+    }
+}
+
+/// Counts the requests one restore or publish makes, for the report and its cost.
+final class RequestCounter: Sendable {
+    private let count = Atomic<Int>(0)
+
+    func increment() { count.add(1, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
+}
+
+/// The consumer of the bytes failed (the archive is corrupt, say).
+private struct DeliveryFailed: Error {
+    let underlying: any Error
+}
+
+/// A ranged request found another generation of the object.
+private struct ObjectReplaced: Error {
+    let name: String
+}
