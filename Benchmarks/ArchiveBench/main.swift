@@ -6,6 +6,11 @@
 //   cachetiers-bench peer-restore-throttled URL KEY DIR BYTES_PER_SECOND
 //                                                       the same through a bandwidth-limited proxy
 //   cachetiers-bench peer-concurrent URL KEY DIR N      N concurrent restores into DIR/0 … DIR/N-1
+//   cachetiers-bench gcs-publish ENDPOINT BUCKET ARCHIVE publish ARCHIVE (+ ARCHIVE.manifest.json) to GCS
+//   cachetiers-bench gcs-restore ENDPOINT BUCKET KEY DIR PARALLEL [BYTES_PER_SECOND]
+//                                                       restore KEY through GCSSource with PARALLEL
+//                                                       segments, optionally through a proxy that limits
+//                                                       every connection to BYTES_PER_SECOND
 import CacheTiers
 import CacheTiersTesting
 import Foundation
@@ -52,6 +57,10 @@ func restore(from url: String, key: String, into directory: String, restores: In
     return (elapsed, bytes)
 }
 
+func gcsSource(endpoint: String, bucket: String, parallel: Int = 4) -> GCSSource {
+    GCSSource(configuration: .init(bucket: bucket, endpoint: endpoint, parallelDownloads: parallel))
+}
+
 let arguments = Array(CommandLine.arguments.dropFirst())
 do {
 switch arguments.first {
@@ -88,6 +97,41 @@ case "peer-concurrent" where arguments.count == 5:
     try FileManager.default.createDirectory(atPath: arguments[3], withIntermediateDirectories: true)
     let (elapsed, bytes) = try await restore(from: arguments[1], key: arguments[2], into: arguments[3], restores: count)
     print(#"{"bytes": \#(bytes), "seconds": \#(elapsed), "restores": \#(count)}"#)
+
+case "gcs-publish" where arguments.count == 4:
+    let file = FilePath(arguments[3])
+    let manifestData = try Data(contentsOf: URL(fileURLWithPath: arguments[3] + ".manifest.json"))
+    let source = gcsSource(endpoint: arguments[1], bucket: arguments[2])
+    let start = ContinuousClock.now
+    let outcome = try await source.publish(
+        PackedArchive(file: file, manifest: try CacheManifest(jsonData: manifestData)), logger: logger
+    )
+    try await source.shutdown()
+    print(#"{"outcome": "\#(outcome.rawValue)", "seconds": \#(seconds(since: start))}"#)
+
+case "gcs-restore" where arguments.count == 6 || arguments.count == 7:
+    guard let parallel = Int(arguments[5]) else { fail("gcs-restore ENDPOINT BUCKET KEY DIR PARALLEL [BYTES_PER_SECOND]") }
+    var endpoint = arguments[1]
+    var proxy: FaultInjectingProxy?
+    if arguments.count == 7 {
+        guard let port = endpoint.split(separator: ":").last.flatMap({ Int($0) }), let rate = Int(arguments[6]) else {
+            fail("gcs-restore ENDPOINT BUCKET KEY DIR PARALLEL [BYTES_PER_SECOND]")
+        }
+        proxy = try FaultInjectingProxy(upstreamPort: port, fault: .bandwidth(bytesPerSecond: rate))
+        endpoint = proxy!.url
+    }
+    let source = gcsSource(endpoint: endpoint, bucket: arguments[2], parallel: parallel)
+    let chain = TierChain(
+        tiers: [.init(source, policy: .init(timeout: .seconds(600), retry: .none))],
+        configuration: .init(deadline: .seconds(900), writeBack: .disabled),
+        logger: logger
+    )
+    let start = ContinuousClock.now
+    let report = try await chain.restore(try CacheKey(arguments[3]), into: FilePath(arguments[4]))
+    let elapsed = seconds(since: start)
+    try await source.shutdown()
+    proxy?.stop()
+    print(#"{"bytes": \#(report.bytesTransferred), "seconds": \#(elapsed), "costUSD": \#(report.estimatedCostUSD ?? 0)}"#)
 
 default:
     fail("usage: see the comment at the top of Benchmarks/ArchiveBench/main.swift")

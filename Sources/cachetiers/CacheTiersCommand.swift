@@ -9,12 +9,21 @@ struct CacheTiersCommand: AsyncParsableCommand {
         commandName: "cachetiers",
         abstract: "Restore a dependency cache (node_modules and the like) through ordered tiers.",
         version: CacheTiersVersion.current,
-        subcommands: [PackCommand.self, UnpackCommand.self, ServeCommand.self, PublishCommand.self]
+        subcommands: [
+            DemoCommand.self, RestoreCommand.self, KeyCommand.self, PublishCommand.self, PackCommand.self,
+            UnpackCommand.self, ServeCommand.self,
+        ]
     )
 }
 
 /// A failure to report as one line on stderr with exit status 1.
 struct CommandFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A usage or config error to report as one line on stderr with exit status 2.
+struct UsageFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
 }
@@ -44,6 +53,12 @@ enum Main {
         } catch let failure as CommandFailure {
             FileHandle.standardError.write(Data("cachetiers: \(failure)\n".utf8))
             exit(1)
+        } catch let failure as UsageFailure {
+            FileHandle.standardError.write(Data("cachetiers: \(failure)\n".utf8))
+            exit(2)
+        } catch let failure as ConfigError {
+            FileHandle.standardError.write(Data("cachetiers: config error: \(failure)\n".utf8))
+            exit(2)
         } catch let exit as ExitCode {
             Foundation.exit(exit.rawValue)
         } catch {

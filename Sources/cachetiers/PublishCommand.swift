@@ -1,78 +1,134 @@
 import ArgumentParser
 import CacheTiers
 import Foundation
+import Logging
 import SystemPackage
 
 struct PublishCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "publish",
-        abstract: "Pack DIR and upload it to a cache master under KEY (create-only).",
-        discussion: "Exit 0 when published or already present, 1 on failure, 2 on usage errors."
+        abstract: "Pack DIR and upload it, create-only, to the config's writable tiers or to one cache master.",
+        discussion: "Exit 0 when published or already present everywhere, 1 on failure, 2 on usage or config errors."
     )
 
     @Argument(help: "The directory to publish.")
     var directory: String
 
-    @Option(name: .long, help: "The cache key to publish under.")
-    var key: String
+    @Option(name: .long, help: "The cache key to publish under (with --config: default computed from the config).")
+    var key: String?
+
+    @Option(name: .long, help: "Publish to the peer, gcs and directory tiers of this JSON config.")
+    var config: String?
 
     @Option(name: .long, help: "The cache master's base URL, e.g. http://10.0.0.5:7420.")
-    var peer: String
+    var peer: String?
 
     @Option(name: .long, help: "A file holding the cache master's bearer token.")
     var tokenFile: String?
 
-    @Option(name: .long, help: "zstd level.")
-    var level = 1
+    @Option(name: .long, help: "zstd level (default: the config's, else 1).")
+    var level: Int?
 
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
-        do {
-            _ = try CacheKey(key)
-        } catch {
-            throw ValidationError("--key: \(error)")
+        if let key {
+            do { _ = try CacheKey(key) } catch { throw ValidationError("--key: \(error)") }
         }
-        guard peer.hasPrefix("http://") || peer.hasPrefix("https://") else {
-            throw ValidationError("--peer must be an http:// or https:// URL")
+        switch (config, peer) {
+        case (nil, nil): throw ValidationError("give --config FILE or --peer URL")
+        case (.some, .some): throw ValidationError("give --config or --peer, not both")
+        case (nil, .some(let peer)):
+            guard key != nil else { throw ValidationError("--key is required with --peer") }
+            guard peer.hasPrefix("http://") || peer.hasPrefix("https://") else {
+                throw ValidationError("--peer must be an http:// or https:// URL")
+            }
+        case (.some, nil):
+            guard tokenFile == nil else { throw ValidationError("--token-file goes with --peer; the config names its own") }
         }
     }
 
     func run() async throws {
         let logger = logging.makeLogger()
-        let cacheKey = try CacheKey(key)
-        let token = try tokenFile.map { try readToken($0, option: "--token-file") }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw CommandFailure("publish: \(directory) is not a directory")
         }
-        let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-publish-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(atPath: scratch.string, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: scratch.string) }
 
-        let peerSource = VMPeerSource(configuration: .init(peers: [peer], token: token))
-        let outcome: PublishOutcome
-        let manifest: CacheManifest
-        do {
-            if try await peerSource.contains(cacheKey, logger: logger) {
-                try await peerSource.shutdown()
-                print("\(cacheKey) is already on \(peer); nothing to do")
-                return
+        let sinks: [any CacheSink]
+        let cacheKey: CacheKey
+        var packer = ArchivePacker(codec: ZstdCodec(level: level ?? 1))
+        var shutdown: @Sendable () async -> Void = {}
+        if let config {
+            let settings = try CacheTiersConfig.load(from: FilePath(config))
+            cacheKey = try key.map { try CacheKey($0) } ?? settings.cacheKey()
+            let configured = try settings.makeChain(logger: logger)
+            sinks = configured.sinks
+            if level == nil { packer = settings.packer }
+            shutdown = { await configured.shutdown() }
+            guard !sinks.isEmpty else { throw UsageFailure("publish: the config has no peer, gcs or directory tier to publish to") }
+        } else {
+            cacheKey = try CacheKey(key!)
+            let token = try tokenFile.map { try readToken($0, option: "--token-file") }
+            let source = VMPeerSource(name: peer!, configuration: .init(peers: [peer!], token: token))
+            sinks = [source]
+            shutdown = { try? await source.shutdown() }
+        }
+        let failures = await publish(FilePath(directory), as: cacheKey, to: sinks, packer: packer, logger: logger)
+        await shutdown()
+        if !failures.isEmpty {
+            throw CommandFailure("publish: \(failures.joined(separator: "; "))")
+        }
+    }
+
+    /// Packs once (only if some sink lacks the key) and publishes to every sink that
+    /// lacks it. Returns what failed.
+    private func publish(
+        _ tree: FilePath,
+        as key: CacheKey,
+        to sinks: [any CacheSink],
+        packer: ArchivePacker,
+        logger: Logger
+    ) async -> [String] {
+        var failures: [String] = []
+        var missing: [any CacheSink] = []
+        for sink in sinks {
+            do {
+                if try await sink.contains(key, logger: logger) {
+                    print("\(sink.name): \(key) is already there")
+                } else {
+                    missing.append(sink)
+                }
+            } catch {
+                failures.append("\(sink.name): \(error)")
             }
-            let file = scratch.appending("\(cacheKey.rawValue).tar.zst")
-            manifest = try await ArchivePacker(codec: ZstdCodec(level: level))
-                .pack(FilePath(directory), key: cacheKey, to: file, logger: logger)
-            outcome = try await peerSource.publish(PackedArchive(file: file, manifest: manifest), logger: logger)
-            try await peerSource.shutdown()
+        }
+        guard !missing.isEmpty else { return failures }
+
+        let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-publish-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: scratch.string) }
+        let archive: PackedArchive
+        do {
+            try FileManager.default.createDirectory(atPath: scratch.string, withIntermediateDirectories: true)
+            let file = scratch.appending("\(key.rawValue).tar.zst")
+            archive = PackedArchive(file: file, manifest: try await packer.pack(tree, key: key, to: file, logger: logger))
         } catch {
-            try? await peerSource.shutdown()
-            throw CommandFailure("publish: \(error)")
+            return failures + ["packing \(tree): \(error)"]
         }
-        switch outcome {
-        case .published:
-            print("published \(cacheKey) to \(peer): \(formatBytes(manifest.archiveSize)), sha256 \(manifest.archiveSHA256)")
-        case .exists:
-            print("\(cacheKey) was published to \(peer) by someone else meanwhile; nothing to do")
+        for sink in missing {
+            do {
+                switch try await sink.publish(archive, logger: logger) {
+                case .published:
+                    print(
+                        "\(sink.name): published \(key), \(formatBytes(archive.manifest.archiveSize)), sha256 \(archive.manifest.archiveSHA256)"
+                    )
+                case .exists:
+                    print("\(sink.name): \(key) was published by someone else meanwhile")
+                }
+            } catch {
+                failures.append("\(sink.name): \(error)")
+            }
         }
+        return failures
     }
 }

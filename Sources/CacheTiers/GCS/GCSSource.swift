@@ -38,8 +38,8 @@ public final class GCSSource: CacheSource, CacheSink {
         public var connectTimeout: Duration
         /// Concurrent ranged requests per download; 1 downloads as one stream.
         public var parallelDownloads: Int
-        /// Bytes per ranged request. At most `2 × parallelDownloads` segments are held
-        /// in memory waiting for the decoder.
+        /// Bytes per ranged request. At most `parallelDownloads` segments are held in
+        /// memory waiting for the decoder.
         public var segmentSize: Int
         /// How many times one request (a download segment, an upload chunk) is retried
         /// after a dropped connection, 408, 429 or 5xx before the attempt fails.
@@ -291,7 +291,9 @@ public final class GCSSource: CacheSource, CacheSink {
     }
 
     /// Downloads `segments` with up to `parallelDownloads` requests at once and delivers
-    /// them in order; at most `2 × parallelDownloads` segments wait in memory.
+    /// them in order. The segment at the head streams into the decoder as its bytes
+    /// arrive; the ones behind it fill their buffers meanwhile, so at most
+    /// `parallelDownloads` segments are in memory.
     private func fetchInParallel(
         _ object: GCSObject,
         segments: [Range<Int64>],
@@ -301,37 +303,32 @@ public final class GCSSource: CacheSource, CacheSink {
         deliver: (ByteBuffer) async throws -> Void
     ) async throws {
         let parallel = configuration.parallelDownloads
-        let window = parallel * 2
-        try await withThrowingTaskGroup(of: (Int, ByteBuffer).self) { group in
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var pipes: [Int: SegmentPipe] = [:]
             var launched = 0
-            var delivered = 0
-            var inFlight = 0
-            var ready: [Int: ByteBuffer] = [:]
-            while delivered < segments.count {
-                while inFlight < parallel, launched < segments.count, launched < delivered + window {
-                    let index = launched
-                    let range = segments[index]
+            for index in segments.indices {
+                while launched < segments.count, launched < index + parallel {
+                    let pipe = SegmentPipe()
+                    let range = segments[launched]
+                    pipes[launched] = pipe
                     group.addTask {
-                        var segment = ByteBufferAllocator().buffer(capacity: range.count)
-                        try await self.fetch(object, range: range, requests: requests, logger: logger) { buffer in
-                            var buffer = buffer
-                            segment.writeBuffer(&buffer)
-                            // Bytes are arriving even while the decoder waits for an earlier segment.
-                            progress.touch()
+                        do {
+                            try await self.fetch(object, range: range, requests: requests, logger: logger) { buffer in
+                                pipe.push(buffer)
+                                // Bytes arriving behind the head are signs of life too.
+                                progress.touch()
+                            }
+                            pipe.finish(throwing: nil)
+                        } catch {
+                            pipe.finish(throwing: error)
                         }
-                        return (index, segment)
                     }
                     launched += 1
-                    inFlight += 1
                 }
-                if let next = ready.removeValue(forKey: delivered) {
-                    try await deliver(next)
-                    delivered += 1
-                    continue
+                let head = pipes.removeValue(forKey: index)!
+                while let buffer = try await head.next() {
+                    try await deliver(buffer)
                 }
-                guard let (index, segment) = try await group.next() else { break }
-                inFlight -= 1
-                ready[index] = segment
             }
         }
     }
@@ -417,6 +414,59 @@ public final class GCSSource: CacheSource, CacheSink {
             return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)", retryAfter: retryAfter)
         default:
             return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)")
+        }
+    }
+}
+
+/// The bytes of one download segment, from the task fetching it to the decoder: the
+/// head segment is read while it arrives, later ones queue up (at most a segment each).
+final class SegmentPipe: Sendable {
+    private struct State {
+        var chunks = CircularBuffer<ByteBuffer>()
+        var finished = false
+        var error: (any Error)?
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func push(_ buffer: ByteBuffer) {
+        let waiter = state.withLock { state in
+            state.chunks.append(buffer)
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Ends the segment; `error` is what `next()` throws once the chunks before it are read.
+    func finish(throwing error: (any Error)?) {
+        let waiter = state.withLock { state in
+            state.finished = true
+            state.error = error
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// The next chunk, or nil at the end of the segment. One reader only.
+    func next() async throws -> ByteBuffer? {
+        while true {
+            let ready: Result<ByteBuffer?, any Error>? = state.withLock { state in
+                if !state.chunks.isEmpty { return .success(state.chunks.removeFirst()) }
+                if state.finished { return state.error.map { .failure($0) } ?? .success(nil) }
+                return nil
+            }
+            if let ready { return try ready.get() }
+            await withCheckedContinuation { continuation in
+                let resumeNow = state.withLock { state in
+                    if !state.chunks.isEmpty || state.finished { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
         }
     }
 }

@@ -1,0 +1,306 @@
+import Foundation
+import SystemPackage
+
+/// The JSON config file of `cachetiers restore`, `key` and `publish --config`, as
+/// ../shared/spec/cli-and-config.md defines it. Services can load the same file and
+/// build the same chain with ``makeChain(logger:observer:metricsFactory:)``.
+///
+/// Relative paths resolve against the folder holding the file. Unknown fields, wrong
+/// types and missing required fields are ``ConfigError``s naming the field's path.
+public struct CacheTiersConfig: Sendable {
+    /// What feeds the cache key.
+    public struct KeyInputs: Sendable, Hashable {
+        public var prefix: String
+        /// Lockfiles, absolute (resolved against the config's folder).
+        public var files: [FilePath]
+        public var includesPlatform: Bool
+        public var salt: String
+        /// Extra inputs such as a Node.js or Python version.
+        public var runtimeVersions: [String]
+    }
+
+    /// Timeouts and retries of one tier.
+    public struct Limits: Sendable, Hashable {
+        public var timeoutSeconds: Double
+        public var stallSeconds: Double?
+        public var maxAttempts: Int
+        /// Whether the chain may write back to the tier (for sinks).
+        public var acceptsWriteBack: Bool
+    }
+
+    public struct PeerTier: Sendable, Hashable {
+        public var name: String
+        public var urls: [String]
+        public var tokenFile: FilePath?
+        public var connectTimeoutSeconds: Double
+        public var rendezvous: Bool
+        public var limits: Limits
+    }
+
+    public enum GCSCredentials: Sendable, Hashable {
+        case none
+        case metadata
+        case serviceAccount(FilePath)
+        case token(FilePath)
+    }
+
+    public struct GCSTier: Sendable, Hashable {
+        public var name: String
+        public var bucket: String
+        public var prefix: String
+        /// nil: `STORAGE_EMULATOR_HOST` or the real service.
+        public var endpoint: String?
+        public var credentials: GCSCredentials
+        public var connectTimeoutSeconds: Double
+        public var parallelDownloads: Int
+        public var segmentBytes: Int
+        public var pricePerGB: Double
+        public var limits: Limits
+    }
+
+    public struct DirectoryTier: Sendable, Hashable {
+        public var name: String
+        public var path: FilePath
+        public var limits: Limits
+    }
+
+    public struct InstallTier: Sendable, Hashable {
+        public var name: String
+        public var command: [String]
+        public var workingDirectory: FilePath
+        public var produces: FilePath
+        public var environment: [String: String]
+        public var limits: Limits
+    }
+
+    public enum Tier: Sendable, Hashable {
+        case peer(PeerTier)
+        case gcs(GCSTier)
+        case directory(DirectoryTier)
+        case install(InstallTier)
+
+        public var name: String {
+            switch self {
+            case .peer(let tier): tier.name
+            case .gcs(let tier): tier.name
+            case .directory(let tier): tier.name
+            case .install(let tier): tier.name
+            }
+        }
+    }
+
+    /// The file this config came from, if any.
+    public var file: FilePath?
+    /// The folder relative paths resolve against.
+    public var baseDirectory: FilePath
+    public var key: KeyInputs
+    /// The directory that is restored, absolute.
+    public var destination: FilePath
+    public var deadlineSeconds: Double
+    public var tiers: [Tier]
+    public var writeBackEnabled: Bool
+    public var writeBackWaits: Bool
+    public var compressionLevel: Int
+    public var compressionThreads: Int
+
+    /// Reads and checks a config file.
+    public static func load(from path: FilePath) throws(ConfigError) -> CacheTiersConfig {
+        let absolute = path.isAbsolute ? path : FilePath(FileManager.default.currentDirectoryPath).pushing(path)
+        guard let data = FileManager.default.contents(atPath: absolute.string) else {
+            throw ConfigError(path: "(file)", "cannot read the config file", file: absolute.string)
+        }
+        do {
+            var config = try CacheTiersConfig(json: data, baseDirectory: absolute.removingLastComponent())
+            config.file = absolute
+            return config
+        } catch {
+            var located = error
+            located.file = absolute.string
+            throw located
+        }
+    }
+
+    /// Parses config JSON, resolving relative paths against `baseDirectory`.
+    public init(json: Data, baseDirectory: FilePath) throws(ConfigError) {
+        let root: JSONValue
+        do {
+            root = try JSONDecoder().decode(JSONValue.self, from: json)
+        } catch {
+            throw ConfigError(path: "(file)", "not valid JSON: \(Self.describe(error))")
+        }
+        self.baseDirectory = baseDirectory
+        var reader = try ConfigObjectReader(root, path: "")
+
+        guard var keyReader = try reader.object("key") else { throw ConfigError(path: "key", "required") }
+        key = KeyInputs(
+            prefix: try keyReader.requiredString("prefix"),
+            files: (try keyReader.strings("files") ?? []).map { baseDirectory.pushing(FilePath($0)) },
+            includesPlatform: try keyReader.bool("platform") ?? true,
+            salt: try keyReader.string("salt") ?? "",
+            runtimeVersions: try keyReader.strings("runtimeVersions") ?? []
+        )
+        try keyReader.finish()
+
+        destination = baseDirectory.pushing(FilePath(try reader.requiredString("destination"))).lexicallyNormalized()
+        deadlineSeconds = try reader.number("deadlineSeconds", atLeast: 1) ?? 600
+
+        guard let tierValues = try reader.array("tiers") else { throw ConfigError(path: "tiers", "required") }
+        guard !tierValues.isEmpty else { throw ConfigError(path: "tiers", "must list at least one tier") }
+        var tiers: [Tier] = []
+        for (index, value) in tierValues.enumerated() {
+            var tier = try ConfigObjectReader(value, path: "tiers[\(index)]")
+            tiers.append(try Self.tier(&tier, baseDirectory: baseDirectory))
+            try tier.finish()
+        }
+        var names = Set<String>()
+        for (index, tier) in tiers.enumerated() where !names.insert(tier.name).inserted {
+            throw ConfigError(path: "tiers[\(index)].name", "\"\(tier.name)\" is already the name of another tier")
+        }
+        self.tiers = tiers
+
+        var writeBack = try reader.object("writeBack")
+        writeBackEnabled = try writeBack?.bool("enabled") ?? true
+        writeBackWaits = try writeBack?.bool("wait") ?? false
+        try writeBack?.finish()
+
+        var compression = try reader.object("compression")
+        compressionLevel = try compression?.integer("level") ?? 1
+        if !(-7...19).contains(compressionLevel) {
+            throw ConfigError(path: "compression.level", "must be between -7 and 19 (1 is the cache-transfer sweet spot)")
+        }
+        compressionThreads = try compression?.integer("threads", atLeast: 0) ?? 0
+        try compression?.finish()
+        try reader.finish()
+    }
+
+    private static func tier(_ reader: inout ConfigObjectReader, baseDirectory: FilePath) throws(ConfigError) -> Tier {
+        let kind = try reader.requiredString("kind")
+        func limits(timeout: Double, stall: Double?, attempts: Int) throws(ConfigError) -> Limits {
+            Limits(
+                timeoutSeconds: try reader.number("timeoutSeconds", atLeast: 0.001) ?? timeout,
+                stallSeconds: try reader.number("stallSeconds", atLeast: 0.001) ?? stall,
+                maxAttempts: try reader.integer("maxAttempts", atLeast: 1) ?? attempts,
+                acceptsWriteBack: try reader.bool("writeBack") ?? true
+            )
+        }
+        func path(_ text: String) -> FilePath { baseDirectory.pushing(FilePath(text)).lexicallyNormalized() }
+
+        switch kind {
+        case "peer":
+            let urls = try reader.strings("urls") ?? []
+            guard !urls.isEmpty else { throw ConfigError(path: reader.path(of: "urls"), "required: at least one cache master URL") }
+            for (index, url) in urls.enumerated() where !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
+                throw ConfigError(path: "\(reader.path(of: "urls"))[\(index)]", "expected an http:// or https:// URL, got \"\(url)\"")
+            }
+            let selection = try reader.string("selection") ?? "ordered"
+            guard selection == "ordered" || selection == "rendezvous" else {
+                throw ConfigError(path: reader.path(of: "selection"), "expected \"ordered\" or \"rendezvous\", got \"\(selection)\"")
+            }
+            return .peer(
+                PeerTier(
+                    name: try reader.string("name") ?? "peer",
+                    urls: urls,
+                    tokenFile: try reader.string("tokenFile").map(path),
+                    connectTimeoutSeconds: try reader.number("connectTimeoutSeconds", atLeast: 0.001) ?? 2,
+                    rendezvous: selection == "rendezvous",
+                    limits: try limits(timeout: 120, stall: 15, attempts: 3)
+                )
+            )
+        case "gcs":
+            let credentials: GCSCredentials
+            if var reader = try reader.object("credentials") {
+                let credentialKind = try reader.requiredString("kind")
+                switch credentialKind {
+                case "none": credentials = .none
+                case "metadata": credentials = .metadata
+                case "serviceAccount": credentials = .serviceAccount(path(try reader.requiredString("file")))
+                case "token": credentials = .token(path(try reader.requiredString("file")))
+                default:
+                    throw ConfigError(
+                        path: reader.path(of: "kind"),
+                        "expected none, metadata, serviceAccount or token, got \"\(credentialKind)\""
+                    )
+                }
+                try reader.finish()
+            } else {
+                credentials = .none
+            }
+            let endpoint = try reader.string("endpoint")
+            if let endpoint, !(endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://")) {
+                throw ConfigError(path: reader.path(of: "endpoint"), "expected an http:// or https:// URL, got \"\(endpoint)\"")
+            }
+            return .gcs(
+                GCSTier(
+                    name: try reader.string("name") ?? "gcs",
+                    bucket: try reader.requiredString("bucket"),
+                    prefix: try reader.string("prefix") ?? "",
+                    endpoint: endpoint,
+                    credentials: credentials,
+                    connectTimeoutSeconds: try reader.number("connectTimeoutSeconds", atLeast: 0.001) ?? 5,
+                    parallelDownloads: try reader.integer("parallelDownloads", atLeast: 1) ?? 4,
+                    segmentBytes: (try reader.integer("segmentMiB", atLeast: 1) ?? 16) << 20,
+                    pricePerGB: try reader.number("pricePerGB", atLeast: 0) ?? 0.12,
+                    limits: try limits(timeout: 180, stall: 30, attempts: 3)
+                )
+            )
+        case "directory":
+            return .directory(
+                DirectoryTier(
+                    name: try reader.string("name") ?? "directory",
+                    path: path(try reader.requiredString("path")),
+                    limits: try limits(timeout: 120, stall: 30, attempts: 2)
+                )
+            )
+        case "install":
+            let command = try reader.strings("command") ?? []
+            guard !command.isEmpty, !command[0].isEmpty else {
+                throw ConfigError(path: reader.path(of: "command"), "required: the argv to run, e.g. [\"npm\", \"ci\"]")
+            }
+            let produces = FilePath(try reader.requiredString("produces"))
+            guard !produces.isAbsolute, !produces.components.contains(where: { $0.kind == .parentDirectory }) else {
+                throw ConfigError(path: reader.path(of: "produces"), "must be a path inside workingDirectory, like \"node_modules\"")
+            }
+            return .install(
+                InstallTier(
+                    name: try reader.string("name") ?? "install",
+                    command: command,
+                    workingDirectory: path(try reader.string("workingDirectory") ?? "."),
+                    produces: produces,
+                    environment: try reader.stringMap("environment") ?? [:],
+                    limits: try limits(timeout: 900, stall: nil, attempts: 1)
+                )
+            )
+        default:
+            throw ConfigError(path: reader.path(of: "kind"), "expected peer, gcs, directory or install, got \"\(kind)\"")
+        }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if case DecodingError.dataCorrupted(let context) = error {
+            let underlying = (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String
+            return underlying ?? context.debugDescription
+        }
+        return "\(error)"
+    }
+
+    /// The cache key from the lockfiles, platform, runtime versions and salt.
+    public func cacheKey() throws(ConfigError) -> CacheKey {
+        var lockfiles: [Lockfile] = []
+        for (index, file) in key.files.enumerated() {
+            guard let data = FileManager.default.contents(atPath: file.string) else {
+                throw ConfigError(path: "key.files[\(index)]", "cannot read \(file)", file: self.file?.string)
+            }
+            let name = file.string.hasPrefix(baseDirectory.string + "/")
+                ? String(file.string.dropFirst(baseDirectory.string.count + 1)) : file.string
+            lockfiles.append(Lockfile(name: name, contents: Array(data)))
+        }
+        do {
+            return try CacheKey.derive(
+                prefix: key.prefix, lockfiles: lockfiles, platform: key.includesPlatform ? .current : nil,
+                runtimeVersions: key.runtimeVersions, salt: key.salt
+            )
+        } catch {
+            throw ConfigError(path: "key.prefix", error.description, file: file?.string)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+import Foundation
+
+/// A parsed JSON value that keeps booleans and numbers apart, so a config reader can
+/// say "expected a number, got a boolean".
+enum JSONValue: Sendable, Decodable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let value = try? container.decode(Bool.self) {
+            self = .bool(value)
+        } else if let value = try? container.decode(Double.self) {
+            self = .number(value)
+        } else if let value = try? container.decode(String.self) {
+            self = .string(value)
+        } else if let value = try? container.decode([JSONValue].self) {
+            self = .array(value)
+        } else {
+            self = .object(try container.decode([String: JSONValue].self))
+        }
+    }
+
+    /// What the value is, for error messages.
+    var kind: String {
+        switch self {
+        case .null: "null"
+        case .bool: "a boolean"
+        case .number: "a number"
+        case .string: "a string"
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+}
+
+/// Reads one JSON object field by field. Every error names the field's path
+/// (`tiers[1].bucket: required`); ``finish()`` rejects the fields nobody asked for.
+struct ConfigObjectReader {
+    let path: String
+    private let fields: [String: JSONValue]
+    private var read: Set<String> = []
+
+    init(_ value: JSONValue, path: String) throws(ConfigError) {
+        guard case .object(let fields) = value else {
+            throw ConfigError(path: path.isEmpty ? "(top level)" : path, "expected an object, got \(value.kind)")
+        }
+        self.path = path
+        self.fields = fields
+    }
+
+    func path(of key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    /// The raw value of `key`, nil when absent or null.
+    mutating func value(_ key: String) -> JSONValue? {
+        read.insert(key)
+        guard let value = fields[key] else { return nil }
+        if case .null = value { return nil }
+        return value
+    }
+
+    mutating func has(_ key: String) -> Bool { value(key) != nil }
+
+    mutating func string(_ key: String) throws(ConfigError) -> String? {
+        guard let value = value(key) else { return nil }
+        guard case .string(let text) = value else { throw ConfigError(path: path(of: key), "expected a string, got \(value.kind)") }
+        return text
+    }
+
+    mutating func requiredString(_ key: String) throws(ConfigError) -> String {
+        guard let text = try string(key) else { throw ConfigError(path: path(of: key), "required") }
+        guard !text.isEmpty else { throw ConfigError(path: path(of: key), "must not be empty") }
+        return text
+    }
+
+    mutating func bool(_ key: String) throws(ConfigError) -> Bool? {
+        guard let value = value(key) else { return nil }
+        guard case .bool(let flag) = value else { throw ConfigError(path: path(of: key), "expected true or false, got \(value.kind)") }
+        return flag
+    }
+
+    mutating func number(_ key: String, atLeast minimum: Double? = nil) throws(ConfigError) -> Double? {
+        guard let value = value(key) else { return nil }
+        guard case .number(let number) = value, number.isFinite else {
+            throw ConfigError(path: path(of: key), "expected a number, got \(value.kind)")
+        }
+        if let minimum, number < minimum { throw ConfigError(path: path(of: key), "must be at least \(minimum.formatted())") }
+        return number
+    }
+
+    mutating func integer(_ key: String, atLeast minimum: Int? = nil) throws(ConfigError) -> Int? {
+        guard let number = try number(key) else { return nil }
+        guard number.rounded() == number, abs(number) < 1e15 else {
+            throw ConfigError(path: path(of: key), "expected a whole number, got \(number.formatted())")
+        }
+        if let minimum, Int(number) < minimum { throw ConfigError(path: path(of: key), "must be at least \(minimum)") }
+        return Int(number)
+    }
+
+    mutating func strings(_ key: String) throws(ConfigError) -> [String]? {
+        guard let value = value(key) else { return nil }
+        guard case .array(let items) = value else { throw ConfigError(path: path(of: key), "expected an array of strings, got \(value.kind)") }
+        var result: [String] = []
+        for (index, item) in items.enumerated() {
+            guard case .string(let text) = item else {
+                throw ConfigError(path: "\(path(of: key))[\(index)]", "expected a string, got \(item.kind)")
+            }
+            result.append(text)
+        }
+        return result
+    }
+
+    mutating func stringMap(_ key: String) throws(ConfigError) -> [String: String]? {
+        guard let value = value(key) else { return nil }
+        guard case .object(let fields) = value else { throw ConfigError(path: path(of: key), "expected an object of strings, got \(value.kind)") }
+        var result: [String: String] = [:]
+        for (name, item) in fields {
+            guard case .string(let text) = item else { throw ConfigError(path: "\(path(of: key)).\(name)", "expected a string, got \(item.kind)") }
+            result[name] = text
+        }
+        return result
+    }
+
+    mutating func object(_ key: String) throws(ConfigError) -> ConfigObjectReader? {
+        guard let value = value(key) else { return nil }
+        return try ConfigObjectReader(value, path: path(of: key))
+    }
+
+    mutating func array(_ key: String) throws(ConfigError) -> [JSONValue]? {
+        guard let value = value(key) else { return nil }
+        guard case .array(let items) = value else { throw ConfigError(path: path(of: key), "expected an array, got \(value.kind)") }
+        return items
+    }
+
+    /// Rejects fields that were never read: a typo must not be silently ignored.
+    func finish() throws(ConfigError) {
+        if let unknown = fields.keys.sorted().first(where: { !read.contains($0) }) {
+            throw ConfigError(path: path(of: unknown), "unknown field")
+        }
+    }
+}
+
+/// A config file that cannot be used: the field's path and what is wrong with it.
+public struct ConfigError: Error, CustomStringConvertible, Sendable, Hashable {
+    /// Where in the file, e.g. `tiers[1].bucket`.
+    public var path: String
+    public var message: String
+    /// The config file, when known.
+    public var file: String?
+
+    public init(path: String, _ message: String, file: String? = nil) {
+        self.path = path
+        self.message = message
+        self.file = file
+    }
+
+    public var description: String {
+        file.map { "\($0): \(path): \(message)" } ?? "\(path): \(message)"
+    }
+}

@@ -1,0 +1,186 @@
+import ArgumentParser
+import CacheTiers
+import CacheTiersServer
+import Foundation
+import Logging
+import Synchronization
+import SystemPackage
+
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "A zero-setup tour: peer hit, then the fallbacks when the cache master goes away.",
+        discussion: """
+            Builds a small node_modules-like workspace in a temporary folder, starts a cache \
+            master in-process on loopback, publishes the tree, and restores it three times \
+            through the same config a VM would use: from the cache master; with the cache \
+            master stopped, by a fresh install (written back to the local directory tier); \
+            and again, now from the directory tier. Prints who served and how long each \
+            attempt took. Exit 0 when every step did what it should, 1 otherwise.
+            """
+    )
+
+    @Option(name: .long, help: "Packages in the generated workspace.")
+    var packages = 60
+
+    @Flag(name: .long, help: "Keep the temporary folder and print its path.")
+    var keep = false
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() async throws {
+        let logger = logging.makeLogger()
+        let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-demo-\(UUID().uuidString.prefix(8))")
+        defer {
+            if keep { print("\nkept \(scratch)") } else { try? FileManager.default.removeItem(atPath: scratch.string) }
+        }
+        let workspace = scratch.appending("workspace")
+        try DemoWorkspace.write(to: workspace, packages: packages)
+
+        var serverLogger = logger
+        serverLogger.logLevel = .error
+        let server = CacheMasterServer(configuration: .init(root: scratch.appending("cache-master"), port: 0), logger: serverLogger)
+        let peerURL = try await server.start()
+        var stopped = false
+        do {
+            let configFile = workspace.appending("cachetiers.json")
+            try DemoWorkspace.writeConfig(to: configFile, peer: peerURL)
+            let settings = try CacheTiersConfig.load(from: configFile)
+            let key = try settings.cacheKey()
+            print("CacheTiers demo: workspace \(workspace)")
+            print("  cache master listening on \(peerURL); key \(key)\n")
+
+            // The tree a fresh install produces, published the way a finished VM would.
+            let archive = scratch.appending("published.tar.zst")
+            let manifest = try await settings.packer.pack(workspace.appending("vendor"), key: key, to: archive, logger: logger)
+            let publisher = VMPeerSource(configuration: .init(peers: [peerURL]))
+            let published = try await publisher.publish(PackedArchive(file: archive, manifest: manifest), logger: logger)
+            try await publisher.shutdown()
+            print("published \(formatBytes(manifest.archiveSize)) (\(manifest.entryCount) entries) to the cache master: \(published.rawValue)\n")
+
+            var table = DemoTable()
+            let first = try await restore(settings, key: key, logger: logger)
+            table.add(step: "1 peer up", first)
+            await server.stop()
+            stopped = true
+            let second = try await restore(settings, key: key, logger: logger)
+            table.add(step: "2 peer down", second)
+            let third = try await restore(settings, key: key, logger: logger)
+            table.add(step: "3 peer down", third)
+            print(table.render())
+
+            let expected = ["cache-master", "fresh-install", "local"]
+            let served = [first, second, third].map { $0.servedBy ?? "nobody" }
+            guard served == expected else {
+                throw CommandFailure("demo: expected the restores to be served by \(expected.joined(separator: ", ")), got \(served.joined(separator: ", "))")
+            }
+            let tree = try DemoWorkspace.fileCount(settings.destination)
+            print("\nnode_modules holds \(tree) files; the peer served restore 1, the fresh install restore 2")
+            print("(and wrote it back to the local tier), the local tier restore 3.")
+        } catch {
+            if !stopped { await server.stop() }
+            throw error
+        }
+    }
+
+    private func restore(_ settings: CacheTiersConfig, key: CacheKey, logger: Logger) async throws -> RestoreReport {
+        var quiet = logger
+        quiet.logLevel = logging.verbose ? .debug : .critical
+        let configured = try settings.makeChain(logger: quiet)
+        defer { Task { await configured.shutdown() } }
+        do {
+            return try await configured.chain.restore(key, into: settings.destination).completingWriteBack()
+        } catch let failure as RestoreFailure {
+            return failure.report
+        }
+    }
+}
+
+/// The table the demo prints: one row per attempt.
+struct DemoTable {
+    private var rows: [[String]] = [["restore", "tier", "outcome", "bytes", "seconds", "note"]]
+
+    mutating func add(step: String, _ report: RestoreReport) {
+        for (index, attempt) in report.attempts.enumerated() {
+            let note = attempt.error.map { String($0.split(separator: "\n").first ?? "").prefix(60) } ?? ""
+            rows.append([
+                index == 0 ? step : "", attempt.tier, attempt.outcome.rawValue,
+                attempt.bytes > 0 ? formatBytes(attempt.bytes) : "-", String(format: "%.2f", attempt.durationSeconds), String(note),
+            ])
+        }
+        for record in report.writeBack {
+            rows.append(["", "→ \(record.tier)", "write-back \(record.outcome.rawValue)", "", "", ""])
+        }
+    }
+
+    func render() -> String {
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
+    }
+}
+
+/// A small node_modules-like project for the demo.
+enum DemoWorkspace {
+    /// Writes package.json, package-lock.json and `vendor/`, the tree the demo's "package
+    /// manager" (a copy) installs as node_modules.
+    static func write(to workspace: FilePath, packages: Int) throws {
+        let files = FileManager.default
+        try files.createDirectory(atPath: workspace.string, withIntermediateDirectories: true)
+        var dependencies: [String] = []
+        for index in 0..<packages {
+            let name = "demo-package-\(index)"
+            let version = "1.\(index % 7).\(index % 3)"
+            dependencies.append("\"\(name)\": \"\(version)\"")
+            let root = workspace.appending("vendor/\(name)")
+            try files.createDirectory(atPath: root.appending("lib").string, withIntermediateDirectories: true)
+            try write(#"{ "name": "\#(name)", "version": "\#(version)", "main": "index.js" }"#, to: root.appending("package.json"))
+            try write("module.exports = require('./lib/main');\n", to: root.appending("index.js"))
+            try write("# \(name)\n\n" + String(repeating: "Documentation line for \(name).\n", count: 20), to: root.appending("README.md"))
+            for part in 0..<4 {
+                let body = (0..<(40 + index % 50)).map { "exports.f\(part)_\($0) = (x) => x * \($0 + part) + \(index);" }
+                try write(body.joined(separator: "\n") + "\n", to: root.appending("lib/\(part == 0 ? "main" : "part\(part)").js"))
+            }
+        }
+        try write("{\n  \"name\": \"demo-workspace\",\n  \"dependencies\": {\n    \(dependencies.joined(separator: ",\n    "))\n  }\n}\n", to: workspace.appending("package.json"))
+        try write("{ \"lockfileVersion\": 3, \"packages\": { \(dependencies.joined(separator: ", ")) } }\n", to: workspace.appending("package-lock.json"))
+    }
+
+    /// The config a VM of this workspace would use: the cache master, a local directory
+    /// tier, and a "fresh install" that copies vendor/ into node_modules.
+    static func writeConfig(to file: FilePath, peer: String) throws {
+        let config = """
+            {
+              "key": { "prefix": "demo-node-modules", "files": ["package-lock.json"], "platform": true },
+              "destination": "node_modules",
+              "deadlineSeconds": 120,
+              "tiers": [
+                { "kind": "peer", "name": "cache-master", "urls": ["\(peer)"],
+                  "connectTimeoutSeconds": 1, "timeoutSeconds": 30, "maxAttempts": 1 },
+                { "kind": "directory", "name": "local", "path": "../local-cache" },
+                { "kind": "install", "name": "fresh-install",
+                  "command": ["/bin/sh", "-c", "mkdir -p node_modules && cp -R vendor/. node_modules/"],
+                  "produces": "node_modules", "timeoutSeconds": 60 }
+              ],
+              "writeBack": { "enabled": true, "wait": true }
+            }
+            """
+        try write(config, to: file)
+    }
+
+    static func fileCount(_ directory: FilePath) throws -> Int {
+        var count = 0
+        let enumerator = FileManager.default.enumerator(atPath: directory.string)
+        while let path = enumerator?.nextObject() as? String {
+            _ = path
+            if (enumerator?.fileAttributes?[.type] as? FileAttributeType) == .typeRegular { count += 1 }
+        }
+        return count
+    }
+
+    private static func write(_ text: String, to path: FilePath) throws {
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path.string))
+    }
+}

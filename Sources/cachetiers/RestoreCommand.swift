@@ -1,0 +1,181 @@
+import ArgumentParser
+import CacheTiers
+import Foundation
+import Logging
+import Synchronization
+import SystemPackage
+
+struct RestoreCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore the destination through the config's tiers, in order.",
+        discussion: """
+            Exit 0 when some tier restored, 1 when every tier failed (the destination is \
+            untouched), 2 on usage or config errors. Progress goes to stderr: a live line on a \
+            terminal, plain lines on a pipe, nothing with --quiet.
+            """
+    )
+
+    @Option(name: .long, help: "The JSON config file.")
+    var config: String
+
+    @Option(name: .long, help: "The cache key (default: computed from the config's key inputs).")
+    var key: String?
+
+    @Option(name: .long, help: "The directory to restore (default: the config's destination).")
+    var into: String?
+
+    @Option(name: .long, help: "Write the JSON report to FILE, or - for stdout.")
+    var report: String?
+
+    @Flag(name: .long, help: "Print nothing but errors.")
+    var quiet = false
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() async throws {
+        let settings = try CacheTiersConfig.load(from: FilePath(config))
+        let cacheKey: CacheKey
+        if let key {
+            do { cacheKey = try CacheKey(key) } catch { throw UsageFailure("--key: \(error)") }
+        } else {
+            cacheKey = try settings.cacheKey()
+        }
+        let destination = into.map { FilePath(FileManager.default.currentDirectoryPath).pushing(FilePath($0)) }
+            ?? settings.destination
+
+        let console = ProgressConsole(mode: quiet ? .quiet : (isatty(STDERR_FILENO) == 1 ? .terminal : .lines))
+        var logger = logging.makeLogger()
+        if quiet && !logging.verbose { logger.logLevel = .critical }
+        let configured = try settings.makeChain(logger: logger, observer: { console.handle($0) })
+        console.line("restoring \(cacheKey) into \(destination) (tiers: \(configured.tiers.map(\.name).joined(separator: ", ")))")
+
+        let outcome: RestoreReport
+        var failure: String?
+        do {
+            outcome = try await configured.chain.restore(cacheKey, into: destination).completingWriteBack()
+        } catch let error as RestoreFailure {
+            outcome = error.report
+            failure = error.description
+        } catch {
+            await configured.shutdown()
+            throw CommandFailure("restore: \(error)")
+        }
+        await configured.shutdown()
+        console.finish()
+
+        if let report {
+            let json = try outcome.prettyJSON()
+            if report == "-" {
+                print(json)
+            } else {
+                do {
+                    try Data((json + "\n").utf8).write(to: URL(fileURLWithPath: report))
+                } catch {
+                    throw CommandFailure("cannot write the report to \(report): \(error.localizedDescription)")
+                }
+            }
+        }
+        if let failure {
+            throw CommandFailure(failure)
+        }
+        let bytes = outcome.bytesTransferred > 0 ? ", \(formatBytes(outcome.bytesTransferred))" : ""
+        let cost = outcome.estimatedCostUSD.map { String(format: ", about %.4f USD", $0) } ?? ""
+        console.line(
+            "restored \(cacheKey) from \(outcome.servedBy ?? "?") in \(String(format: "%.2f", outcome.durationSeconds)) s\(bytes)\(cost)"
+        )
+    }
+}
+
+/// Progress on stderr: a live line on a terminal, plain lines on a pipe, or nothing.
+final class ProgressConsole: Sendable {
+    enum Mode: Sendable { case quiet, lines, terminal }
+
+    private struct Live {
+        var tier = ""
+        var attemptStart = ContinuousClock.now
+        var lastDraw = ContinuousClock.now - .seconds(1)
+        var drawn = false
+    }
+
+    let mode: Mode
+    private let live = Mutex(Live())
+
+    init(mode: Mode) {
+        self.mode = mode
+    }
+
+    /// A line for the log (never for --quiet).
+    func line(_ text: String) {
+        guard mode != .quiet else { return }
+        live.withLock { state in
+            clear(&state)
+            write("\(text)\n")
+        }
+    }
+
+    func handle(_ event: RestoreEvent) {
+        guard mode != .quiet else { return }
+        switch event {
+        case .attemptStarted(let tier, let attempt):
+            live.withLock { state in
+                state.tier = tier
+                state.attemptStart = .now
+            }
+            if mode == .lines { line("\(tier): attempt \(attempt) started") }
+        case .progress(let tier, _, let completed, let total):
+            guard mode == .terminal else { return }
+            live.withLock { state in
+                let now = ContinuousClock.now
+                guard now - state.lastDraw >= .milliseconds(100) else { return }
+                state.lastDraw = now
+                state.drawn = true
+                write("\r\u{1B}[K" + Self.progressText(tier: tier, completed: completed, total: total, since: state.attemptStart))
+            }
+        case .attemptFinished(let record):
+            let error = record.error.map { ": \($0.split(separator: "\n").first ?? "")" } ?? ""
+            line(
+                "\(record.tier): attempt \(record.attempt) \(record.outcome.rawValue) after \(String(format: "%.2f", record.durationSeconds)) s"
+                    + (record.bytes > 0 ? " (\(formatBytes(record.bytes)))" : "") + error
+            )
+        case .hedgeStarted(let tier, let after):
+            line("\(tier): started as a hedge, \(after) is slow")
+        case .restored:
+            break
+        case .writeBackFinished(let record):
+            line("write-back to \(record.tier): \(record.outcome.rawValue)" + (record.error.map { ": \($0)" } ?? ""))
+        @unknown default:
+            break
+        }
+    }
+
+    /// Clears a live line before the process exits.
+    func finish() {
+        live.withLock { clear(&$0) }
+    }
+
+    private func clear(_ state: inout Live) {
+        if state.drawn {
+            write("\r\u{1B}[K")
+            state.drawn = false
+        }
+    }
+
+    private func write(_ text: String) {
+        FileHandle.standardError.write(Data(text.utf8))
+    }
+
+    static func progressText(tier: String, completed: Int64, total: Int64?, since start: ContinuousClock.Instant) -> String {
+        let seconds = max(0.001, (ContinuousClock.now - start).inSeconds)
+        let rate = Double(completed) / seconds
+        var text = "\(tier): \(formatBytes(completed))"
+        if let total, total > 0 {
+            text += " of \(formatBytes(total)) (\(Int(Double(completed) / Double(total) * 100))%)"
+        }
+        text += ", \(formatBytes(Int64(rate)))/s"
+        if let total, rate > 0, total > completed {
+            text += ", ETA \(Int((Double(total - completed) / rate).rounded(.up))) s"
+        }
+        return text
+    }
+}
