@@ -87,12 +87,17 @@ struct DemoCommand: AsyncParsableCommand {
         var quiet = logger
         quiet.logLevel = logging.verbose ? .debug : .critical
         let configured = try settings.makeChain(logger: quiet)
-        defer { Task { await configured.shutdown() } }
+        let report: RestoreReport
         do {
-            return try await configured.chain.restore(key, into: settings.destination).completingWriteBack()
+            report = try await configured.chain.restore(key, into: settings.destination).completingWriteBack()
         } catch let failure as RestoreFailure {
-            return failure.report
+            report = failure.report
+        } catch {
+            await configured.shutdown()
+            throw error
         }
+        await configured.shutdown()
+        return report
     }
 }
 
@@ -102,10 +107,13 @@ struct DemoTable {
 
     mutating func add(step: String, _ report: RestoreReport) {
         for (index, attempt) in report.attempts.enumerated() {
-            let note = attempt.error.map { String($0.split(separator: "\n").first ?? "").prefix(60) } ?? ""
+            // The first line of the error, without the tier name the row already shows.
+            var note = attempt.error.map { String($0.split(separator: "\n").first ?? "") } ?? ""
+            if note.hasPrefix("\(attempt.tier): ") { note.removeFirst(attempt.tier.count + 2) }
+            if note.count > 72 { note = String(note.prefix(71)) + "…" }
             rows.append([
                 index == 0 ? step : "", attempt.tier, attempt.outcome.rawValue,
-                attempt.bytes > 0 ? formatBytes(attempt.bytes) : "-", String(format: "%.2f", attempt.durationSeconds), String(note),
+                attempt.bytes > 0 ? formatBytes(attempt.bytes) : "-", String(format: "%.2f", attempt.durationSeconds), note,
             ])
         }
         for record in report.writeBack {
@@ -116,8 +124,8 @@ struct DemoTable {
     func render() -> String {
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
-            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                .trimmingCharacters(in: .whitespaces)
+            let line = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            return String(line.reversed().drop(while: { $0 == " " }).reversed())
         }.joined(separator: "\n")
     }
 }

@@ -238,7 +238,7 @@ public struct CacheTiersConfig: Sendable {
                     credentials: credentials,
                     connectTimeoutSeconds: try reader.number("connectTimeoutSeconds", atLeast: 0.001) ?? 5,
                     parallelDownloads: try reader.integer("parallelDownloads", atLeast: 1) ?? 4,
-                    segmentBytes: (try reader.integer("segmentMiB", atLeast: 1) ?? 16) << 20,
+                    segmentBytes: (try reader.integer("segmentMiB", atLeast: 1) ?? 8) << 20,
                     pricePerGB: try reader.number("pricePerGB", atLeast: 0) ?? 0.12,
                     limits: try limits(timeout: 180, stall: 30, attempts: 3)
                 )

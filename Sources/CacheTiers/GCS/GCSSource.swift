@@ -38,8 +38,8 @@ public final class GCSSource: CacheSource, CacheSink {
         public var connectTimeout: Duration
         /// Concurrent ranged requests per download; 1 downloads as one stream.
         public var parallelDownloads: Int
-        /// Bytes per ranged request. At most `parallelDownloads` segments are held in
-        /// memory waiting for the decoder.
+        /// Bytes per ranged request. At most `2 × parallelDownloads` segments are held
+        /// in memory ahead of the decoder.
         public var segmentSize: Int
         /// How many times one request (a download segment, an upload chunk) is retried
         /// after a dropped connection, 408, 429 or 5xx before the attempt fails.
@@ -60,7 +60,7 @@ public final class GCSSource: CacheSource, CacheSink {
             credentials: any AccessTokenProvider = NoAccessToken(),
             connectTimeout: Duration = .seconds(5),
             parallelDownloads: Int = 4,
-            segmentSize: Int = 16 << 20,
+            segmentSize: Int = 8 << 20,
             retriesPerRequest: Int = 4,
             uploadChunkSize: Int = 8 << 20,
             pricePerGB: Double = 0.12,
@@ -290,10 +290,10 @@ public final class GCSSource: CacheSource, CacheSink {
         }
     }
 
-    /// Downloads `segments` with up to `parallelDownloads` requests at once and delivers
+    /// Downloads `segments` with `parallelDownloads` requests in flight and delivers
     /// them in order. The segment at the head streams into the decoder as its bytes
-    /// arrive; the ones behind it fill their buffers meanwhile, so at most
-    /// `parallelDownloads` segments are in memory.
+    /// arrive; workers run ahead of it by at most `2 × parallelDownloads` segments, so
+    /// no connection idles while the decoder catches up and memory stays bounded.
     private func fetchInParallel(
         _ object: GCSObject,
         segments: [Range<Int64>],
@@ -303,17 +303,14 @@ public final class GCSSource: CacheSource, CacheSink {
         deliver: (ByteBuffer) async throws -> Void
     ) async throws {
         let parallel = configuration.parallelDownloads
+        let schedule = SegmentSchedule(count: segments.count, window: 2 * parallel)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            var pipes: [Int: SegmentPipe] = [:]
-            var launched = 0
-            for index in segments.indices {
-                while launched < segments.count, launched < index + parallel {
-                    let pipe = SegmentPipe()
-                    let range = segments[launched]
-                    pipes[launched] = pipe
-                    group.addTask {
+            for _ in 0..<min(parallel, segments.count) {
+                group.addTask {
+                    while let index = await schedule.claim() {
+                        let pipe = schedule.pipe(index)
                         do {
-                            try await self.fetch(object, range: range, requests: requests, logger: logger) { buffer in
+                            try await self.fetch(object, range: segments[index], requests: requests, logger: logger) { buffer in
                                 pipe.push(buffer)
                                 // Bytes arriving behind the head are signs of life too.
                                 progress.touch()
@@ -321,14 +318,17 @@ public final class GCSSource: CacheSource, CacheSink {
                             pipe.finish(throwing: nil)
                         } catch {
                             pipe.finish(throwing: error)
+                            return
                         }
                     }
-                    launched += 1
                 }
-                let head = pipes.removeValue(forKey: index)!
+            }
+            for index in segments.indices {
+                let head = schedule.pipe(index)
                 while let buffer = try await head.next() {
                     try await deliver(buffer)
                 }
+                schedule.delivered(index)
             }
         }
     }
@@ -415,6 +415,86 @@ public final class GCSSource: CacheSource, CacheSink {
         default:
             return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)")
         }
+    }
+}
+
+/// Which segment a download worker takes next: in order, and no further than `window`
+/// segments ahead of the one the decoder is reading.
+final class SegmentSchedule: Sendable {
+    private struct State {
+        var next = 0
+        var delivered = 0
+        var pipes: [Int: SegmentPipe] = [:]
+        var waiters: [UInt64: CheckedContinuation<Int?, Never>] = [:]
+        var nextWaiter: UInt64 = 0
+        var cancelled: Set<UInt64> = []
+    }
+
+    private let count: Int
+    private let window: Int
+    private let state = Mutex(State())
+
+    init(count: Int, window: Int) {
+        self.count = count
+        self.window = window
+    }
+
+    /// The pipe of segment `index`, shared by its worker and the decoder.
+    func pipe(_ index: Int) -> SegmentPipe {
+        state.withLock { state in
+            if let pipe = state.pipes[index] { return pipe }
+            let pipe = SegmentPipe()
+            state.pipes[index] = pipe
+            return pipe
+        }
+    }
+
+    /// The next segment to fetch, waiting while the workers are `window` ahead; nil
+    /// when every segment is taken or the task is cancelled.
+    func claim() async -> Int? {
+        let id = state.withLock { state in
+            defer { state.nextWaiter += 1 }
+            return state.nextWaiter
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready: Int?? = state.withLock { state in
+                    if state.cancelled.contains(id) || state.next >= count { return .some(nil) }
+                    if state.next < state.delivered + window {
+                        defer { state.next += 1 }
+                        return .some(state.next)
+                    }
+                    state.waiters[id] = continuation
+                    return .none
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state in
+                state.cancelled.insert(id)
+                return state.waiters.removeValue(forKey: id)
+            }
+            waiter?.resume(returning: nil)
+        }
+    }
+
+    /// The decoder finished segment `index`: its memory is free and workers may run on.
+    func delivered(_ index: Int) {
+        let resumed = state.withLock { state -> [(CheckedContinuation<Int?, Never>, Int?)] in
+            state.pipes[index] = nil
+            state.delivered = index + 1
+            var resumed: [(CheckedContinuation<Int?, Never>, Int?)] = []
+            for id in state.waiters.keys.sorted() {
+                if state.next >= count {
+                    resumed.append((state.waiters.removeValue(forKey: id)!, nil))
+                } else if state.next < state.delivered + window {
+                    resumed.append((state.waiters.removeValue(forKey: id)!, state.next))
+                    state.next += 1
+                }
+            }
+            return resumed
+        }
+        for (continuation, index) in resumed { continuation.resume(returning: index) }
     }
 }
 
