@@ -502,37 +502,40 @@ final class TarExtractor {
         guard let slash = relative.utf8.lastIndex(of: UInt8(ascii: "/")) else { return }
         let parent = String(relative[..<slash])
         if parent == lastVerifiedParent { return }
-        var start = parent.startIndex
-        // The prefix shared with the last proven parent is proven already.
-        let proven = commonDirectoryPrefix(parent, lastVerifiedParent)
-        if !proven.isEmpty {
-            let provenEnd = parent.utf8.index(parent.utf8.startIndex, offsetBy: proven.utf8.count)
-            start = provenEnd == parent.endIndex ? provenEnd : parent.index(after: provenEnd)
-        }
-        while start < parent.endIndex {
-            let next = parent[start...].firstIndex(of: "/") ?? parent.endIndex
-            let ancestor = String(parent[..<next])
-            try ensureDirectory(ancestor, for: relative)
-            if next == parent.endIndex { break }
-            start = parent.index(after: next)
+        // The prefix shared with the last proven parent is proven already. Paths are
+        // compared as UTF-8 bytes: `/` never occurs inside a multi-byte sequence.
+        let bytes = parent.utf8
+        let proven = commonDirectoryPrefixLength(parent, lastVerifiedParent)
+        var start = bytes.index(bytes.startIndex, offsetBy: proven == 0 ? 0 : min(proven + 1, bytes.count))
+        while start < bytes.endIndex {
+            let next = bytes[start...].firstIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
+            try ensureDirectory(String(parent[..<next]), for: relative)
+            if next == bytes.endIndex { break }
+            start = bytes.index(after: next)
         }
         lastVerifiedParent = parent
     }
 
-    /// The longest common prefix of two paths that ends at a component boundary.
-    private func commonDirectoryPrefix(_ a: String, _ b: String) -> String {
-        var end = a.startIndex
-        var boundary = a.startIndex
-        var other = b.startIndex
-        while end < a.endIndex, other < b.endIndex, a[end] == b[other] {
-            if a[end] == "/" { boundary = end }
-            end = a.index(after: end)
-            other = b.index(after: other)
+    /// The length in UTF-8 bytes of the longest common prefix of two paths that ends at
+    /// a component boundary.
+    private func commonDirectoryPrefixLength(_ a: String, _ b: String) -> Int {
+        var a = a
+        var b = b
+        return a.withUTF8 { a in
+            b.withUTF8 { b in
+                let slash = UInt8(ascii: "/")
+                var index = 0
+                var boundary = 0
+                let shorter = min(a.count, b.count)
+                while index < shorter, a[index] == b[index] {
+                    if a[index] == slash { boundary = index }
+                    index += 1
+                }
+                let aEnds = index == a.count || a[index] == slash
+                let bEnds = index == b.count || b[index] == slash
+                return aEnds && bEnds ? index : boundary
+            }
         }
-        let aEnds = end == a.endIndex || a[end] == "/"
-        let bEnds = other == b.endIndex || b[other] == "/"
-        if aEnds && bEnds { return String(a[..<end]) }
-        return String(a[..<boundary])
     }
 
     /// Creates `ancestor` as a directory, or proves on disk that it is one.
