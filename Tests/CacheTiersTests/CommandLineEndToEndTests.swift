@@ -84,6 +84,34 @@ import Testing
         }
     }
 
+    @Test func progressIsALiveLineOnATerminalPlainLinesOnAPipeAndNothingWhenQuiet() async throws {
+        try await PeerHarness.with { peer in
+            let project = try Project(in: peer.scratch.path, tiers: [Self.peerTier(peer.url)])
+            let tree = try Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 33)
+            try await peer.publish(tree, as: try project.key())
+            let restore = [Fixtures.cliPath, "restore", "--config", project.config.string]
+
+            // A terminal: `script` gives the command a pseudo-terminal and records what it drew.
+            let typescript = peer.scratch.path.appending("typescript").string
+            let terminal = try Fixtures.run(["script", "-qfec", restore.joined(separator: " "), typescript])
+            #expect(terminal.status == 0, "\(terminal.stderr)")
+            let drawn = String(decoding: try Data(contentsOf: URL(fileURLWithPath: typescript)), as: UTF8.self)
+            #expect(drawn.contains("\r\u{1B}[Kcache-master: "), "a line redrawn in place: \(drawn)")
+            #expect(drawn.contains("cache-master: attempt 1 hit"))
+
+            let pipe = try Fixtures.run(restore)
+            #expect(pipe.status == 0)
+            #expect(!pipe.stderr.contains("\u{1B}["), "no terminal codes on a pipe")
+            #expect(pipe.stderr.contains("cache-master: attempt 1 started"))
+            #expect(pipe.stderr.contains("cache-master: attempt 1 hit after"))
+            #expect(pipe.stderr.contains("restored \(try project.key()) from cache-master"))
+
+            let quiet = try Fixtures.run(restore + ["--quiet"])
+            #expect(quiet.status == 0)
+            #expect(quiet.stderr.isEmpty && quiet.stdout.isEmpty, "\(quiet.stderr)")
+        }
+    }
+
     @Test(.needsGCSEmulator) func peerDownThenAGCSHitFromTheEmulator() async throws {
         try await GCSHarness.with { gcs in
             let project = try Project(in: gcs.scratch.path, tiers: [Self.peerTier(Self.deadURL), Self.gcsTier(gcs.emulator.url)])
