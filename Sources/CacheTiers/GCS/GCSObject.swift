@@ -59,6 +59,4 @@ extension String {
         )
         return addingPercentEncoding(withAllowedCharacters: unreserved) ?? self
     }
-
-    var gcsQueryValue: String { gcsPathSegment }
 }
