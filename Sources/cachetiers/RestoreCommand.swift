@@ -46,21 +46,31 @@ struct RestoreCommand: AsyncParsableCommand {
 
         let console = ProgressConsole(mode: quiet ? .quiet : (isatty(STDERR_FILENO) == 1 ? .terminal : .lines))
         var logger = logging.makeLogger()
-        if quiet && !logging.verbose { logger.logLevel = .critical }
+        // The console already says how every attempt ended; the log adds detail with --verbose.
+        if !logging.verbose { logger.logLevel = quiet ? .critical : .error }
         let configured = try settings.makeChain(logger: logger, observer: { console.handle($0) })
         console.line("restoring \(cacheKey) into \(destination) (tiers: \(configured.tiers.map(\.name).joined(separator: ", ")))")
 
+        let chain = configured.chain
+        let restore = Task { try await chain.restore(cacheKey, into: destination).completingWriteBack() }
+        let interrupts = Interrupts { restore.cancel() }
         let outcome: RestoreReport
         var failure: String?
         do {
-            outcome = try await configured.chain.restore(cacheKey, into: destination).completingWriteBack()
+            outcome = try await restore.value
         } catch let error as RestoreFailure {
             outcome = error.report
             failure = error.description
         } catch {
+            interrupts.stop()
             await configured.shutdown()
+            console.finish()
+            if let signal = interrupts.interruptedBy {
+                throw CommandFailure("restore of \(cacheKey) stopped by \(signal); \(destination) is as it was")
+            }
             throw CommandFailure("restore: \(error)")
         }
+        interrupts.stop()
         await configured.shutdown()
         console.finish()
 

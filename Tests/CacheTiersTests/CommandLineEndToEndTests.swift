@@ -189,6 +189,42 @@ import Testing
         #expect(report.attempts.last?.error?.contains("npm ERR! network unreachable") == true)
     }
 
+    @Test func ctrlCStopsTheInstallAndItsChildrenAndLeavesNothingBehind() async throws {
+        let scratch = try TemporaryDirectory(prefix: "cli")
+        defer { scratch.remove() }
+        let marker = "\(Int.random(in: 40_000...49_999)).25"
+        let project = try Project(
+            in: scratch.path, tiers: [Self.installTier(["/bin/sh", "-c", "sleep \(marker) & sleep \(marker) & wait"])]
+        )
+        try SampleTree.write(to: project.destination, seed: 6, files: 10)
+        let before = try TreeSnapshot(of: project.destination)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
+        process.arguments = ["restore", "--config", project.config.string]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        func running() throws -> Int {
+            try Fixtures.run(["pgrep", "-f", "sleep \(marker)"]).stdout.split(separator: "\n").count
+        }
+        // The shell and its two sleeps all carry the marker.
+        for _ in 0..<100 where try running() < 3 { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(try running() == 3, "the install started")
+        process.interrupt()  // SIGINT, as Ctrl-C sends it
+        let output = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+
+        #expect(process.terminationStatus == 1)
+        #expect(output.contains("stopped by SIGINT"), "\(output)")
+        #expect(try running() == 0, "the package manager's whole process group is gone")
+        #expect(try TreeSnapshot(of: project.destination).differences(from: before) == [])
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.path.string)
+            + FileManager.default.contentsOfDirectory(atPath: project.folder.string)
+        #expect(leftovers.sorted() == ["cachetiers.json", "node_modules", "package-lock.json", "project"], "no staging or scratch folders")
+    }
+
     @Test(arguments: [
         (#""tiers": [{"kind": "gcs", "name": "gcs"}]"#, "tiers[0].bucket: required"),
         (#""tiers": [{"kind": "peer", "urls": ["http://x:1"], "timeoutSecs": 3}]"#, "tiers[0].timeoutSecs: unknown field"),

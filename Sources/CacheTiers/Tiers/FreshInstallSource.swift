@@ -91,6 +91,9 @@ public struct FreshInstallSource: CacheSource {
             metadata: ["command": "\(commandLine)", "in": "\(configuration.workingDirectory)"]
         )
         let (status, tail) = try await run(in: shadow, key: request.key, progress: progress, logger: logger)
+        // Cancelled (a timeout, the caller giving up): the group was torn down; that is
+        // not the command's failure.
+        try Task.checkCancellation()
         let elapsed = (ContinuousClock.now - start).humanReadable
         guard status.isSuccess else {
             let how: String
