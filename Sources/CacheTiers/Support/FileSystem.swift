@@ -44,7 +44,67 @@ enum FileSystem {
             }
             return
         }
-        try FileManager.default.removeItem(atPath: path.string)
+        let descriptor = open(path.string, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            if errno == ENOENT { return }
+            throw Errno(rawValue: errno)
+        }
+        try removeContents(of: descriptor)
+        guard rmdir(path.string) == 0 || errno == ENOENT else { throw Errno(rawValue: errno) }
+    }
+
+    /// Empties the directory open at `directory` (and closes it), entry by entry relative
+    /// to its descriptor: a tree of 100,000 entries goes in a fraction of the time
+    /// FileManager takes, which a restore that replaces a tree waits for.
+    private static func removeContents(of directory: Int32) throws {
+        guard let stream = fdopendir(directory) else {
+            let code = errno
+            close(directory)
+            throw Errno(rawValue: code)
+        }
+        defer { closedir(stream) }
+        var subdirectories: [String] = []
+        var madeWritable = false
+        /// unlinkat; in a read-only directory (from the archive) it makes the directory
+        /// ours to empty and tries once more. False when the entry is a directory.
+        func remove(_ name: String, flags: Int32) throws -> Bool {
+            while unlinkat(directory, name, flags) != 0 {
+                switch errno {
+                case ENOENT:
+                    return true
+                case EISDIR:
+                    return false
+                case EACCES where !madeWritable, EPERM where !madeWritable:
+                    madeWritable = true
+                    guard fchmod(directory, 0o700) == 0 else { throw Errno(rawValue: errno) }
+                default:
+                    throw Errno(rawValue: errno)
+                }
+            }
+            return true
+        }
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { bytes in
+                String(cString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            if name == "." || name == ".." { continue }
+            // Without a d_type (some filesystems), unlinkat says EISDIR for a directory.
+            let isDirectory = entry.pointee.d_type == UInt8(DT_DIR)
+            if isDirectory {
+                subdirectories.append(name)
+            } else if try !remove(name, flags: 0) {
+                subdirectories.append(name)
+            }
+        }
+        for name in subdirectories {
+            let child = openat(directory, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if child < 0 {
+                if errno == ENOENT { continue }
+                throw Errno(rawValue: errno)
+            }
+            try removeContents(of: child)
+            _ = try remove(name, flags: AT_REMOVEDIR)
+        }
     }
 
     /// Whether the process may create entries in the directory at `path`.
