@@ -58,11 +58,13 @@ def shaped_restores(a, root, out):
         server = subprocess.Popen(run_in + [OURS, "serve", "--root", root, "--port", "0"],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         url = server.stdout.readline().strip().split()[-1]
-        results = []
+        results, downloads = [], []
         for _ in range(max(3, a.runs // 2)):
             shutil.rmtree(out, ignore_errors=True)
             results.append(json.loads(timed(run_in + [BENCH, "peer-restore", url, "big", out])[1]))
-        return results
+            # What the shaped link itself delivers: the same bytes to nowhere.
+            downloads.append(timed(run_in + ["curl", "-sf", "-o", "/dev/null", url + "/v1/caches/big"])[0])
+        return results, downloads
     finally:
         if server:
             server.terminate()
@@ -115,9 +117,9 @@ def main():
         same = subprocess.run(["diff", "-r", "--no-dereference", big, ours_out], capture_output=True).returncode == 0
         print("            restored tree identical: %s" % ("yes" if same else "NO"))
 
-        throttled = []
+        throttled, downloads = [], []
         if a.shaping == "tc":
-            throttled = shaped_restores(a, root, ours_out)
+            throttled, downloads = shaped_restores(a, root, ours_out)
         else:
             for _ in range(max(3, a.runs // 2)):
                 shutil.rmtree(ours_out, ignore_errors=True)
@@ -126,6 +128,9 @@ def main():
         transfer_s = size / a.rate
         print("throttled   %.0f MB/s (%s): restore %.2f s, pure transfer %.2f s, ratio %.2fx   (runs %s)" % (
             a.rate / 1e6, a.shaping, restore_s, transfer_s, restore_s / transfer_s, " ".join("%.2f" % r["seconds"] for r in throttled)))
+        if downloads:
+            print("            curl -o /dev/null over the same shaped link: %.2f s (%s), so the link alone is %.2fx the pure transfer" % (
+                statistics.median(downloads), " ".join("%.2f" % t for t in downloads), statistics.median(downloads) / transfer_s))
 
         shutil.rmtree(a.shm + "/many", ignore_errors=True)
         result = json.loads(timed([BENCH, "peer-concurrent", url, "small", a.shm + "/many", str(a.concurrent)])[1])
