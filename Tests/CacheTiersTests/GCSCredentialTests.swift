@@ -9,9 +9,10 @@ import Synchronization
 import Testing
 import _CryptoExtras
 
-/// Access tokens: service-account JWTs checked by a token endpoint that verifies the
-/// signature, the metadata server, caching and refresh, and what GCSSource does with
-/// a refused token.
+/// Access tokens (service-account JWTs checked by a token endpoint that verifies the
+/// signature, the metadata server, caching and refresh) and how GCSSource answers what
+/// a real bucket can say that the emulator never does: a refused token, a forbidden
+/// bucket, a 503 with Retry-After. Local Hummingbird fakes play Google's side.
 @Suite struct GCSCredentialTests {
     let logger = PeerHarness.quietLogger
 
@@ -218,6 +219,74 @@ import _CryptoExtras
             let report = try await restoreThrough(url, credentials: StaticAccessToken("not-allowed"))
             #expect(report.attempts.map(\.outcome) == [.unauthorized])
             #expect(report.attempts.first?.error?.contains("403") == true)
+        }
+    }
+
+    /// A GCS stand-in serving one real archive, whose first media requests answer 503
+    /// with `Retry-After`.
+    func flakyGCS(archive: [UInt8], manifest: CacheManifest, failures: Int, retryAfter: Int, media: Counter)
+        -> Router<BasicRequestContext>
+    {
+        let router = Router()
+        let object: [String: Any] = [
+            "name": "\(manifest.key.rawValue).tar.zst", "size": "\(archive.count)", "generation": "7",
+            "metadata": [GCSSource.manifestMetadataKey: String(decoding: try! manifest.jsonData(), as: UTF8.self)],
+        ]
+        let metadata = try! JSONSerialization.data(withJSONObject: object)
+        router.get("/storage/v1/b/{bucket}/o/{object}") { request, _ -> Response in
+            guard request.uri.query?.contains("alt=media") == true else {
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: metadata)))
+            }
+            if media.increment() <= failures {
+                var response = Response(
+                    status: .serviceUnavailable,
+                    body: .init(byteBuffer: ByteBuffer(string: #"{"error":{"code":503,"message":"Backend Error"}}"#))
+                )
+                response.headers[HTTPField.Name("Retry-After")!] = "\(retryAfter)"
+                return response
+            }
+            var response = Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: archive)))
+            response.headers[HTTPField.Name("X-Goog-Generation")!] = "7"
+            return response
+        }
+        return router
+    }
+
+    func packedSample(in scratch: TemporaryDirectory) async throws -> ([UInt8], CacheManifest) {
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 30)
+        let file = scratch.path.appending("sample.tar.zst")
+        let manifest = try await ArchivePacker().pack(tree, key: try CacheKey("node-modules-x"), to: file, logger: logger)
+        return ([UInt8](try Data(contentsOf: URL(fileURLWithPath: file.string))), manifest)
+    }
+
+    @Test func a503IsRetriedAfterItsRetryAfterWithinTheAttempt() async throws {
+        let scratch = try TemporaryDirectory(prefix: "flaky")
+        defer { scratch.remove() }
+        let (archive, manifest) = try await packedSample(in: scratch)
+        let media = Counter()
+        try await FakeHTTPServer.with(flakyGCS(archive: archive, manifest: manifest, failures: 1, retryAfter: 1, media: media)) { url in
+            let start = ContinuousClock.now
+            let report = try await restoreThrough(url, credentials: NoAccessToken())
+            #expect(report.attempts.map(\.outcome) == [.hit], "retried inside the attempt")
+            #expect(media.value == 2)
+            #expect(ContinuousClock.now - start >= .seconds(1), "waited as Retry-After said")
+        }
+    }
+
+    @Test func aLongRetryAfterIsLeftToTheChain() async throws {
+        let scratch = try TemporaryDirectory(prefix: "flaky")
+        defer { scratch.remove() }
+        let (archive, manifest) = try await packedSample(in: scratch)
+        let media = Counter()
+        try await FakeHTTPServer.with(flakyGCS(archive: archive, manifest: manifest, failures: 99, retryAfter: 120, media: media)) { url in
+            let start = ContinuousClock.now
+            let report = try await restoreThrough(url, credentials: NoAccessToken())
+            // The chain's 30 s deadline leaves no room for a 120 s wait: it gives up at once.
+            #expect(report.attempts.first?.outcome == .error)
+            #expect(report.attempts.first?.error?.contains("503") == true)
+            #expect(media.value == 1, "not retried inline")
+            #expect(ContinuousClock.now - start < .seconds(10))
         }
     }
 

@@ -333,9 +333,15 @@ public final class GCSSource: CacheSource, CacheSink {
         }
     }
 
+    /// Whether a failed request is retried on the spot. A Retry-After longer than the
+    /// longest inline backoff (8 s) goes to the chain instead, which honours it within
+    /// the restore's deadline or moves on to the next tier.
     static func isWorthRetrying(_ error: any Error) -> Bool {
         if error is CancellationError { return false }
-        if let error = error as? CacheTierError { return error.kind == .transient || error.kind == .timeout }
+        if let error = error as? CacheTierError {
+            if let retryAfter = error.retryAfter, retryAfter > .seconds(8) { return false }
+            return error.kind == .transient || error.kind == .timeout
+        }
         if let error = error as? HTTPClientError, error == .cancelled { return false }
         // A connection that dropped while the body streamed.
         return true
