@@ -25,9 +25,10 @@ public final class FaultInjectingProxy: Sendable {
         case bandwidth(bytesPerSecond: Int)
         /// Send `bytes` bytes, then one byte every `interval`.
         case trickle(afterBytes: Int, interval: Duration)
-        /// Close the first `connections` connections after the client has sent `bytes`
-        /// bytes: an upload that dies mid-body.
-        case cutUpload(afterBytes: Int, connections: Int = 1)
+        /// Once the client has sent `bytes` bytes in all (over every connection), close
+        /// the connection carrying them; once. An upload that dies mid-body, whichever
+        /// pooled connection the client used.
+        case cutUpload(afterBytes: Int)
         /// Close the first connection after `bytes` bytes, and hold every later one for
         /// `delay` before connecting it to the server: time for a test to change the
         /// server between a cut and the client's resume.
@@ -39,6 +40,9 @@ public final class FaultInjectingProxy: Sendable {
         var accepted = 0
         var open: Set<Int32> = []
         var stopped = false
+        /// Bytes the clients sent, over all connections (for `cutUpload`).
+        var uploaded = 0
+        var uploadCut = false
     }
 
     public let port: Int
@@ -167,9 +171,18 @@ public final class FaultInjectingProxy: Sendable {
         defer { tearDown(connection) }
         while true {
             var limit = buffer.count
-            if !downstream, case .cutUpload(let bytes, let connections) = connection.fault, connection.index <= connections {
-                if forwarded >= bytes { return }
-                limit = min(limit, bytes - forwarded)
+            if !downstream, case .cutUpload(let bytes) = connection.fault {
+                // Reserve what this read may forward before the cut, across connections.
+                let allowed = state.withLock { state -> Int in
+                    if state.uploadCut { return limit }
+                    if state.uploaded >= bytes {
+                        state.uploadCut = true
+                        return 0
+                    }
+                    return min(limit, bytes - state.uploaded)
+                }
+                if allowed == 0 { return }
+                limit = allowed
             }
             if downstream {
                 switch connection.fault {
@@ -193,6 +206,9 @@ public final class FaultInjectingProxy: Sendable {
             if count <= 0 {
                 if count < 0 && errno == EINTR { continue }
                 return
+            }
+            if !downstream, case .cutUpload = connection.fault {
+                state.withLock { $0.uploaded += count }
             }
             if downstream {
                 if case .flipByte(let offset) = connection.fault, offset >= forwarded, offset < forwarded + count {

@@ -91,6 +91,8 @@ import Testing
             let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 13)
             let key = try CacheKey("failed-upload")
             let archive = try await gcs.pack(tree, as: key)
+            #expect(archive.manifest.archiveSize > 2 * (256 << 10), "a resumable upload of several chunks")
+            // The connection dies 400 KB into the upload, in the second chunk.
             let proxy = try FaultInjectingProxy(upstreamPort: gcs.emulator.port, fault: .cutUpload(afterBytes: 400_000))
             defer { proxy.stop() }
             let source = gcs.source(endpoint: proxy.url, retriesPerRequest: 0)
