@@ -45,6 +45,13 @@ def corpus(work, files, seed):
     return os.path.join(root, "node_modules")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far."""
+    with open("/proc/%d/stat" % pid) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def shaped_restores(a, root, out):
     """Restores over a loopback the kernel limits to a.rate, in a namespace of its own."""
     ns = "cachetiers-bench-%d" % os.getpid()
@@ -61,7 +68,10 @@ def shaped_restores(a, root, out):
         results, downloads = [], []
         for _ in range(max(3, a.runs // 2)):
             shutil.rmtree(out, ignore_errors=True)
+            before = cpu_seconds(server.pid)
             results.append(json.loads(timed(run_in + [BENCH, "peer-restore", url, "big", out])[1]))
+            # The server shares this machine's two cores with the restore it serves.
+            results[-1]["serverCPUSeconds"] = cpu_seconds(server.pid) - before
             # What the shaped link itself delivers: the same bytes to nowhere.
             downloads.append(timed(run_in + ["curl", "-sf", "-o", "/dev/null", url + "/v1/caches/big"])[0])
         return results, downloads
@@ -128,6 +138,10 @@ def main():
         transfer_s = size / a.rate
         print("throttled   %.0f MB/s (%s): restore %.2f s, pure transfer %.2f s, ratio %.2fx   (runs %s)" % (
             a.rate / 1e6, a.shaping, restore_s, transfer_s, restore_s / transfer_s, " ".join("%.2f" % r["seconds"] for r in throttled)))
+        if throttled and "serverCPUSeconds" in throttled[0]:
+            print("            the server used %.2f s of CPU per shaped restore (%s), on the same two cores" % (
+                statistics.median(r["serverCPUSeconds"] for r in throttled),
+                " ".join("%.2f" % r["serverCPUSeconds"] for r in throttled)))
         if downloads:
             print("            curl -o /dev/null over the same shaped link: %.2f s (%s), so the link alone is %.2fx the pure transfer" % (
                 statistics.median(downloads), " ".join("%.2f" % t for t in downloads), statistics.median(downloads) / transfer_s))
