@@ -74,61 +74,32 @@ struct PublishCommand: AsyncParsableCommand {
             sinks = [source]
             shutdown = { try? await source.shutdown() }
         }
-        let failures = await publish(FilePath(directory), as: cacheKey, to: sinks, packer: packer, logger: logger)
+        let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-publish-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: scratch.string) }
+        do {
+            try FileManager.default.createDirectory(atPath: scratch.string, withIntermediateDirectories: true)
+        } catch {
+            await shutdown()
+            throw CommandFailure("publish: cannot create a scratch folder: \(error.localizedDescription)")
+        }
+        let result = await CachePublisher(packer: packer)
+            .publish(FilePath(directory), as: cacheKey, to: sinks, scratch: scratch, logger: logger)
         await shutdown()
+
+        var failures: [String] = []
+        for record in result.records {
+            switch record.outcome {
+            case .published:
+                let size = result.manifest.map { ", \(formatBytes($0.archiveSize)), sha256 \($0.archiveSHA256)" } ?? ""
+                print("\(record.tier): published \(cacheKey)\(size)")
+            case .exists:
+                print("\(record.tier): \(cacheKey) is already there")
+            case .failed, .pending:
+                failures.append("\(record.tier): \(record.error ?? "failed")")
+            }
+        }
         if !failures.isEmpty {
             throw CommandFailure("publish: \(failures.joined(separator: "; "))")
         }
-    }
-
-    /// Packs once (only if some sink lacks the key) and publishes to every sink that
-    /// lacks it. Returns what failed.
-    private func publish(
-        _ tree: FilePath,
-        as key: CacheKey,
-        to sinks: [any CacheSink],
-        packer: ArchivePacker,
-        logger: Logger
-    ) async -> [String] {
-        var failures: [String] = []
-        var missing: [any CacheSink] = []
-        for sink in sinks {
-            do {
-                if try await sink.contains(key, logger: logger) {
-                    print("\(sink.name): \(key) is already there")
-                } else {
-                    missing.append(sink)
-                }
-            } catch {
-                failures.append("\(sink.name): \(error)")
-            }
-        }
-        guard !missing.isEmpty else { return failures }
-
-        let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-publish-\(UUID().uuidString.prefix(8))")
-        defer { try? FileManager.default.removeItem(atPath: scratch.string) }
-        let archive: PackedArchive
-        do {
-            try FileManager.default.createDirectory(atPath: scratch.string, withIntermediateDirectories: true)
-            let file = scratch.appending("\(key.rawValue).tar.zst")
-            archive = PackedArchive(file: file, manifest: try await packer.pack(tree, key: key, to: file, logger: logger))
-        } catch {
-            return failures + ["packing \(tree): \(error)"]
-        }
-        for sink in missing {
-            do {
-                switch try await sink.publish(archive, logger: logger) {
-                case .published:
-                    print(
-                        "\(sink.name): published \(key), \(formatBytes(archive.manifest.archiveSize)), sha256 \(archive.manifest.archiveSHA256)"
-                    )
-                case .exists:
-                    print("\(sink.name): \(key) was published by someone else meanwhile")
-                }
-            } catch {
-                failures.append("\(sink.name): \(error)")
-            }
-        }
-        return failures
     }
 }
