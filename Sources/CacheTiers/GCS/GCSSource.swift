@@ -373,21 +373,10 @@ public final class GCSSource: CacheSource, CacheSink {
             request.headers.replaceOrAdd(name: "User-Agent", value: "cachetiers/\(CacheTiersVersion.current)")
             if let token { request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
             requests.increment()
-            let response: HTTPClientResponse
-            do {
-                response = try await client.execute(request, timeout: .hours(24), logger: logger)
-            } catch let error as HTTPClientError where error == .connectTimeout {
-                throw CacheTierError(
-                    .timeout, "connect timed out after \(configuration.connectTimeout) to \(configuration.endpoint)",
-                    underlying: error
-                )
-            } catch is CancellationError {
-                throw CancellationError()
-            } catch let error as HTTPClientError where error == .cancelled {
-                throw CancellationError()
-            } catch {
-                throw CacheTierError(.transient, "cannot reach \(configuration.endpoint) while \(what): \(error)", underlying: error)
-            }
+            let response = try await client.executeForTier(
+                request, endpoint: configuration.endpoint, connectTimeout: configuration.connectTimeout, what: what,
+                logger: logger
+            )
             if response.status.code == 401, let token, !refreshed {
                 refreshed = true
                 logger.notice("GCS refused the access token; refreshing it once", metadata: ["while": "\(what)"])
@@ -416,8 +405,7 @@ public final class GCSSource: CacheSource, CacheSink {
                 "GCS denied access (403) while \(what)\(detail); grant the account storage object access on \(bucketDescription)"
             )
         case 408, 429, 500...599:
-            let retryAfter = response.headers.first(name: "Retry-After").flatMap(Int.init).map { Duration.seconds($0) }
-            return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)", retryAfter: retryAfter)
+            return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)", retryAfter: response.retryAfter)
         default:
             return CacheTierError(.transient, "GCS answered \(code) while \(what)\(detail)")
         }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Logging
 
 extension HTTPClient {
     /// The client a download tier owns: a connect timeout of its own (the chain times
@@ -17,5 +18,41 @@ extension HTTPClient {
         configuration.redirectConfiguration = .disallow
         configuration.decompression = .disabled
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }
+}
+
+extension HTTPClient {
+    /// Sends a tier's request with no timeout of its own (the chain times the attempt),
+    /// mapping failures to what the chain acts on: a connect timeout is `timeout`,
+    /// cancellation stays cancellation, anything else (refused, reset) is `transient`.
+    /// - Parameters:
+    ///   - endpoint: the server, for the message.
+    ///   - what: what the request was for, for the message.
+    func executeForTier(
+        _ request: HTTPClientRequest,
+        endpoint: String,
+        connectTimeout: Duration,
+        what: String? = nil,
+        logger: Logger
+    ) async throws -> HTTPClientResponse {
+        do {
+            return try await execute(request, timeout: .hours(24), logger: logger)
+        } catch let error as HTTPClientError where error == .connectTimeout {
+            throw CacheTierError(.timeout, "connect timed out after \(connectTimeout) to \(endpoint)", underlying: error)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch let error as HTTPClientError where error == .cancelled {
+            throw CancellationError()
+        } catch {
+            let context = what.map { " while \($0)" } ?? ""
+            throw CacheTierError(.transient, "cannot reach \(endpoint)\(context): \(error)", underlying: error)
+        }
+    }
+}
+
+extension HTTPClientResponse {
+    /// The `Retry-After` header in seconds (the form cache masters and GCS send).
+    var retryAfter: Duration? {
+        headers.first(name: "Retry-After").flatMap(Int.init).map { Duration.seconds($0) }
     }
 }

@@ -224,19 +224,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
 
     /// Sends a request, mapping connection failures to tier errors.
     private func execute(_ request: HTTPClientRequest, peer: String, logger: Logger) async throws -> HTTPClientResponse {
-        do {
-            return try await client.execute(request, timeout: .hours(24), logger: logger)
-        } catch let error as HTTPClientError where error == .connectTimeout {
-            throw CacheTierError(
-                .timeout, "connect timed out after \(configuration.connectTimeout) to \(peer)", underlying: error
-            )
-        } catch is CancellationError {
-            throw CancellationError()
-        } catch let error as HTTPClientError where error == .cancelled {
-            throw CancellationError()
-        } catch {
-            throw CacheTierError(.transient, "cannot reach \(peer): \(error)", underlying: error)
-        }
+        try await client.executeForTier(request, endpoint: peer, connectTimeout: configuration.connectTimeout, logger: logger)
     }
 
     /// The tier error for an unexpected answer, with the server's own words.
@@ -254,8 +242,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
                 "\(peer) refused \(what) with \(code)\(detail); check the peer token (--token-file or tokenFile)"
             )
         case 429, 500...599:
-            let retryAfter = response.headers.first(name: "Retry-After").flatMap(Int.self.init).map { Duration.seconds($0) }
-            return CacheTierError(.transient, "\(peer) answered \(code) to \(what)\(detail)", retryAfter: retryAfter)
+            return CacheTierError(.transient, "\(peer) answered \(code) to \(what)\(detail)", retryAfter: response.retryAfter)
         default:
             return CacheTierError(.transient, "\(peer) answered \(code) to \(what)\(detail)")
         }
