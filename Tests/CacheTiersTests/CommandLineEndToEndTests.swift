@@ -148,7 +148,7 @@ import Testing
                 #expect(try PipProject.importValue(from: project.destination) == "42")
                 let writeBack = Dictionary(uniqueKeysWithValues: (report?.writeBack ?? []).map { ($0.tier, $0.outcome) })
                 #expect(writeBack == ["cache-master": .published, "gcs": .published])
-                #expect(try gcs.emulator.objectMetadata(bucket: gcs.bucket, name: "caches/\(key.rawValue).tar.zst") != nil)
+                #expect(try await gcs.emulator.objectMetadata(bucket: gcs.bucket, name: "caches/\(key.rawValue).tar.zst") != nil)
                 #expect(try await peer.send(.HEAD, "/v1/caches/\(key.rawValue)").status == 200)
 
                 // The next VM boots: the cache master has it now.

@@ -58,7 +58,7 @@ import Testing
             #expect(try await source.publish(archive, logger: logger) == .exists)
             #expect(try await source.contains(key, logger: logger))
 
-            let metadata = try #require(try gcs.emulator.objectMetadata(bucket: gcs.bucket, name: "caches/create-only.tar.zst"))
+            let metadata = try #require(try await gcs.emulator.objectMetadata(bucket: gcs.bucket, name: "caches/create-only.tar.zst"))
             #expect(metadata["crc32c"] as? String == (try CRC32C.ofFile(at: archive.file.string).base64))
             let custom = try #require(metadata["metadata"] as? [String: String])
             let stored = try CacheManifest(jsonData: Data(try #require(custom[GCSSource.manifestMetadataKey]).utf8))
@@ -97,7 +97,7 @@ import Testing
             defer { proxy.stop() }
             let source = gcs.source(endpoint: proxy.url, retriesPerRequest: 0)
             await #expect(throws: CacheTierError.self) { try await source.publish(archive, logger: logger) }
-            #expect(try gcs.emulator.objectNames(bucket: gcs.bucket) == [], "no half object")
+            #expect(try await gcs.emulator.objectNames(bucket: gcs.bucket) == [], "no half object")
         }
     }
 

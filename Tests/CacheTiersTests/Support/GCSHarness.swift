@@ -45,12 +45,12 @@ final class GCSHarness: Sendable {
 
     /// Starts an emulator with an empty bucket, runs `body`, and always stops it.
     static func with<T>(_ body: (GCSHarness) async throws -> T) async throws -> T {
-        let emulator = try GCSEmulator()
+        let emulator = try await GCSEmulator.start()
         defer { emulator.stop() }
         let scratch = try TemporaryDirectory(prefix: "gcs")
         defer { scratch.remove() }
         let harness = GCSHarness(emulator: emulator, scratch: scratch)
-        try emulator.createBucket(harness.bucket)
+        try await emulator.createBucket(harness.bucket)
         let result: Result<T, any Error>
         do { result = .success(try await body(harness)) } catch { result = .failure(error) }
         for source in harness.sources.withLock({ $0 }) { try? await source.shutdown() }
