@@ -17,7 +17,7 @@ run, medians of --runs, alternating sides:
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peer_benchmark import BENCH, OURS, REPO, corpus, timed  # noqa: E402
+from peer_benchmark import BENCH, OURS, REPO, corpus, require_builds, timed  # noqa: E402
 
 BUCKET = "bench-bucket"
 
@@ -64,9 +64,7 @@ def main():
     ap.add_argument("--work", default=os.path.join(REPO, "bench-work"))
     ap.add_argument("--shm", default="/dev/shm/cachetiers-gcs-bench")
     a = ap.parse_args()
-    for tool in (OURS, BENCH):
-        if not os.access(tool, os.X_OK):
-            sys.exit("benchmark: build first: swift build -c release --product cachetiers --product cachetiers-bench")
+    require_builds()
 
     os.makedirs(a.work, exist_ok=True)
     tree = corpus(a.work, a.files, 1)

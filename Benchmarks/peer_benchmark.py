@@ -32,6 +32,13 @@ def timed(command, shell=False):
     return time.perf_counter() - start, result.stdout
 
 
+def require_builds():
+    """Exits with the build command unless the release binaries are there."""
+    for tool in (OURS, BENCH):
+        if not os.access(tool, os.X_OK):
+            sys.exit("benchmark: build first: swift build -c release --product cachetiers --product cachetiers-bench")
+
+
 def corpus(work, files, seed):
     """The corpus, generated once (into a temporary folder renamed when complete)."""
     root = os.path.join(work, "corpus-%d" % files if seed == 1 else "corpus-%d-%d" % (files, seed))
@@ -93,9 +100,7 @@ def main():
     ap.add_argument("--work", default=os.path.join(REPO, "bench-work"))
     ap.add_argument("--shm", default="/dev/shm/cachetiers-peer-bench")
     a = ap.parse_args()
-    for tool in (OURS, BENCH):
-        if not os.access(tool, os.X_OK):
-            sys.exit("benchmark: build first: swift build -c release --product cachetiers --product cachetiers-bench")
+    require_builds()
 
     os.makedirs(a.work, exist_ok=True)
     root = os.path.join(a.work, "peer-root")
