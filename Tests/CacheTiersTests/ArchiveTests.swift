@@ -257,18 +257,43 @@ import Testing
         tar.add("b/x.js", contents: Array("x\n".utf8))
         tar.add("a/late.js", contents: Array("late\n".utf8))  // the stream comes back to a/
         tar.add("ro/later.js", contents: Array("later\n".utf8))  // and into the read-only one
-        tar.end()
-        let archive = setting.scratch.path.appending("dirs.tar")
-        try tar.write(to: archive, compressed: false)
-        let restored = setting.scratch.path.appending("restored")
-        _ = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
-        let snapshot = try TreeSnapshot(of: restored)
+        let (restored, snapshot) = try await restore(tar, in: setting)
         #expect(snapshot.entries["ro"] == .directory(mode: 0o555))
         #expect(snapshot.entries["a"] == .directory(mode: 0o750))
         #expect(snapshot.entries["ro/later.js"] == .file(mode: 0o644, contents: Array("later\n".utf8)))
         #expect(snapshot.modificationTimes["ro"] == 1_700_000_000)
         #expect(snapshot.modificationTimes["a"] == 1_700_000_000)
         try? FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: restored.appending("ro").string)
+    }
+
+    /// Ends `tar`, unpacks it into a fresh folder and reads back what was restored.
+    func restore(_ tar: CraftedTar, in setting: Setting) async throws -> (FilePath, TreeSnapshot) {
+        var tar = tar
+        tar.end()
+        let archive = setting.scratch.path.appending("crafted.tar")
+        try tar.write(to: archive, compressed: false)
+        let restored = setting.scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
+        return (restored, try TreeSnapshot(of: restored))
+    }
+
+    @Test func aRepeatedDirectoryEntryEndsWithTheLastMode() async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        // Directories are created 0o755 and only other modes are set, so a later entry
+        // going back to 0o755 must still undo an earlier 0o700.
+        tar.add("shared/", kind: .directory, mode: 0o700)
+        tar.add("shared/a.js", contents: Array("a\n".utf8))
+        tar.add("other/", kind: .directory, mode: 0o755)
+        tar.add("shared/", kind: .directory, mode: 0o755)
+        tar.add("private/", kind: .directory, mode: 0o755)
+        tar.add("private/", kind: .directory, mode: 0o711)
+        let (_, snapshot) = try await restore(tar, in: setting)
+        #expect(snapshot.entries["shared"] == .directory(mode: 0o755))
+        #expect(snapshot.entries["other"] == .directory(mode: 0o755))
+        #expect(snapshot.entries["private"] == .directory(mode: 0o711))
+        #expect(snapshot.entries["shared/a.js"] == .file(mode: 0o644, contents: Array("a\n".utf8)))
     }
 
     @Test(arguments: [

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +16,11 @@ import Darwin
 /// complete in memory, and waits (``barrier()``) before touching a path still in
 /// flight. Jobs carry increasing sequence numbers; ``completedThrough`` says up to which
 /// one every job is done, so a directory's time is applied only after its files exist.
+///
+/// Files are small and many, so the two sides meet rarely: jobs are handed over in
+/// batches, a worker takes a batch at a time, and the submitting thread reads progress
+/// from an atomic. ``submit(relative:contents:mode:modificationTime:)``,
+/// ``isInFlight(_:)``, ``flush()`` and ``barrier()`` are called from one thread.
 final class FileWriterPool: @unchecked Sendable {
     struct Job {
         var relative: String
@@ -24,22 +30,41 @@ final class FileWriterPool: @unchecked Sendable {
         var sequence: Int
     }
 
-    // All guarded by `condition`.
+    // Owned by the submitting thread.
+    private var outbox: [Job] = []
+    private var outboxBytes = 0
+    private var lastSubmitted = 0
+    /// Paths submitted and maybe not yet written, with their last job's sequence, and the
+    /// same in submission order for pruning: as long as the queue, not the archive.
+    private var submittedPaths: [String: Int] = [:]
+    private var submissionOrder: [(sequence: Int, relative: String)] = []
+    private var submissionOrderHead = 0
+
+    // Guarded by `condition`.
     private let condition = NSCondition()
     private var queue: [Job] = []
     private var head = 0
     private var queuedBytes = 0
-    private var working: [Int: Int] = [:]  // worker index -> sequence
-    private var inFlight: [String: Int] = [:]  // path -> jobs
-    private var lastSubmitted = 0
+    private var working: [Int: Int] = [:]  // worker index -> oldest sequence of its batch
+    private var lastHandedOver = 0
     private var failure: ExtractionError?
     private var stopping = false
     private var running = 0
+    /// Workers waiting for jobs, and threads waiting for a worker to finish a batch: a
+    /// wake-up is a system call, so nobody is woken who is not waiting.
+    private var idleWorkers = 0
+    private var waitingForWorkers = 0
+
+    /// Every job up to this sequence number is written.
+    private let completed = Atomic<Int>(0)
 
     private let root: String
     private let umaskBits: UInt32
     private let maxQueuedJobs = 256
     private let maxQueuedBytes = 8 << 20
+    /// Jobs gathered before they are handed over (and an idle worker woken): meeting
+    /// once per small file costs more than writing it.
+    private let batchSize = 32
 
     init(root: String, umaskBits: UInt32, threads: Int) {
         self.root = root
@@ -55,51 +80,63 @@ final class FileWriterPool: @unchecked Sendable {
     /// Files up to this size are handed to the pool; larger ones stream to disk inline.
     static let maximumFileSize = 1 << 20
 
-    /// Queues a file, waiting while the queue is full.
+    /// Queues a file. Jobs go to the workers in batches; call ``flush()`` before waiting
+    /// on anything else.
+    /// - Returns: the job's sequence number.
     /// - Throws: the first failure of any worker.
-    func submit(relative: String, contents: [UInt8], mode: UInt32, modificationTime: Int64) throws(ExtractionError) {
-        condition.lock()
-        defer { condition.unlock() }
-        while failure == nil && (queue.count - head >= maxQueuedJobs || queuedBytes >= maxQueuedBytes) {
-            condition.wait()
-        }
-        if let failure { throw failure }
+    @discardableResult
+    func submit(relative: String, contents: [UInt8], mode: UInt32, modificationTime: Int64) throws(ExtractionError) -> Int {
         lastSubmitted += 1
-        queue.append(Job(relative: relative, contents: contents, mode: mode, modificationTime: modificationTime, sequence: lastSubmitted))
-        queuedBytes += contents.count
-        inFlight[relative, default: 0] += 1
-        condition.broadcast()
+        outbox.append(Job(relative: relative, contents: contents, mode: mode, modificationTime: modificationTime, sequence: lastSubmitted))
+        outboxBytes += contents.count
+        submittedPaths[relative] = lastSubmitted
+        submissionOrder.append((lastSubmitted, relative))
+        if outbox.count >= batchSize || outboxBytes >= Self.maximumFileSize {
+            try flush()
+        }
+        return lastSubmitted
     }
 
     /// Whether a job for `relative` is queued or being written.
     func isInFlight(_ relative: String) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return inFlight[relative] != nil
-    }
-
-    /// The sequence number of the last job submitted.
-    var lastSubmittedSequence: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return lastSubmitted
+        guard let sequence = submittedPaths[relative] else { return false }
+        return sequence > completedThrough
     }
 
     /// Every job up to this sequence number is written.
     var completedThrough: Int {
+        completed.load(ordering: .acquiring)
+    }
+
+    /// Hands the gathered jobs to the workers, waiting while their queue is full.
+    /// - Throws: the first failure of any worker.
+    func flush() throws(ExtractionError) {
+        pruneSubmittedPaths()
+        guard !outbox.isEmpty else { return }
         condition.lock()
         defer { condition.unlock() }
-        let pending = (head < queue.count ? [queue[head].sequence] : []) + Array(working.values)
-        return (pending.min() ?? (lastSubmitted + 1)) - 1
+        while failure == nil && (queue.count - head >= maxQueuedJobs || queuedBytes >= maxQueuedBytes) {
+            wakeWorkers()
+            waitForWorkers()
+        }
+        if let failure { throw failure }
+        queue.append(contentsOf: outbox)
+        queuedBytes += outboxBytes
+        lastHandedOver = lastSubmitted
+        outbox.removeAll(keepingCapacity: true)
+        outboxBytes = 0
+        wakeWorkers()
     }
 
     /// Waits until every submitted job is written.
     /// - Throws: the first failure of any worker.
     func barrier() throws(ExtractionError) {
+        try flush()
         condition.lock()
         defer { condition.unlock() }
         while failure == nil && (head < queue.count || !working.isEmpty) {
-            condition.wait()
+            wakeWorkers()
+            waitForWorkers()
         }
         if let failure { throw failure }
     }
@@ -113,33 +150,75 @@ final class FileWriterPool: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Forgets submitted paths whose jobs are written.
+    private func pruneSubmittedPaths() {
+        let done = completedThrough
+        while submissionOrderHead < submissionOrder.count, submissionOrder[submissionOrderHead].sequence <= done {
+            let (sequence, relative) = submissionOrder[submissionOrderHead]
+            if submittedPaths[relative] == sequence { submittedPaths[relative] = nil }
+            submissionOrderHead += 1
+        }
+        if submissionOrderHead > 1024 {
+            submissionOrder.removeFirst(submissionOrderHead)
+            submissionOrderHead = 0
+        }
+    }
+
+    /// Called with the lock held.
+    private func wakeWorkers() {
+        if idleWorkers > 0 && head < queue.count { condition.broadcast() }
+    }
+
+    /// Called with the lock held.
+    private func waitForWorkers() {
+        waitingForWorkers += 1
+        condition.wait()
+        waitingForWorkers -= 1
+    }
+
+    /// Called with the lock held: publishes how far every job is written.
+    private func publishProgress() {
+        var oldestPending = head < queue.count ? queue[head].sequence : lastHandedOver + 1
+        for sequence in working.values { oldestPending = min(oldestPending, sequence) }
+        completed.store(oldestPending - 1, ordering: .releasing)
+    }
+
     private func work(_ index: Int) {
+        var batch: [Job] = []
         condition.lock()
         while true {
-            while !stopping && failure == nil && head >= queue.count { condition.wait() }
+            while !stopping && failure == nil && head >= queue.count {
+                idleWorkers += 1
+                condition.wait()
+                idleWorkers -= 1
+            }
             if stopping || failure != nil { break }
-            let job = queue[head]
-            queue[head].contents = []
-            head += 1
+            // Take a share of the queue, so other workers get some too.
+            let available = queue.count - head
+            let take = min(available, max(1, min(batchSize, available / max(1, running))))
+            batch.append(contentsOf: queue[head..<head + take])
+            for position in head..<head + take { queue[position].contents = [] }
+            head += take
             if head > 1024 {
                 queue.removeFirst(head)
                 head = 0
             }
-            queuedBytes -= job.contents.count
-            working[index] = job.sequence
-            condition.broadcast()
+            for job in batch { queuedBytes -= job.contents.count }
+            working[index] = batch[0].sequence
+            if waitingForWorkers > 0 { condition.broadcast() }  // room in the queue
             condition.unlock()
 
             var outcome: ExtractionError?
-            do { try write(job) } catch { outcome = error }
+            for job in batch where outcome == nil {
+                do { try write(job) } catch { outcome = error }
+            }
+            batch.removeAll(keepingCapacity: true)
 
             condition.lock()
             working[index] = nil
-            if let count = inFlight[job.relative] {
-                inFlight[job.relative] = count > 1 ? count - 1 : nil
-            }
             if let outcome, failure == nil { failure = outcome }
-            condition.broadcast()
+            publishProgress()
+            if waitingForWorkers > 0 || outcome != nil { condition.broadcast() }
         }
         running -= 1
         condition.broadcast()

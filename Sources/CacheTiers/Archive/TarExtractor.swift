@@ -54,6 +54,8 @@ final class TarExtractor {
     /// Directories the stream has left whose files may still be in the pool: their
     /// times are applied once the pool has written every job up to `sequence`.
     private var awaitingDirectories: [(directory: PendingDirectory, sequence: Int)] = []
+    /// The sequence number of the last file handed to the pool.
+    private var lastSubmittedSequence = 0
 
     /// The last parent directory proven to be a chain of real directories. Directories
     /// are never replaced during an extraction, so its prefixes stay proven; anything
@@ -74,6 +76,11 @@ final class TarExtractor {
     /// Directories the archive makes unwritable: applied at the very end, so a later
     /// entry inside them can still be written.
     private var readOnlyDirectories: [PendingDirectory] = []
+
+    /// The mode mkdir gives a directory here (0o755 less the umask).
+    private var createdDirectoryMode: UInt32 { 0o755 & ~umaskBits }
+    /// Directories whose mode was set to something other than ``createdDirectoryMode``.
+    private var directoriesWithOtherModes: Set<String> = []
 
     private(set) var summary = UnpackSummary()
     /// Offset in the tar stream of the next byte to consume.
@@ -174,9 +181,11 @@ final class TarExtractor {
             case .ended:
                 // GNU tar pads archives with zero blocks to a record size; the rest is ignored.
                 offset += Int64(rest.count)
-                return
+                rest = rest[rest.endIndex...]
             }
         }
+        // The caller may now wait for more input: let the pool write what it holds.
+        try pool?.flush()
     }
 
     /// Checks that the stream ended cleanly, then applies directory modes and times.
@@ -214,8 +223,13 @@ final class TarExtractor {
             return
         }
         let full = root + "/" + directory.path
-        if chmod(full, mode_t(directory.mode & 0o777)) != 0 {
-            throw .io("cannot set the mode of \(directory.path)", errno: errno)
+        // Directories are made with the mode most archives hold; chmod only the others
+        // (and one set to another mode by an earlier entry of the same name).
+        if directory.mode != createdDirectoryMode || directoriesWithOtherModes.remove(directory.path) != nil {
+            if chmod(full, mode_t(directory.mode & 0o777)) != 0 {
+                throw .io("cannot set the mode of \(directory.path)", errno: errno)
+            }
+            if directory.mode != createdDirectoryMode { directoriesWithOtherModes.insert(directory.path) }
         }
         var times = [
             timespec(tv_sec: Int(directory.modificationTime), tv_nsec: 0),
@@ -255,7 +269,7 @@ final class TarExtractor {
             }
             openDirectories.removeLast()
             if let pool {
-                awaitingDirectories.append((last, pool.lastSubmittedSequence))
+                awaitingDirectories.append((last, lastSubmittedSequence))
             } else {
                 try apply(last)
             }
@@ -277,7 +291,9 @@ final class TarExtractor {
     private func submitBufferedFile() throws(ExtractionError) {
         guard let file = currentFile, let pool else { return }
         currentFile = nil
-        try pool.submit(relative: file.path, contents: fileBuffer, mode: file.mode, modificationTime: file.modificationTime)
+        lastSubmittedSequence = try pool.submit(
+            relative: file.path, contents: fileBuffer, mode: file.mode, modificationTime: file.modificationTime
+        )
         fileBuffer = []
     }
 
@@ -589,6 +605,8 @@ final class TarExtractor {
                 summary.directories += 1
             }
         }
+        // Its parent is proven and it is a real directory: files inside it need no check.
+        lastVerifiedParent = relative
         // Stay writable while extracting; the archived mode is applied when the stream leaves it.
         openDirectories.append(PendingDirectory(path: relative, mode: mode & 0o777, modificationTime: mtime))
     }

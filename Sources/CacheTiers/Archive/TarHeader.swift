@@ -159,21 +159,27 @@ struct RawTarHeader {
     /// - Throws: a message for a block that is not a valid header.
     static func decode(_ block: UnsafeRawBufferPointer) throws(TarFormatError) -> RawTarHeader? {
         precondition(block.count == TarHeaderEncoder.blockSize)
-        if block.allSatisfy({ $0 == 0 }) { return nil }
-
-        let recorded = try number(block, 148, 8, "checksum")
+        // The checksum counts its own field as spaces; some old writers summed signed bytes.
         var unsigned: Int64 = 0
         var signed: Int64 = 0
-        for (index, byte) in block.enumerated() {
-            let value = (148..<156).contains(index) ? UInt8(ascii: " ") : byte
-            unsigned += Int64(value)
-            signed += Int64(Int8(bitPattern: value))
+        for byte in block {
+            unsigned &+= Int64(byte)
+            signed &+= Int64(Int8(bitPattern: byte))
         }
+        if unsigned == 0 { return nil }  // all zero: the end-of-archive marker
+        for byte in block[148..<156] {
+            unsigned &-= Int64(byte)
+            signed &-= Int64(Int8(bitPattern: byte))
+        }
+        unsigned &+= 8 * Int64(UInt8(ascii: " "))
+        signed &+= 8 * Int64(UInt8(ascii: " "))
+        let recorded = try number(block, 148, 8, "checksum")
         guard recorded == unsigned || recorded == signed else {
             throw TarFormatError("a tar header's checksum does not match: the archive is corrupt or not a tar archive")
         }
 
-        let isPOSIX = bytes(block, 257, 6) == Array("ustar".utf8)
+        // GNU's magic is "ustar " and its bytes 345... are not a name prefix.
+        let isPOSIX = block[257..<263].elementsEqual("ustar\0".utf8)
         var name = bytes(block, 0, 100)
         if isPOSIX {
             let prefix = bytes(block, 345, 155)
