@@ -277,6 +277,42 @@ import Testing
         return (restored, try TreeSnapshot(of: restored))
     }
 
+    /// Archives may repeat a path (tar -r appends); the last entry wins, as with GNU tar,
+    /// even while the earlier one is still queued for a writer thread.
+    @Test(arguments: [0, 1, 3])
+    func aRepeatedPathEndsWithTheLastEntry(writerThreads: Int) async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        tar.add("pkg/", kind: .directory, mode: 0o755)
+        tar.add("pkg/index.js", contents: Array("first\n".utf8))
+        tar.add("pkg/index.js", contents: Array("second\n".utf8), mode: 0o600)
+        tar.add("pkg/link", contents: Array("a file first\n".utf8))
+        tar.add("pkg/link", kind: .symlink, link: "index.js")
+        tar.add("pkg/was-link", kind: .symlink, link: "index.js")
+        tar.add("pkg/was-link", contents: Array("now a file\n".utf8))
+        for index in 0..<100 {
+            tar.add("pkg/lib/file-\(index).js", contents: Array("v1 \(index)\n".utf8))
+        }
+        for index in 0..<100 {
+            tar.add("pkg/lib/file-\(index).js", contents: Array("v2 \(index)\n".utf8))
+        }
+        tar.add("pkg/index.js", contents: Array("third\n".utf8))
+        tar.end()
+        let archive = setting.scratch.path.appending("repeated.tar")
+        try tar.write(to: archive, compressed: false)
+        let restored = setting.scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker(options: .init(writerThreads: writerThreads))
+            .unpack(file: archive, replacing: restored, logger: logger)
+        let snapshot = try TreeSnapshot(of: restored)
+        #expect(snapshot.entries["pkg/index.js"] == .file(mode: 0o644, contents: Array("third\n".utf8)))
+        #expect(snapshot.entries["pkg/link"] == .symlink(target: "index.js"))
+        #expect(snapshot.entries["pkg/was-link"] == .file(mode: 0o644, contents: Array("now a file\n".utf8)))
+        for index in 0..<100 {
+            #expect(snapshot.entries["pkg/lib/file-\(index).js"] == .file(mode: 0o644, contents: Array("v2 \(index)\n".utf8)))
+        }
+    }
+
     @Test func aRepeatedDirectoryEntryEndsWithTheLastMode() async throws {
         let setting = try Setting()
         defer { setting.scratch.remove() }
