@@ -27,6 +27,26 @@ import Testing
         try await CacheSourceConformance(subject: Subject(directory: DirectorySource(root: scratch.path.appending("cache")))).run()
     }
 
+    @Test func copiesLeftByAKilledPublishAreRemovedByTheNextPublishOfThatKey() async throws {
+        let scratch = try TemporaryDirectory(prefix: "directory")
+        defer { scratch.remove() }
+        let source = DirectorySource(root: scratch.path.appending("cache"))
+        let key = try CacheKey("republished")
+        let gone = try Fixtures.processIDOfAFinishedProcess()
+        let owner = "\(gone)@\(Fixtures.hostName)"
+        try FileManager.default.createDirectory(atPath: source.root.string, withIntermediateDirectories: true)
+        let leftovers = [".republished.tar.zst.partial-\(owner)-1a", ".republished.manifest.partial-\(owner)-1a"]
+        let otherKey = ".another.tar.zst.partial-\(owner)-2b"
+        for name in leftovers + [otherKey] {
+            try Data(repeating: 7, count: 4096).write(to: URL(fileURLWithPath: source.root.appending(name).string))
+        }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree)
+        try await Subject(directory: source).seed(key, from: tree)
+        let names = try FileManager.default.contentsOfDirectory(atPath: source.root.string).sorted()
+        #expect(names == [otherKey, "republished.tar.zst", "republished.tar.zst.manifest.json"].sorted())
+    }
+
     @Test func anArchiveWithoutItsManifestIsAMiss() async throws {
         let scratch = try TemporaryDirectory(prefix: "directory")
         defer { scratch.remove() }

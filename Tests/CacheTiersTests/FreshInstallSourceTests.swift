@@ -61,6 +61,30 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: project.appending("node_modules").string))
     }
 
+    @Test func theShadowOfAKilledInstallIsRemovedBeforeTheNextOne() async throws {
+        let scratch = try TemporaryDirectory(prefix: "install")
+        defer { scratch.remove() }
+        let project = try scratch.makeDirectory("project")
+        let gone = try Fixtures.processIDOfAFinishedProcess()
+        let leftover = scratch.path.appending(".project.cachetiers-install-\(gone)@\(Fixtures.hostName)-4f2a")
+        let running = scratch.path.appending(".project.cachetiers-install-1@\(Fixtures.hostName)-9c1d")
+        for shadow in [leftover, running] {
+            try SampleTree.write(to: shadow.appending("node_modules"), files: 3)
+        }
+        let source = FreshInstallSource(
+            configuration: .init(
+                command: ["/bin/sh", "-c", "mkdir node_modules && echo installed > node_modules/a.js"],
+                workingDirectory: project, produces: "node_modules"
+            )
+        )
+        let report = try await chain(source).restore(try CacheKey("after-a-kill"), into: project.appending("node_modules"))
+        #expect(report.servedBy == source.name)
+        #expect(FileManager.default.fileExists(atPath: running.string), "another process's install is never touched")
+        #expect(!FileManager.default.fileExists(atPath: leftover.string))
+        let siblings = try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).sorted()
+        #expect(siblings == [running.lastComponent!.string, "project"])
+    }
+
     @Test func aCommandThatProducesNothingIsAnError() async throws {
         let scratch = try TemporaryDirectory(prefix: "install")
         defer { scratch.remove() }

@@ -31,6 +31,30 @@ import Testing
         #expect(try h.leftovers().isEmpty)
     }
 
+    @Test func whatAKilledRestoreLeftBehindIsRemovedAndNothingElse() async throws {
+        let h = try ChainHarness()
+        let host = Fixtures.hostName
+        let gone = try Fixtures.processIDOfAFinishedProcess()
+        let swept = [
+            ".node_modules.staging-\(gone)@\(host)-k3j5h",
+            ".node_modules.previous-\(gone)@\(host)-a81b",
+            ".node_modules.writeback-\(gone)@\(host)-zz01",
+        ]
+        let kept = [
+            ".node_modules.staging-1@\(host)-p1",  // a process that is running (init)
+            ".node_modules.staging-\(gone)@another-host-7q",  // another machine sharing the folder
+            ".node_modules.staging-7a0c",  // not a name CacheTiers makes
+            ".other.staging-\(gone)@\(host)-x1",  // another destination's
+        ]
+        for name in swept + kept {
+            try SampleTree.write(to: h.scratch.path.appending(name), files: 3)
+        }
+        let tier = ScriptedSource("peer", steps: [.restore(files: ["fresh.txt": "new"])])
+        _ = try await h.restore(h.chain([.init(tier, policy: policy())]))
+        #expect(h.fileInDestination("fresh.txt") == "new")
+        #expect(try h.leftovers().sorted() == kept.sorted())
+    }
+
     @Test func failureLeavesTheDestinationExactlyAsItWas() async throws {
         let h = try ChainHarness()
         let before = try h.seedDestination()

@@ -6,9 +6,13 @@ import SystemPackage
 /// Owns a restore's destination: hands out staging directories beside it and promotes
 /// one by atomic rename, so the destination is always the old tree or the new one.
 ///
-/// Staging directories are siblings of the destination (`.NAME.staging-XXXX`), on the
-/// same filesystem, so promotion is a rename and never a copy.
+/// Staging directories are siblings of the destination (`.NAME.staging-PID@HOST-XXXX`),
+/// on the same filesystem, so promotion is a rename and never a copy. Those left by a
+/// process that died are removed by ``sweepLeftovers(logger:)``.
 public struct DestinationStaging: Sendable {
+    /// What the scratch folders beside the destination are for, as their names say.
+    static let purposes = ["staging", "previous", "writeback"]
+
     /// The absolute path of the directory that is restored.
     public let destination: FilePath
     let parent: FilePath
@@ -41,7 +45,8 @@ public struct DestinationStaging: Sendable {
 
     /// Creates an empty staging directory beside the destination.
     public func makeStagingDirectory(purpose: String = "staging") throws(CacheTierError) -> FilePath {
-        let path = parent.appending(".\(name).\(purpose)-\(FileSystem.uniqueSuffix())")
+        precondition(Self.purposes.contains(purpose), "a purpose the sweep does not know: \(purpose)")
+        let path = parent.appending(ScratchName.make(base: name, purpose: purpose))
         do {
             try FileSystem.makeDirectory(path, mode: 0o755)
         } catch {
@@ -69,7 +74,7 @@ public struct DestinationStaging: Sendable {
         }
         // No RENAME_EXCHANGE here: move the old tree aside, then the new one in. In between,
         // the destination is briefly absent, never mixed.
-        let previous = parent.appending(".\(name).previous-\(FileSystem.uniqueSuffix())")
+        let previous = parent.appending(ScratchName.make(base: name, purpose: "previous"))
         do {
             try FileSystem.rename(destination, to: previous)
         } catch {
@@ -82,6 +87,15 @@ public struct DestinationStaging: Sendable {
             throw CacheTierError(.fatal, "cannot move the restored tree into \(destination): \(error)", underlying: error)
         }
         discard(previous, logger: logger)
+    }
+
+    /// Removes the staging, write-back and previous-tree folders beside the destination
+    /// that a process which no longer exists left behind (killed mid-restore): each can
+    /// hold a whole tree. Those of running processes, and of other hosts, stay.
+    /// - Returns: the paths removed.
+    @discardableResult
+    public func sweepLeftovers(logger: Logger) -> [FilePath] {
+        ScratchName.sweep(in: parent, base: name, purposes: Self.purposes, logger: logger)
     }
 
     /// Removes a staging directory; failures are logged, not thrown.

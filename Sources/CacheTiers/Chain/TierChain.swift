@@ -114,6 +114,8 @@ struct RestoreRun: Sendable {
         let start = clock.now()
         let deadline = start + configuration.deadline
         logger.info("restore started", metadata: ["destination": "\(staging.destination)"])
+        // Before anything is written: a killed earlier restore may have left whole trees.
+        staging.sweepLeftovers(logger: logger)
 
         var index = 0
         tiers: while index < chain.tiers.count {

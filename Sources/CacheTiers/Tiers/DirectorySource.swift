@@ -90,9 +90,12 @@ public struct DirectorySource: CacheSource, CacheSink {
         } catch {
             throw CacheTierError(.fatal, tier: name, "cannot create the cache directory \(root): \(error)", underlying: error)
         }
-        let suffix = FileSystem.uniqueSuffix()
-        let temporaryArchive = root.appending(".\(key.rawValue).tar.zst.partial-\(suffix)")
-        let temporaryManifest = root.appending(".\(key.rawValue).manifest.partial-\(suffix)")
+        // An earlier publish of this key killed midway left its copies: remove them first.
+        for base in ["\(key.rawValue).tar.zst", "\(key.rawValue).manifest"] {
+            ScratchName.sweep(in: root, base: base, purposes: ["partial"], logger: logger)
+        }
+        let temporaryArchive = root.appending(ScratchName.make(base: "\(key.rawValue).tar.zst", purpose: "partial"))
+        let temporaryManifest = root.appending(ScratchName.make(base: "\(key.rawValue).manifest", purpose: "partial"))
         defer {
             unlink(temporaryArchive.string)
             unlink(temporaryManifest.string)

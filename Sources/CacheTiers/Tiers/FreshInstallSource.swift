@@ -82,8 +82,8 @@ public struct FreshInstallSource: CacheSource {
         progress: TransferProgress,
         logger: Logger
     ) async throws -> SourceRestoreOutcome {
-        let shadow = try makeShadow()
-        defer { try? FileManager.default.removeItem(atPath: shadow.string) }
+        let shadow = try makeShadow(logger: logger)
+        defer { try? FileSystem.removeTree(shadow) }
 
         let start = ContinuousClock.now
         logger.info(
@@ -177,7 +177,7 @@ public struct FreshInstallSource: CacheSource {
     }
 
     /// A hidden sibling of the working directory that looks like it to the command.
-    private func makeShadow() throws -> FilePath {
+    private func makeShadow(logger: Logger) throws -> FilePath {
         let source = configuration.workingDirectory
         let files = FileManager.default
         var isDirectory: ObjCBool = false
@@ -185,7 +185,9 @@ public struct FreshInstallSource: CacheSource {
             throw CacheTierError(.fatal, "the install's working directory \(source) does not exist")
         }
         let base = source.lastComponent?.string ?? "workspace"
-        let shadow = source.removingLastComponent().appending(".\(base).cachetiers-install-\(UUID().uuidString.prefix(8))")
+        // The shadow of an install killed midway (with the packages it had fetched) goes first.
+        ScratchName.sweep(in: source.removingLastComponent(), base: base, purposes: ["cachetiers-install"], logger: logger)
+        let shadow = source.removingLastComponent().appending(ScratchName.make(base: base, purpose: "cachetiers-install"))
         do {
             try files.createDirectory(atPath: shadow.string, withIntermediateDirectories: false)
         } catch {
@@ -197,7 +199,8 @@ public struct FreshInstallSource: CacheSource {
         do {
             for name in try files.contentsOfDirectory(atPath: source.string) {
                 // The produced directory, and the chain's own staging folders, stay out.
-                if name == skipped || (name.hasPrefix(".") && (name.contains(".staging-") || name.contains(".cachetiers-"))) {
+                let scratch = [".staging-", ".previous-", ".writeback-", ".cachetiers-"].contains { name.contains($0) }
+                if name == skipped || (name.hasPrefix(".") && scratch) {
                     continue
                 }
                 let original = source.appending(name).string
@@ -210,7 +213,7 @@ public struct FreshInstallSource: CacheSource {
                 }
             }
         } catch {
-            try? files.removeItem(atPath: shadow.string)
+            try? FileSystem.removeTree(shadow)
             throw CacheTierError(.fatal, "cannot prepare the install's scratch folder from \(source): \(error.localizedDescription)")
         }
         return shadow

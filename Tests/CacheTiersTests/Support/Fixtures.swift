@@ -27,6 +27,24 @@ enum Fixtures {
         return folder.appending("node_modules")
     }
 
+    /// This machine's name as `gethostname` gives it (what CacheTiers writes into the
+    /// names of its scratch folders).
+    static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        _ = gethostname(&buffer, buffer.count - 1)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The process ID of a process that has exited: no process has it (until the kernel
+    /// reuses it, which takes a full cycle of IDs).
+    static func processIDOfAFinishedProcess() throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/true")
+        try process.run()
+        process.waitUntilExit()
+        return process.processIdentifier
+    }
+
     /// The `cachetiers` executable built beside the tests (CACHETIERS_BINARY overrides).
     static var cliPath: String {
         ProcessInfo.processInfo.environment["CACHETIERS_BINARY"]

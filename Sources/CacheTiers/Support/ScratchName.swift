@@ -1,0 +1,91 @@
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Names of the hidden scratch folders CacheTiers makes beside a path
+/// (`.node_modules.staging-4711@vm-12-k3j5h`), and the sweep that removes those of a
+/// process that died without removing them (SIGKILL, OOM kill, power loss).
+///
+/// A name records the process and host that made it, so a sweep touches only leftovers
+/// of processes on this host that no longer exist: never those of a restore still
+/// running in another process, nor those of another machine sharing the folder.
+enum ScratchName {
+    /// `.BASE.PURPOSE-PID@HOST-RANDOM`.
+    static func make(base: String, purpose: String) -> String {
+        ".\(base).\(purpose)-\(getpid())@\(hostName)-\(FileSystem.uniqueSuffix())"
+    }
+
+    /// Removes the scratch folders and files for `base` in `parent` whose process is gone.
+    /// - Returns: the paths removed. Failures are logged, never thrown: sweeping is
+    ///   housekeeping and must not stop a restore.
+    @discardableResult
+    static func sweep(in parent: FilePath, base: String, purposes: [String], logger: Logger) -> [FilePath] {
+        guard let directory = opendir(parent.string) else { return [] }
+        var leftovers: [FilePath] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { bytes in
+                String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard name.hasPrefix(".\(base).") else { continue }
+            for purpose in purposes {
+                let prefix = ".\(base).\(purpose)-"
+                if name.hasPrefix(prefix), let owner = owner(of: name.dropFirst(prefix.count)), !owner.isAlive {
+                    leftovers.append(parent.appending(name))
+                    break
+                }
+            }
+        }
+        closedir(directory)
+        var removed: [FilePath] = []
+        for path in leftovers {
+            do {
+                try FileSystem.removeTree(path)
+                removed.append(path)
+                logger.notice("removed the leftover of a process that is gone", metadata: ["path": "\(path)"])
+            } catch {
+                logger.warning(
+                    "could not remove the leftover of a process that is gone; remove it by hand",
+                    metadata: ["path": "\(path)", "error": "\(error)"]
+                )
+            }
+        }
+        return removed
+    }
+
+    struct Owner: Equatable {
+        var processID: pid_t
+        var host: String
+
+        /// Whether the process may still be using its scratch: it exists, or it ran on
+        /// another host, where this one cannot tell.
+        var isAlive: Bool {
+            guard host == ScratchName.hostName else { return true }
+            if processID == getpid() { return true }
+            return kill(processID, 0) == 0 || errno != ESRCH
+        }
+    }
+
+    /// The owner recorded in the part of a name after `.BASE.PURPOSE-`, or nil for a
+    /// name in another format (made by an older version: left alone).
+    static func owner(of rest: Substring) -> Owner? {
+        guard let at = rest.firstIndex(of: "@"), let processID = pid_t(rest[..<at]), processID > 0,
+            let dash = rest.lastIndex(of: "-"), dash > at
+        else { return nil }
+        return Owner(processID: processID, host: String(rest[rest.index(after: at)..<dash]))
+    }
+
+    static let hostName: String = {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // A host name never holds '/', but a file name must not either.
+        return name.isEmpty ? "localhost" : String(name.map { $0 == "/" ? "_" : $0 })
+    }()
+}
