@@ -90,12 +90,10 @@ public struct DirectorySource: CacheSource, CacheSink {
         } catch {
             throw CacheTierError(.fatal, tier: name, "cannot create the cache directory \(root): \(error)", underlying: error)
         }
-        // An earlier publish of this key killed midway left its copies: remove them first.
-        for base in ["\(key.rawValue).tar.zst", "\(key.rawValue).manifest"] {
-            ScratchName.sweep(in: root, base: base, purposes: ["partial"], logger: logger)
-        }
-        let temporaryArchive = root.appending(ScratchName.make(base: "\(key.rawValue).tar.zst", purpose: "partial"))
-        let temporaryManifest = root.appending(ScratchName.make(base: "\(key.rawValue).manifest", purpose: "partial"))
+        // Copies left by a publish of this key that was killed midway go first.
+        ScratchName.sweep(in: root, base: key.rawValue, purposes: ["tar.zst.partial", "manifest.partial"], logger: logger)
+        let temporaryArchive = root.appending(ScratchName.make(base: key.rawValue, purpose: "tar.zst.partial"))
+        let temporaryManifest = root.appending(ScratchName.make(base: key.rawValue, purpose: "manifest.partial"))
         defer {
             unlink(temporaryArchive.string)
             unlink(temporaryManifest.string)
