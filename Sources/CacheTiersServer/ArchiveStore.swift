@@ -1,6 +1,7 @@
 import CacheTiers
 import Crypto
 import Foundation
+import Logging
 import NIOCore
 import NIOPosix
 import SystemPackage
@@ -21,12 +22,42 @@ struct ArchiveStore: Sendable {
     func archivePath(_ key: CacheKey) -> FilePath { root.appending("\(key.rawValue).tar.zst") }
     func manifestPath(_ key: CacheKey) -> FilePath { root.appending("\(key.rawValue).tar.zst.manifest.json") }
 
-    /// Creates the folder and removes uploads a crash left behind.
-    func prepare() throws {
+    /// Creates the folder and removes what a crash left behind: uploads, and archives a
+    /// publish made visible without the manifest that belongs to them (killed between
+    /// the two renames of ``commit(_:manifest:createOnly:)``). Left there, such a key
+    /// would be 404 to every GET and 412 to every create-only PUT, for good. Nothing is
+    /// in flight before the server starts, so nothing else can be caught half-way.
+    /// - Returns: the names removed.
+    @discardableResult
+    func prepare(logger: Logger) throws -> [String] {
         try FileManager.default.createDirectory(atPath: root.string, withIntermediateDirectories: true)
-        for name in try FileManager.default.contentsOfDirectory(atPath: root.string) where name.hasPrefix(".") && name.contains(".upload-") {
-            try? FileManager.default.removeItem(atPath: root.appending(name).string)
+        let names = Set(try FileManager.default.contentsOfDirectory(atPath: root.string))
+        var doomed = names.filter { $0.hasPrefix(".") && $0.contains(".upload-") }
+        for archive in names where !archive.hasPrefix(".") && archive.hasSuffix(".tar.zst") {
+            let manifest = archive + ".manifest.json"
+            if !belongTogether(archive: archive, manifest: manifest) {
+                doomed.insert(archive)
+                if names.contains(manifest) { doomed.insert(manifest) }
+            }
         }
+        for manifest in names where !manifest.hasPrefix(".") && manifest.hasSuffix(".tar.zst.manifest.json") {
+            if !names.contains(String(manifest.dropLast(".manifest.json".count))) { doomed.insert(manifest) }
+        }
+        let removed = doomed.sorted().filter { unlink(root.appending($0).string) == 0 }
+        for name in removed where !name.hasPrefix(".") {
+            logger.notice("removed the remains of a publish cut short by a crash", metadata: ["file": "\(name)"])
+        }
+        return removed
+    }
+
+    /// Whether `manifest` exists, parses, and describes an archive of `archive`'s size.
+    private func belongTogether(archive: String, manifest: String) -> Bool {
+        var info = stat()
+        guard let data = FileManager.default.contents(atPath: root.appending(manifest).string),
+            let parsed = try? CacheManifest(jsonData: data),
+            lstat(root.appending(archive).string, &info) == 0
+        else { return false }
+        return parsed.archiveSize == Int64(info.st_size)
     }
 
     /// An archive opened for reading, with its manifest.

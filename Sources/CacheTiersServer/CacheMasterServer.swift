@@ -74,7 +74,7 @@ public final class CacheMasterServer: Sendable {
     /// Starts serving in the background.
     /// - Returns: the base URL it listens on, e.g. `http://127.0.0.1:41234`.
     public func start() async throws -> String {
-        try store.prepare()
+        try store.prepare(logger: logger)
         let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
         let application = makeApplication { port in continuation.yield(port) }
         let group = ServiceGroup(
@@ -103,7 +103,7 @@ public final class CacheMasterServer: Sendable {
 
     /// Serves until SIGINT or SIGTERM, printing `listening on http://HOST:PORT` first.
     public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
-        try store.prepare()
+        try store.prepare(logger: logger)
         let host = urlHost
         let application = makeApplication { port in onListening("http://\(host):\(port)") }
         let group = ServiceGroup(

@@ -47,6 +47,36 @@ import Testing
         #expect(names == [otherKey, "republished.tar.zst", "republished.tar.zst.manifest.json"].sorted())
     }
 
+    @Test func anArchiveOrphanedByAKilledPublishIsReplacedOnceItIsOldEnough() async throws {
+        let scratch = try TemporaryDirectory(prefix: "directory")
+        defer { scratch.remove() }
+        var source = DirectorySource(root: scratch.path.appending("cache"))
+        let key = try CacheKey("orphaned")
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree)
+        try FileManager.default.createDirectory(atPath: source.root.string, withIntermediateDirectories: true)
+        // What a publish killed between link(2) and renaming the manifest leaves.
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: source.archivePath(for: key).string))
+        let logger = Logger(label: "t")
+
+        let file = scratch.path.appending("a.tar.zst")
+        let manifest = try await ArchivePacker().pack(tree, key: key, to: file, logger: logger)
+        let archive = PackedArchive(file: file, manifest: manifest)
+        // Young: it may be a publish between its two steps right now, so it is left alone.
+        #expect(try await source.publish(archive, logger: logger) == .exists)
+        source.orphanAge = .zero
+        #expect(try await source.publish(archive, logger: logger) == .published)
+        #expect(try await source.contains(key, logger: logger))
+        let staging = try scratch.makeDirectory("staging")
+        let outcome = try await source.restore(RestoreRequest(key: key), into: staging, progress: .init(), logger: logger)
+        guard case .restored = outcome else { Issue.record("expected a restore, got \(outcome)"); return }
+        #expect(try TreeSnapshot(of: staging).differences(from: TreeSnapshot(of: tree)) == [])
+        let names = try FileManager.default.contentsOfDirectory(atPath: source.root.string).sorted()
+        #expect(names == ["orphaned.tar.zst", "orphaned.tar.zst.manifest.json"], "nothing set aside is left")
+        // A complete entry is never replaced, however old.
+        #expect(try await source.publish(archive, logger: logger) == .exists)
+    }
+
     @Test func anArchiveWithoutItsManifestIsAMiss() async throws {
         let scratch = try TemporaryDirectory(prefix: "directory")
         defer { scratch.remove() }

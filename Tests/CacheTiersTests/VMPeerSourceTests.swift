@@ -336,6 +336,45 @@ import Testing
         }
     }
 
+    @Test func aServerStartingAfterACrashRemovesHalfPublishedKeysSoTheyCanBePublishedAgain() async throws {
+        let scratch = try TemporaryDirectory(prefix: "crashed")
+        defer { scratch.remove() }
+        let root = try scratch.makeDirectory("root")
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 20)
+        let good = try CacheKey("good")
+        let packed = scratch.path.appending("good.tar.zst")
+        let manifest = try await ArchivePacker().pack(tree, key: good, to: packed, logger: PeerHarness.quietLogger)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: packed.string))
+        func put(_ name: String, _ data: Data) throws { try data.write(to: URL(fileURLWithPath: root.appending(name).string)) }
+        try put("good.tar.zst", bytes)
+        try put("good.tar.zst.manifest.json", try manifest.jsonData())
+        try put("orphan.tar.zst", bytes)  // killed between linking the archive and renaming its manifest
+        var cut = manifest
+        cut.key = try CacheKey("cut")
+        try put("cut.tar.zst", bytes.prefix(1000))  // a replace killed between its two renames
+        try put("cut.tar.zst.manifest.json", try cut.jsonData())
+        try put("lone.tar.zst.manifest.json", try manifest.jsonData())
+        try put(".good.upload-123", bytes.prefix(10))
+
+        let server = CacheMasterServer(configuration: .init(root: root, port: 0), logger: PeerHarness.quietLogger)
+        let url = try await server.start()
+        let names = try FileManager.default.contentsOfDirectory(atPath: root.string).sorted()
+        #expect(names == ["good.tar.zst", "good.tar.zst.manifest.json"])
+
+        let peer = VMPeerSource(configuration: .init(peers: [url]))
+        var orphan = manifest
+        orphan.key = try CacheKey("orphan")
+        let outcome = try await peer.publish(PackedArchive(file: packed, manifest: orphan), logger: PeerHarness.quietLogger)
+        #expect(outcome == .published, "the key is free again instead of 412 for good")
+        let staging = try scratch.makeDirectory("staging")
+        let restored = try await peer.restore(RestoreRequest(key: orphan.key), into: staging, progress: .init(), logger: PeerHarness.quietLogger)
+        guard case .restored = restored else { Issue.record("expected a restore, got \(restored)"); return }
+        #expect(try TreeSnapshot(of: staging).differences(from: TreeSnapshot(of: tree)) == [])
+        try await peer.shutdown()
+        await server.stop()
+    }
+
     @Test func createOnlyPublishingReportsExists() async throws {
         try await PeerHarness.with { peer in
             let (_, manifest, bytes) = try await published(peer)

@@ -17,12 +17,18 @@ import Darwin
 ///
 /// Publishing is create-only and atomic: the archive is written to a temporary file in
 /// the same directory and linked into place (`link(2)` fails if the name exists), then
-/// its manifest is renamed beside it.
+/// its manifest is renamed beside it. A publish killed between the two leaves an
+/// archive without a manifest; once it is ``orphanAge`` old the next publish of the key
+/// replaces it.
 public struct DirectorySource: CacheSource, CacheSink {
     public let name: String
     public let root: FilePath
     public var traits: CacheSourceTraits { .download }
     public var limits: ExtractionLimits
+    /// How long an archive may stand without its manifest before a publish treats it as
+    /// the orphan of a publish killed between the two, and replaces it. A live publish
+    /// renames the manifest microseconds after linking the archive.
+    public var orphanAge: Duration = .seconds(60)
 
     public init(name: String = "directory", root: FilePath, limits: ExtractionLimits = .init()) {
         self.name = name
@@ -52,7 +58,9 @@ public struct DirectorySource: CacheSource, CacheSink {
             return .miss("no archive at \(archive)")
         }
         guard let manifest = try readManifest(for: request.key) else {
-            return .miss("\(archive) has no manifest beside it yet (a publish in progress, or an incomplete one)")
+            return .miss(
+                "\(archive) has no manifest beside it (a publish in progress, or an interrupted one, which the next publish replaces)"
+            )
         }
         progress.setTotal(manifest.archiveSize)
         let unpacker = ArchiveUnpacker(
@@ -91,7 +99,7 @@ public struct DirectorySource: CacheSource, CacheSink {
             throw CacheTierError(.fatal, tier: name, "cannot create the cache directory \(root): \(error)", underlying: error)
         }
         // Copies left by a publish of this key that was killed midway go first.
-        ScratchName.sweep(in: root, base: key.rawValue, purposes: ["tar.zst.partial", "manifest.partial"], logger: logger)
+        ScratchName.sweep(in: root, base: key.rawValue, purposes: ["tar.zst.partial", "manifest.partial", "orphan"], logger: logger)
         let temporaryArchive = root.appending(ScratchName.make(base: key.rawValue, purpose: "tar.zst.partial"))
         let temporaryManifest = root.appending(ScratchName.make(base: key.rawValue, purpose: "manifest.partial"))
         defer {
@@ -104,10 +112,14 @@ public struct DirectorySource: CacheSource, CacheSink {
         } catch {
             throw CacheTierError(.transient, tier: name, "cannot write into \(root): \(error)", underlying: error)
         }
-        guard link(temporaryArchive.string, archivePath(for: key).string) == 0 else {
-            if errno == EEXIST { return .exists }
+        var failure = link(temporaryArchive.string, archivePath(for: key).string) == 0 ? 0 : errno
+        if failure == EEXIST && removeOrphanedArchive(for: key, logger: logger) {
+            failure = link(temporaryArchive.string, archivePath(for: key).string) == 0 ? 0 : errno
+        }
+        guard failure == 0 else {
+            if failure == EEXIST { return .exists }
             throw CacheTierError(
-                .transient, tier: name, "cannot publish into \(root): \(String(cString: strerror(errno)))"
+                .transient, tier: name, "cannot publish into \(root): \(String(cString: strerror(failure)))"
             )
         }
         do {
@@ -117,5 +129,35 @@ public struct DirectorySource: CacheSource, CacheSink {
             throw CacheTierError(.transient, tier: name, "cannot publish the manifest into \(root): \(error)", underlying: error)
         }
         return .published
+    }
+
+    /// Removes the archive for `key` when it has had no manifest for ``orphanAge``: left
+    /// so, it would be a miss for every restore and `exists` for every publish, for good.
+    /// - Returns: whether it was removed.
+    private func removeOrphanedArchive(for key: CacheKey, logger: Logger) -> Bool {
+        let archive = archivePath(for: key)
+        var info = stat()
+        guard FileSystem.kind(of: manifestPath(for: key)) == nil, lstat(archive.string, &info) == 0 else {
+            return false
+        }
+        // link(2) sets the change time, so it says when the archive was published.
+        let age = time(nil) - info.st_ctim.tv_sec
+        guard age >= Int(orphanAge.components.seconds) else { return false }
+        // Move it aside, then make sure it is the file judged: another publisher may have
+        // repaired and republished the key in between, and that archive goes back.
+        let aside = root.appending(ScratchName.make(base: key.rawValue, purpose: "orphan"))
+        guard (try? FileSystem.rename(archive, to: aside)) != nil else { return false }
+        var moved = stat()
+        guard lstat(aside.string, &moved) == 0, moved.st_ino == info.st_ino, moved.st_dev == info.st_dev else {
+            _ = link(aside.string, archive.string)
+            unlink(aside.string)
+            return false
+        }
+        unlink(aside.string)
+        logger.notice(
+            "removed an archive whose publish was interrupted before its manifest was written",
+            metadata: ["tier": "\(name)", "key": "\(key)", "ageSeconds": "\(age)"]
+        )
+        return true
     }
 }
