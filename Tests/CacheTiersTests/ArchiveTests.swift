@@ -313,6 +313,21 @@ import Testing
         }
     }
 
+    @Test func theArchivesRootEntryGivesTheRestoredFolderItsModeAndTime() async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        tar.add("./", kind: .directory, mode: 0o750)  // what `tar -C DIR .` writes first
+        tar.add("./index.js", contents: Array("x\n".utf8))
+        tar.add("./lib/", kind: .directory)
+        tar.add("./lib/a.js", contents: Array("a\n".utf8))
+        let (restored, snapshot) = try await restore(tar, in: setting)
+        #expect(snapshot.entries["lib/a.js"] == .file(mode: 0o644, contents: Array("a\n".utf8)))
+        let attributes = try FileManager.default.attributesOfItem(atPath: restored.string)
+        #expect((attributes[.posixPermissions] as? Int) == 0o750)
+        #expect((attributes[.modificationDate] as? Date)?.timeIntervalSince1970 == 1_700_000_000)
+    }
+
     @Test func aRepeatedDirectoryEntryEndsWithTheLastMode() async throws {
         let setting = try Setting()
         defer { setting.scratch.remove() }

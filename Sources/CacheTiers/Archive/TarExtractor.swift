@@ -76,6 +76,9 @@ final class TarExtractor {
     /// Directories the archive makes unwritable: applied at the very end, so a later
     /// entry inside them can still be written.
     private var readOnlyDirectories: [PendingDirectory] = []
+    /// The mode and time the archive gives the root (its `./` entry), if any: applied
+    /// after everything else, since every top-level entry changes the root's time.
+    private var rootDirectory: PendingDirectory?
 
     /// The mode mkdir gives a directory here (0o755 less the umask).
     private var createdDirectoryMode: UInt32 { 0o755 & ~umaskBits }
@@ -213,6 +216,7 @@ final class TarExtractor {
         for directory in readOnlyDirectories.sorted(by: { $0.path > $1.path }) {
             try apply(directory)
         }
+        if let rootDirectory { try apply(rootDirectory) }
         return summary
     }
 
@@ -223,11 +227,14 @@ final class TarExtractor {
             return
         }
         let full = root + "/" + directory.path
-        // Directories are made with the mode most archives hold; chmod only the others
-        // (and one set to another mode by an earlier entry of the same name).
-        if directory.mode != createdDirectoryMode || directoriesWithOtherModes.remove(directory.path) != nil {
+        // Directories are made with the mode most archives hold; chmod only the others,
+        // one set to another mode by an earlier entry of the same name, and the root,
+        // which was made by someone else.
+        if directory.mode != createdDirectoryMode || directory.path.isEmpty
+            || directoriesWithOtherModes.remove(directory.path) != nil
+        {
             if chmod(full, mode_t(directory.mode & 0o777)) != 0 {
-                throw .io("cannot set the mode of \(directory.path)", errno: errno)
+                throw .io("cannot set the mode of \(directory.path.isEmpty ? "the restored root" : directory.path)", errno: errno)
             }
             if directory.mode != createdDirectoryMode { directoriesWithOtherModes.insert(directory.path) }
         }
@@ -236,7 +243,9 @@ final class TarExtractor {
             timespec(tv_sec: Int(directory.modificationTime), tv_nsec: 0),
         ]
         if utimensat(AT_FDCWD, full, &times, AT_SYMLINK_NOFOLLOW) != 0 {
-            throw .io("cannot set the modification time of \(directory.path)", errno: errno)
+            throw .io(
+                "cannot set the modification time of \(directory.path.isEmpty ? "the restored root" : directory.path)", errno: errno
+            )
         }
     }
 
@@ -394,7 +403,12 @@ final class TarExtractor {
 
         switch kind {
         case .directory:
-            if let relative { try makeDirectory(relative, mode: raw.mode, mtime: mtime) }
+            if let relative {
+                try makeDirectory(relative, mode: raw.mode, mtime: mtime)
+            } else {
+                // The archive's `./`: the root's own mode and time, applied last, as GNU tar does.
+                rootDirectory = PendingDirectory(path: "", mode: raw.mode & 0o777, modificationTime: mtime)
+            }
             phase = dataSize > 0 ? .skip(remaining: dataSize + Int64(padding(dataSize))) : .header
         case .file:
             guard let relative else { throw .unsafe("a file entry names the archive's root directory", offset: offset) }
