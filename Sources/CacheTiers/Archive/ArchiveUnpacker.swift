@@ -82,10 +82,10 @@ public struct ArchiveUnpacker: Sendable {
         let directory = try staging.makeStagingDirectory()
         do {
             let summary = try await unpack(file: archive, into: directory)
-            try staging.promote(directory, logger: logger)
+            try await staging.promote(directory, logger: logger)
             return summary
         } catch {
-            staging.discard(directory, logger: logger)
+            await staging.discard(directory, logger: logger)
             throw error
         }
     }

@@ -56,7 +56,7 @@ public struct DestinationStaging: Sendable {
     }
 
     /// Replaces the destination with `staging` atomically; the previous tree is removed afterwards.
-    public func promote(_ staging: FilePath, logger: Logger) throws(CacheTierError) {
+    public func promote(_ staging: FilePath, logger: Logger) async throws(CacheTierError) {
         if FileSystem.kind(of: destination) == nil {
             do {
                 try FileSystem.rename(staging, to: destination)
@@ -69,7 +69,7 @@ public struct DestinationStaging: Sendable {
         }
         if cachetiers_exchange_paths(staging.string, destination.string) == 0 {
             // `staging` now names the previous tree.
-            discard(staging, logger: logger)
+            await discard(staging, logger: logger)
             return
         }
         // No RENAME_EXCHANGE here: move the old tree aside, then the new one in. In between,
@@ -86,7 +86,7 @@ public struct DestinationStaging: Sendable {
             try? FileSystem.rename(previous, to: destination)
             throw CacheTierError(.fatal, "cannot move the restored tree into \(destination): \(error)", underlying: error)
         }
-        discard(previous, logger: logger)
+        await discard(previous, logger: logger)
     }
 
     /// Removes the staging, write-back and previous-tree folders beside the destination
@@ -94,14 +94,14 @@ public struct DestinationStaging: Sendable {
     /// hold a whole tree. Those of running processes, and of other hosts, stay.
     /// - Returns: the paths removed.
     @discardableResult
-    public func sweepLeftovers(logger: Logger) -> [FilePath] {
-        ScratchName.sweep(in: parent, base: name, purposes: Self.purposes, logger: logger)
+    public func sweepLeftovers(logger: Logger) async -> [FilePath] {
+        await ScratchName.sweep(in: parent, base: name, purposes: Self.purposes, logger: logger)
     }
 
-    /// Removes a staging directory; failures are logged, not thrown.
-    public func discard(_ staging: FilePath, logger: Logger) {
+    /// Removes a staging directory, on a thread of its own; failures are logged, not thrown.
+    public func discard(_ staging: FilePath, logger: Logger) async {
         do {
-            try FileSystem.removeTree(staging)
+            try await FileSystem.removeTreeOffThePool(staging)
         } catch {
             logger.warning(
                 "could not remove a staging directory; remove it by hand",

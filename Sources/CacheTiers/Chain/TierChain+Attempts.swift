@@ -49,19 +49,19 @@ extension RestoreRun {
                 return .restored(staging: stagingPath, details: details, tierIndex: index)
 
             case .miss(let reason, let bytes):
-                staging.discard(stagingPath, logger: logger)
+                await staging.discard(stagingPath, logger: logger)
                 breaker.record(.success, for: permit)
                 finish(tier.name, attempt, .miss, duration, bytes, reason)
                 return .exhausted
 
             case .cancelled(let bytes):
-                staging.discard(stagingPath, logger: logger)
+                await staging.discard(stagingPath, logger: logger)
                 breaker.record(.abandoned, for: permit)
                 finish(tier.name, attempt, .cancelled, duration, bytes, "cancelled before it finished")
                 return .cancelled
 
             case .failed(let error, let bytes):
-                staging.discard(stagingPath, logger: logger)
+                await staging.discard(stagingPath, logger: logger)
                 breaker.record(error.kind == .fatal ? .abandoned : .failure, for: permit)
                 finish(tier.name, attempt, AttemptRecord.Outcome(error.kind), duration, bytes, error.description)
                 if error.kind == .fatal { return .fatal(error) }

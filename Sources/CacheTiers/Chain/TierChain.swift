@@ -115,7 +115,7 @@ struct RestoreRun: Sendable {
         let deadline = start + configuration.deadline
         logger.info("restore started", metadata: ["destination": "\(staging.destination)"])
         // Before anything is written: a killed earlier restore may have left whole trees.
-        staging.sweepLeftovers(logger: logger)
+        await staging.sweepLeftovers(logger: logger)
 
         var index = 0
         tiers: while index < chain.tiers.count {
@@ -135,13 +135,13 @@ struct RestoreRun: Sendable {
             switch result {
             case .restored(let path, let details, let tierIndex):
                 if Task.isCancelled {
-                    staging.discard(path, logger: logger)
+                    await staging.discard(path, logger: logger)
                     break tiers
                 }
                 do {
-                    try staging.promote(path, logger: logger)
+                    try await staging.promote(path, logger: logger)
                 } catch {
-                    staging.discard(path, logger: logger)
+                    await staging.discard(path, logger: logger)
                     throw failure(start: start, fatal: error)
                 }
                 return await finishRestored(tierIndex: tierIndex, details: details, start: start)

@@ -36,9 +36,10 @@ struct WriteBackJob: Sendable {
         } catch {
             return failedAll("cannot create a scratch directory to pack into: \(error)")
         }
-        defer { run.staging.discard(scratch, logger: logger) }
-        return await CachePublisher(packer: packer)
+        let records = await CachePublisher(packer: packer)
             .publish(run.staging.destination, as: run.key, to: sinks, scratch: scratch, logger: logger)
             .records
+        await run.staging.discard(scratch, logger: logger)
+        return records
     }
 }

@@ -35,6 +35,13 @@ enum FileSystem {
         guard Foundation.rename(from.string, to.string) == 0 else { throw Errno(rawValue: errno) }
     }
 
+    /// ``removeTree(_:)`` on a thread of its own: removing a dependency tree takes
+    /// seconds of system calls, which must not hold one of the few threads of Swift's
+    /// cooperative pool. It runs to the end even if the calling task is cancelled.
+    static func removeTreeOffThePool(_ path: FilePath) async throws {
+        try await DedicatedThread.run(name: "cachetiers-remove") { _ in try removeTree(path) }
+    }
+
     /// Removes `path` and everything below it, without following symlinks. Missing is fine.
     static func removeTree(_ path: FilePath) throws {
         guard let kind = kind(of: path) else { return }

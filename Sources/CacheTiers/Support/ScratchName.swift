@@ -26,7 +26,7 @@ enum ScratchName {
     /// - Returns: the paths removed. Failures are logged, never thrown: sweeping is
     ///   housekeeping and must not stop a restore.
     @discardableResult
-    static func sweep(in parent: FilePath, base: String, purposes: [String], logger: Logger) -> [FilePath] {
+    static func sweep(in parent: FilePath, base: String, purposes: [String], logger: Logger) async -> [FilePath] {
         guard let directory = opendir(parent.string) else { return [] }
         var leftovers: [FilePath] = []
         while let entry = readdir(directory) {
@@ -46,7 +46,7 @@ enum ScratchName {
         var removed: [FilePath] = []
         for path in leftovers {
             do {
-                try FileSystem.removeTree(path)
+                try await FileSystem.removeTreeOffThePool(path)
                 removed.append(path)
                 logger.notice("removed the leftover of a process that is gone", metadata: ["path": "\(path)"])
             } catch {

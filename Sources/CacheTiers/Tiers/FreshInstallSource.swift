@@ -82,15 +82,37 @@ public struct FreshInstallSource: CacheSource {
         progress: TransferProgress,
         logger: Logger
     ) async throws -> SourceRestoreOutcome {
-        let shadow = try makeShadow(logger: logger)
-        defer { try? FileSystem.removeTree(shadow) }
+        // The shadow of an install killed midway (with the packages it had fetched) goes first.
+        let workspace = configuration.workingDirectory
+        await ScratchName.sweep(
+            in: workspace.removingLastComponent(), base: workspace.lastComponent?.string ?? "workspace",
+            purposes: [Self.shadowPurpose], logger: logger
+        )
+        let shadow = try makeShadow()
+        do {
+            let outcome = try await install(in: shadow, key: request.key, into: staging, progress: progress, logger: logger)
+            try? await FileSystem.removeTreeOffThePool(shadow)
+            return outcome
+        } catch {
+            try? await FileSystem.removeTreeOffThePool(shadow)
+            throw error
+        }
+    }
 
+    /// Runs the command in `shadow` and makes what it produced the staging tree.
+    private func install(
+        in shadow: FilePath,
+        key: CacheKey,
+        into staging: FilePath,
+        progress: TransferProgress,
+        logger: Logger
+    ) async throws -> SourceRestoreOutcome {
         let start = ContinuousClock.now
         logger.info(
             "running the fresh install",
             metadata: ["command": "\(commandLine)", "in": "\(configuration.workingDirectory)"]
         )
-        let (status, tail) = try await run(in: shadow, key: request.key, progress: progress, logger: logger)
+        let (status, tail) = try await run(in: shadow, key: key, progress: progress, logger: logger)
         // Cancelled (a timeout, the caller giving up): the group was torn down; that is
         // not the command's failure.
         try Task.checkCancellation()
@@ -177,7 +199,9 @@ public struct FreshInstallSource: CacheSource {
     }
 
     /// A hidden sibling of the working directory that looks like it to the command.
-    private func makeShadow(logger: Logger) throws -> FilePath {
+    private static let shadowPurpose = "cachetiers-install"
+
+    private func makeShadow() throws -> FilePath {
         let source = configuration.workingDirectory
         let files = FileManager.default
         var isDirectory: ObjCBool = false
@@ -185,9 +209,7 @@ public struct FreshInstallSource: CacheSource {
             throw CacheTierError(.fatal, "the install's working directory \(source) does not exist")
         }
         let base = source.lastComponent?.string ?? "workspace"
-        // The shadow of an install killed midway (with the packages it had fetched) goes first.
-        ScratchName.sweep(in: source.removingLastComponent(), base: base, purposes: ["cachetiers-install"], logger: logger)
-        let shadow = source.removingLastComponent().appending(ScratchName.make(base: base, purpose: "cachetiers-install"))
+        let shadow = source.removingLastComponent().appending(ScratchName.make(base: base, purpose: Self.shadowPurpose))
         do {
             try files.createDirectory(atPath: shadow.string, withIntermediateDirectories: false)
         } catch {
