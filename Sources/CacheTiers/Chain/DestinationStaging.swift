@@ -10,9 +10,6 @@ import SystemPackage
 /// on the same filesystem, so promotion is a rename and never a copy. Those left by a
 /// process that died are removed by ``sweepLeftovers(logger:)``.
 public struct DestinationStaging: Sendable {
-    /// What the scratch folders beside the destination are for, as their names say.
-    static let purposes = ["staging", "previous", "writeback"]
-
     /// The absolute path of the directory that is restored.
     public let destination: FilePath
     let parent: FilePath
@@ -45,7 +42,6 @@ public struct DestinationStaging: Sendable {
 
     /// Creates an empty staging directory beside the destination.
     public func makeStagingDirectory(purpose: String = "staging") throws(CacheTierError) -> FilePath {
-        precondition(Self.purposes.contains(purpose), "a purpose the sweep does not know: \(purpose)")
         let path = parent.appending(ScratchName.make(base: name, purpose: purpose))
         do {
             try FileSystem.makeDirectory(path, mode: 0o755)
@@ -89,13 +85,14 @@ public struct DestinationStaging: Sendable {
         await discard(previous, logger: logger)
     }
 
-    /// Removes the staging, write-back and previous-tree folders beside the destination
-    /// that a process which no longer exists left behind (killed mid-restore): each can
-    /// hold a whole tree. Those of running processes, and of other hosts, stay.
+    /// Removes the staging, write-back and previous-tree folders (whatever their purpose)
+    /// beside the destination that a process which no longer exists left behind (killed
+    /// mid-restore): each can hold a whole tree. Those of running processes, and of other
+    /// hosts, stay.
     /// - Returns: the paths removed.
     @discardableResult
     public func sweepLeftovers(logger: Logger) async -> [FilePath] {
-        await ScratchName.sweep(in: parent, base: name, purposes: Self.purposes, logger: logger)
+        await ScratchName.sweep(in: parent, base: name, logger: logger)
     }
 
     /// Removes a staging directory, on a thread of its own; failures are logged, not thrown.

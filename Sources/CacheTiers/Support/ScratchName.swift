@@ -22,24 +22,21 @@ enum ScratchName {
         ".\(base).\(purpose)-\(getpid())@\(hostName)-\(FileSystem.uniqueSuffix())"
     }
 
-    /// Removes the scratch folders and files for `base` in `parent` whose process is gone.
+    /// Removes the scratch folders and files for `base` in `parent`, whatever their
+    /// purpose, whose process is gone.
     /// - Returns: the paths removed. Failures are logged, never thrown: sweeping is
     ///   housekeeping and must not stop a restore.
     @discardableResult
-    static func sweep(in parent: FilePath, base: String, purposes: [String], logger: Logger) async -> [FilePath] {
+    static func sweep(in parent: FilePath, base: String, logger: Logger) async -> [FilePath] {
         guard let directory = opendir(parent.string) else { return [] }
         var leftovers: [FilePath] = []
         while let entry = readdir(directory) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { bytes in
                 String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
             }
-            guard name.hasPrefix(".\(base).") else { continue }
-            for purpose in purposes {
-                let prefix = ".\(base).\(purpose)-"
-                if name.hasPrefix(prefix), let owner = owner(of: name.dropFirst(prefix.count)), !owner.isAlive {
-                    leftovers.append(parent.appending(name))
-                    break
-                }
+            let prefix = ".\(base)."
+            if name.hasPrefix(prefix), let owner = owner(of: name.dropFirst(prefix.count)), !owner.isAlive {
+                leftovers.append(parent.appending(name))
             }
         }
         closedir(directory)
@@ -72,13 +69,16 @@ enum ScratchName {
         }
     }
 
-    /// The owner recorded in the part of a name after `.BASE.PURPOSE-`, or nil for a
-    /// name in another format (made by an older version: left alone).
+    /// The owner recorded in the part of a name after `.BASE.` (`PURPOSE-PID@HOST-RANDOM`),
+    /// or nil for a name in another format (not CacheTiers', or an older version's: left
+    /// alone).
     static func owner(of rest: Substring) -> Owner? {
-        guard let at = rest.firstIndex(of: "@"), let processID = pid_t(rest[..<at]), processID > 0,
-            let dash = rest.lastIndex(of: "-"), dash > at
+        guard let at = rest.lastIndex(of: "@"), let pidStart = rest[..<at].lastIndex(of: "-"),
+            pidStart > rest.startIndex,  // a purpose comes first
+            let processID = pid_t(rest[rest.index(after: pidStart)..<at]), processID > 0,
+            let randomStart = rest.lastIndex(of: "-"), randomStart > at
         else { return nil }
-        return Owner(processID: processID, host: String(rest[rest.index(after: at)..<dash]))
+        return Owner(processID: processID, host: String(rest[rest.index(after: at)..<randomStart]))
     }
 
     static let hostName: String = {

@@ -99,7 +99,7 @@ public struct DirectorySource: CacheSource, CacheSink {
             throw CacheTierError(.fatal, tier: name, "cannot create the cache directory \(root): \(error)", underlying: error)
         }
         // Copies left by a publish of this key that was killed midway go first.
-        await ScratchName.sweep(in: root, base: key.rawValue, purposes: ["tar.zst.partial", "manifest.partial", "orphan"], logger: logger)
+        await ScratchName.sweep(in: root, base: key.rawValue, logger: logger)
         let temporaryArchive = root.appending(ScratchName.make(base: key.rawValue, purpose: "tar.zst.partial"))
         let temporaryManifest = root.appending(ScratchName.make(base: key.rawValue, purpose: "manifest.partial"))
         defer {

@@ -85,8 +85,7 @@ public struct FreshInstallSource: CacheSource {
         // The shadow of an install killed midway (with the packages it had fetched) goes first.
         let workspace = configuration.workingDirectory
         await ScratchName.sweep(
-            in: workspace.removingLastComponent(), base: workspace.lastComponent?.string ?? "workspace",
-            purposes: [Self.shadowPurpose], logger: logger
+            in: workspace.removingLastComponent(), base: workspace.lastComponent?.string ?? "workspace", logger: logger
         )
         let shadow = try makeShadow()
         do {
