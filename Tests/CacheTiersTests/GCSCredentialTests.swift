@@ -280,13 +280,12 @@ import _CryptoExtras
         let (archive, manifest) = try await packedSample(in: scratch)
         let media = Counter()
         try await FakeHTTPServer.with(flakyGCS(archive: archive, manifest: manifest, failures: 99, retryAfter: 120, media: media)) { url in
-            let start = ContinuousClock.now
             let report = try await restoreThrough(url, credentials: NoAccessToken())
             // The chain's 30 s deadline leaves no room for a 120 s wait: it gives up at once.
+            // Waiting would have ended in `timeout` at the deadline, not this `error`.
             #expect(report.attempts.first?.outcome == .error)
             #expect(report.attempts.first?.error?.contains("503") == true)
             #expect(media.value == 1, "not retried inline")
-            #expect(ContinuousClock.now - start < .seconds(10))
         }
     }
 

@@ -88,14 +88,14 @@ public struct FreshInstallSource: CacheSource {
             in: workspace.removingLastComponent(), base: workspace.lastComponent?.string ?? "workspace", logger: logger
         )
         let shadow = try makeShadow()
+        let outcome: Result<SourceRestoreOutcome, any Error>
         do {
-            let outcome = try await install(in: shadow, key: request.key, into: staging, progress: progress, logger: logger)
-            try? await FileSystem.removeTreeOffThePool(shadow)
-            return outcome
+            outcome = .success(try await install(in: shadow, key: request.key, into: staging, progress: progress, logger: logger))
         } catch {
-            try? await FileSystem.removeTreeOffThePool(shadow)
-            throw error
+            outcome = .failure(error)
         }
+        try? await FileSystem.removeTreeOffThePool(shadow)
+        return try outcome.get()
     }
 
     /// Runs the command in `shadow` and makes what it produced the staging tree.
