@@ -20,7 +20,8 @@ import Darwin
 /// Files are small and many, so the two sides meet rarely: jobs are handed over in
 /// batches, a worker takes a batch at a time, and the submitting thread reads progress
 /// from an atomic. ``submit(relative:contents:mode:modificationTime:)``,
-/// ``isInFlight(_:)``, ``flush()`` and ``barrier()`` are called from one thread.
+/// ``isInFlight(_:)``, ``lastSubmittedSequence``, ``flush()`` and ``barrier()`` are
+/// called from one thread.
 final class FileWriterPool: @unchecked Sendable {
     struct Job {
         var relative: String
@@ -82,10 +83,8 @@ final class FileWriterPool: @unchecked Sendable {
 
     /// Queues a file. Jobs go to the workers in batches; call ``flush()`` before waiting
     /// on anything else.
-    /// - Returns: the job's sequence number.
     /// - Throws: the first failure of any worker.
-    @discardableResult
-    func submit(relative: String, contents: [UInt8], mode: UInt32, modificationTime: Int64) throws(ExtractionError) -> Int {
+    func submit(relative: String, contents: [UInt8], mode: UInt32, modificationTime: Int64) throws(ExtractionError) {
         lastSubmitted += 1
         outbox.append(Job(relative: relative, contents: contents, mode: mode, modificationTime: modificationTime, sequence: lastSubmitted))
         outboxBytes += contents.count
@@ -94,8 +93,10 @@ final class FileWriterPool: @unchecked Sendable {
         if outbox.count >= batchSize || outboxBytes >= Self.maximumFileSize {
             try flush()
         }
-        return lastSubmitted
     }
+
+    /// The sequence number of the last job submitted.
+    var lastSubmittedSequence: Int { lastSubmitted }
 
     /// Whether a job for `relative` is queued or being written.
     func isInFlight(_ relative: String) -> Bool {

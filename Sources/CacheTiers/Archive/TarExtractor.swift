@@ -54,8 +54,6 @@ final class TarExtractor {
     /// Directories the stream has left whose files may still be in the pool: their
     /// times are applied once the pool has written every job up to `sequence`.
     private var awaitingDirectories: [(directory: PendingDirectory, sequence: Int)] = []
-    /// The sequence number of the last file handed to the pool.
-    private var lastSubmittedSequence = 0
 
     /// The last parent directory proven to be a chain of real directories. Directories
     /// are never replaced during an extraction, so its prefixes stay proven; anything
@@ -278,7 +276,7 @@ final class TarExtractor {
             }
             openDirectories.removeLast()
             if let pool {
-                awaitingDirectories.append((last, lastSubmittedSequence))
+                awaitingDirectories.append((last, pool.lastSubmittedSequence))
             } else {
                 try apply(last)
             }
@@ -300,9 +298,7 @@ final class TarExtractor {
     private func submitBufferedFile() throws(ExtractionError) {
         guard let file = currentFile, let pool else { return }
         currentFile = nil
-        lastSubmittedSequence = try pool.submit(
-            relative: file.path, contents: fileBuffer, mode: file.mode, modificationTime: file.modificationTime
-        )
+        try pool.submit(relative: file.path, contents: fileBuffer, mode: file.mode, modificationTime: file.modificationTime)
         fileBuffer = []
     }
 
