@@ -118,8 +118,9 @@ public final class ManualClock: Clock, Sendable {
     /// Waits (on the real clock, polling) until at least `count` tasks sleep on this clock.
     ///
     /// - Throws: ``ManualClockError`` when they do not within `limit`, so a test fails
-    ///   instead of hanging.
-    public func waitForSleepers(_ count: Int, limit: Duration = .seconds(20)) async throws {
+    ///   instead of hanging. The limit only guards against a hang: it is generous, since
+    ///   tests running in parallel on a busy machine can hold the cooperative pool.
+    public func waitForSleepers(_ count: Int, limit: Duration = .seconds(120)) async throws {
         let start = ContinuousClock.now
         while sleeperCount < count {
             if ContinuousClock.now - start > limit {
@@ -136,7 +137,7 @@ extension ManualClock {
     /// Waits (on the real clock, polling) until some task sleeps until exactly `deadline`.
     ///
     /// - Throws: ``ManualClockError`` naming the deadlines it saw instead.
-    public func waitForSleeper(until deadline: Instant, limit: Duration = .seconds(20)) async throws {
+    public func waitForSleeper(until deadline: Instant, limit: Duration = .seconds(120)) async throws {
         let start = ContinuousClock.now
         while !deadlines.contains(deadline) {
             if ContinuousClock.now - start > limit {

@@ -83,7 +83,7 @@ public final class ScriptedSource: CacheSource, CacheSink, Sendable {
     public var containsQueries: Int { state.withLock { $0.containsQueries } }
 
     /// Waits (polling the real clock) until `count` attempts have started.
-    public func waitForAttempts(_ count: Int, limit: Duration = .seconds(20)) async throws {
+    public func waitForAttempts(_ count: Int, limit: Duration = .seconds(120)) async throws {
         let start = ContinuousClock.now
         while attempts < count {
             guard ContinuousClock.now - start < limit else {

@@ -12,11 +12,11 @@ import Testing
     @Test func gnuTarRestoresExactlyWhatWePack() async throws {
         let scratch = try TemporaryDirectory(prefix: "interop")
         defer { scratch.remove() }
-        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 600)
+        let tree = try await Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 600)
         let archive = scratch.path.appending("ours.tar.zst")
         let manifest = try await ArchivePacker().pack(tree, key: CacheKey("interop"), to: archive, logger: logger)
         let out = try scratch.makeDirectory("gnu")
-        let untar = try Fixtures.run(["tar", "--zstd", "-xf", archive.string, "-C", out.string])
+        let untar = try await Fixtures.run(["tar", "--zstd", "-xf", archive.string, "-C", out.string])
         #expect(untar.status == 0, "\(untar.stderr)")
         #expect(untar.stderr.isEmpty, "GNU tar warned: \(untar.stderr)")
         let expected = try TreeSnapshot(of: tree)
@@ -28,14 +28,14 @@ import Testing
     @Test func weRestoreExactlyWhatGNUTarPacks() async throws {
         let scratch = try TemporaryDirectory(prefix: "interop")
         defer { scratch.remove() }
-        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 600, seed: 2)
+        let tree = try await Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 600, seed: 2)
         // A hard link too, which make-corpus does not make.
         try FileManager.default.linkItem(
             atPath: tree.appending(".bin").string + "/../" + (try firstFile(in: tree)),
             toPath: tree.appending("hard-linked.js").string
         )
         let archive = scratch.path.appending("gnu.tar.zst")
-        let tar = try Fixtures.run(["tar", "--zstd", "-cf", archive.string, "-C", tree.string, "."])
+        let tar = try await Fixtures.run(["tar", "--zstd", "-cf", archive.string, "-C", tree.string, "."])
         #expect(tar.status == 0, "\(tar.stderr)")
         let destination = scratch.path.appending("restored")
         let summary = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
@@ -50,7 +50,7 @@ import Testing
         try SampleTree.write(to: tree, files: 40)
         let archive = scratch.path.appending("piped.tar.zst")
         // -T0 with a small job size writes several frames; --long needs no extra flags to read.
-        let pipe = try Fixtures.run([
+        let pipe = try await Fixtures.run([
             "sh", "-c", "tar -cf - -C '\(tree.string)' . | zstd -q -T0 --long=27 -B256K -19 -o '\(archive.string)'",
         ])
         #expect(pipe.status == 0, "\(pipe.stderr)")
@@ -65,7 +65,7 @@ import Testing
         let tree = scratch.path.appending("tree")
         try SampleTree.write(to: tree)
         let archive = scratch.path.appending("plain.tar")
-        #expect(try Fixtures.run(["tar", "-cf", archive.string, "-C", tree.string, "."]).status == 0)
+        #expect(try await Fixtures.run(["tar", "-cf", archive.string, "-C", tree.string, "."]).status == 0)
         let destination = scratch.path.appending("restored")
         let summary = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
         #expect(summary.format == "identity")
@@ -76,7 +76,7 @@ import Testing
     func everyWriterThreadCountRestoresTheSameTree(_ threads: Int) async throws {
         let scratch = try TemporaryDirectory(prefix: "writers")
         defer { scratch.remove() }
-        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 400, seed: 6)
+        let tree = try await Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 400, seed: 6)
         let archive = scratch.path.appending("a.tar.zst")
         _ = try await ArchivePacker().pack(tree, key: CacheKey("writers"), to: archive, logger: logger)
         let destination = scratch.path.appending("restored")
@@ -102,7 +102,7 @@ import Testing
     @Test func aRestoreFromChunksOfAnySizeIsIdentical() async throws {
         let scratch = try TemporaryDirectory(prefix: "streaming")
         defer { scratch.remove() }
-        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 300, seed: 3)
+        let tree = try await Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 300, seed: 3)
         let archive = scratch.path.appending("a.tar.zst")
         let manifest = try await ArchivePacker().pack(tree, key: CacheKey("stream"), to: archive, logger: logger)
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: archive.string)))
@@ -434,7 +434,7 @@ import Testing
         let setting = try Setting()
         defer { setting.scratch.remove() }
         let archive = setting.scratch.path.appending("old.tar.gz")
-        #expect(try Fixtures.run(["sh", "-c", "tar -czf '\(archive.string)' -C '\(setting.destination.string)' ."]).status == 0)
+        #expect(try await Fixtures.run(["sh", "-c", "tar -czf '\(archive.string)' -C '\(setting.destination.string)' ."]).status == 0)
         let error = await #expect(throws: CacheTierError.self) {
             _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
         }

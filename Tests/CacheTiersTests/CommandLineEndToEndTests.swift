@@ -32,15 +32,15 @@ import Testing
                 .write(to: URL(fileURLWithPath: config.string))
         }
 
-        func key() throws -> CacheKey {
-            let result = try Fixtures.cli(["key", "--config", config.string])
+        func key() async throws -> CacheKey {
+            let result = try await Fixtures.cli(["key", "--config", config.string])
             guard result.status == 0 else { throw FixtureError("cachetiers key: \(result.stderr)") }
             return try CacheKey(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
         }
 
         /// Runs `cachetiers restore` and decodes the report it printed on stdout.
-        func restore() throws -> (status: Int32, report: RestoreReport?, stderr: String) {
-            let result = try Fixtures.cli(["restore", "--config", config.string, "--report", "-"])
+        func restore() async throws -> (status: Int32, report: RestoreReport?, stderr: String) {
+            let result = try await Fixtures.cli(["restore", "--config", config.string, "--report", "-"])
             let report = try? JSONDecoder().decode(RestoreReport.self, from: Data(result.stdout.utf8))
             return (result.status, report, result.stderr)
         }
@@ -70,10 +70,10 @@ import Testing
     @Test func aPeerHit() async throws {
         try await PeerHarness.with { peer in
             let project = try Project(in: peer.scratch.path, tiers: [Self.peerTier(peer.url)])
-            let tree = try Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 31)
-            let manifest = try await peer.publish(tree, as: try project.key())
+            let tree = try await Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 31)
+            let manifest = try await peer.publish(tree, as: try await project.key())
 
-            let (status, report, stderr) = try project.restore()
+            let (status, report, stderr) = try await project.restore()
             #expect(status == 0, "\(stderr)")
             #expect(report?.servedBy == "cache-master")
             #expect(report?.attempts.map(\.outcome) == [.hit])
@@ -87,26 +87,26 @@ import Testing
     @Test func progressIsALiveLineOnATerminalPlainLinesOnAPipeAndNothingWhenQuiet() async throws {
         try await PeerHarness.with { peer in
             let project = try Project(in: peer.scratch.path, tiers: [Self.peerTier(peer.url)])
-            let tree = try Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 33)
-            try await peer.publish(tree, as: try project.key())
+            let tree = try await Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 33)
+            try await peer.publish(tree, as: try await project.key())
             let restore = [Fixtures.cliPath, "restore", "--config", project.config.string]
 
             // A terminal: `script` gives the command a pseudo-terminal and records what it drew.
             let typescript = peer.scratch.path.appending("typescript").string
-            let terminal = try Fixtures.run(["script", "-qfec", restore.joined(separator: " "), typescript])
+            let terminal = try await Fixtures.run(["script", "-qfec", restore.joined(separator: " "), typescript])
             #expect(terminal.status == 0, "\(terminal.stderr)")
             let drawn = String(decoding: try Data(contentsOf: URL(fileURLWithPath: typescript)), as: UTF8.self)
             #expect(drawn.contains("\r\u{1B}[Kcache-master: "), "a line redrawn in place: \(drawn)")
             #expect(drawn.contains("cache-master: attempt 1 hit"))
 
-            let pipe = try Fixtures.run(restore)
+            let pipe = try await Fixtures.run(restore)
             #expect(pipe.status == 0)
             #expect(!pipe.stderr.contains("\u{1B}["), "no terminal codes on a pipe")
             #expect(pipe.stderr.contains("cache-master: attempt 1 started"))
             #expect(pipe.stderr.contains("cache-master: attempt 1 hit after"))
-            #expect(pipe.stderr.contains("restored \(try project.key()) from cache-master"))
+            #expect(pipe.stderr.contains("restored \(try await project.key()) from cache-master"))
 
-            let quiet = try Fixtures.run(restore + ["--quiet"])
+            let quiet = try await Fixtures.run(restore + ["--quiet"])
             #expect(quiet.status == 0)
             #expect(quiet.stderr.isEmpty && quiet.stdout.isEmpty, "\(quiet.stderr)")
         }
@@ -115,10 +115,10 @@ import Testing
     @Test(.needsGCSEmulator) func peerDownThenAGCSHitFromTheEmulator() async throws {
         try await GCSHarness.with { gcs in
             let project = try Project(in: gcs.scratch.path, tiers: [Self.peerTier(Self.deadURL), Self.gcsTier(gcs.emulator.url)])
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 300, seed: 32)
-            try await gcs.publish(tree, as: try project.key())
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 300, seed: 32)
+            try await gcs.publish(tree, as: try await project.key())
 
-            let (status, report, stderr) = try project.restore()
+            let (status, report, stderr) = try await project.restore()
             #expect(status == 0, "\(stderr)")
             #expect(report?.attempts.map(\.tier) == ["cache-master", "gcs"])
             #expect(report?.attempts.map(\.outcome) == [.error, .hit])
@@ -131,7 +131,7 @@ import Testing
     @Test(.needsGCSEmulator) func aMissEverywhereInstallsWritesBackAndTheNextBootHitsThePeer() async throws {
         try await GCSHarness.with { gcs in
             try await PeerHarness.with { peer in
-                let pip = try PipProject.make(in: gcs.scratch.path.appending("python"))
+                let pip = try await PipProject.make(in: gcs.scratch.path.appending("python"))
                 let project = try Project(
                     in: gcs.scratch.path,
                     tiers: [
@@ -139,13 +139,13 @@ import Testing
                         Self.installTier(pip.command, workingDirectory: pip.directory.string, produces: "site-packages"),
                     ]
                 )
-                let key = try project.key()
+                let key = try await project.key()
 
-                let (status, report, stderr) = try project.restore()
+                let (status, report, stderr) = try await project.restore()
                 #expect(status == 0, "\(stderr)")
                 #expect(report?.attempts.map(\.outcome) == [.miss, .miss, .hit])
                 #expect(report?.servedBy == "fresh-install")
-                #expect(try PipProject.importValue(from: project.destination) == "42")
+                #expect(try await PipProject.importValue(from: project.destination) == "42")
                 let writeBack = Dictionary(uniqueKeysWithValues: (report?.writeBack ?? []).map { ($0.tier, $0.outcome) })
                 #expect(writeBack == ["cache-master": .published, "gcs": .published])
                 #expect(try await gcs.emulator.objectMetadata(bucket: gcs.bucket, name: "caches/\(key.rawValue).tar.zst") != nil)
@@ -154,7 +154,7 @@ import Testing
                 // The next VM boots: the cache master has it now.
                 let installed = try TreeSnapshot(of: project.destination)
                 try FileManager.default.removeItem(atPath: project.destination.string)
-                let next = try project.restore()
+                let next = try await project.restore()
                 #expect(next.status == 0, "\(next.stderr)")
                 #expect(next.report?.servedBy == "cache-master")
                 #expect(next.report?.attempts.map(\.outcome) == [.hit])
@@ -177,7 +177,7 @@ import Testing
         let before = try TreeSnapshot(of: project.destination)
         let reportFile = scratch.path.appending("report.json")
 
-        let result = try Fixtures.cli(["restore", "--config", project.config.string, "--report", reportFile.string])
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string, "--report", reportFile.string])
         #expect(result.status == 1)
         #expect(result.stderr.contains("cachetiers: every tier failed"), "\(result.stderr)")
         #expect(try TreeSnapshot(of: project.destination).differences(from: before) == [], "destination untouched")
@@ -206,19 +206,19 @@ import Testing
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        func running() throws -> Int {
-            try Fixtures.run(["pgrep", "-f", "sleep \(marker)"]).stdout.split(separator: "\n").count
+        func running() async throws -> Int {
+            try await Fixtures.run(["pgrep", "-f", "sleep \(marker)"]).stdout.split(separator: "\n").count
         }
         // The shell and its two sleeps all carry the marker.
-        for _ in 0..<100 where try running() < 3 { try await Task.sleep(for: .milliseconds(50)) }
-        #expect(try running() == 3, "the install started")
+        for _ in 0..<100 where try await running() < 3 { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(try await running() == 3, "the install started")
         process.interrupt()  // SIGINT, as Ctrl-C sends it
         let output = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
 
         #expect(process.terminationStatus == 1)
         #expect(output.contains("stopped by SIGINT"), "\(output)")
-        #expect(try running() == 0, "the package manager's whole process group is gone")
+        #expect(try await running() == 0, "the package manager's whole process group is gone")
         #expect(try TreeSnapshot(of: project.destination).differences(from: before) == [])
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.path.string)
             + FileManager.default.contentsOfDirectory(atPath: project.folder.string)
@@ -232,7 +232,7 @@ import Testing
          "deadlineSeconds: expected a number, got a string"),
         (#""tiers": [{"kind": "ftp"}]"#, "tiers[0].kind: expected peer, gcs, directory or install"),
     ])
-    func aBadConfigExits2NamingTheField(fields: String, message: String) throws {
+    func aBadConfigExits2NamingTheField(fields: String, message: String) async throws {
         let scratch = try TemporaryDirectory(prefix: "cli")
         defer { scratch.remove() }
         let project = try Project(in: scratch.path, tiers: [])
@@ -240,25 +240,25 @@ import Testing
             + fields + "}"
         try Data(json.utf8).write(to: URL(fileURLWithPath: project.config.string))
         for command in [["restore", "--config", project.config.string], ["key", "--config", project.config.string]] {
-            let result = try Fixtures.cli(command)
+            let result = try await Fixtures.cli(command)
             #expect(result.status == 2, "\(command[0])")
             #expect(result.stderr.contains(message), "\(command[0]): \(result.stderr)")
             #expect(result.stderr.split(separator: "\n").count == 1, "one line")
         }
     }
 
-    @Test func theKeyFollowsTheLockfile() throws {
+    @Test func theKeyFollowsTheLockfile() async throws {
         let scratch = try TemporaryDirectory(prefix: "cli")
         defer { scratch.remove() }
         let project = try Project(in: scratch.path, tiers: [Self.peerTier(Self.deadURL)])
-        let first = try project.key()
-        #expect(try project.key() == first, "stable")
+        let first = try await project.key()
+        #expect(try await project.key() == first, "stable")
         #expect(first.rawValue.hasPrefix("node-modules-"))
         try Data(#"{"lockfileVersion":3,"packages":{"left-pad":"1.3.1"}}"#.utf8)
             .write(to: URL(fileURLWithPath: project.folder.appending("package-lock.json").string))
-        #expect(try project.key() != first, "a changed lockfile is a new key")
+        #expect(try await project.key() != first, "a changed lockfile is a new key")
         try FileManager.default.removeItem(atPath: project.folder.appending("package-lock.json").string)
-        let missing = try Fixtures.cli(["key", "--config", project.config.string])
+        let missing = try await Fixtures.cli(["key", "--config", project.config.string])
         #expect(missing.status == 2)
         #expect(missing.stderr.contains("key.files[0]: cannot read"))
     }
@@ -271,20 +271,20 @@ import Testing
             )
             let tree = peer.scratch.path.appending("tree")
             try SampleTree.write(to: tree, seed: 3, files: 40)
-            let key = try project.key()
-            let first = try Fixtures.cli(["publish", tree.string, "--config", project.config.string])
+            let key = try await project.key()
+            let first = try await Fixtures.cli(["publish", tree.string, "--config", project.config.string])
             #expect(first.status == 0, "\(first.stderr)")
             #expect(first.stdout.contains("cache-master: published \(key)"))
             #expect(first.stdout.contains("local: published \(key)"))
             #expect(FileManager.default.fileExists(atPath: peer.scratch.path.appending("local-cache/\(key.rawValue).tar.zst").string))
-            let again = try Fixtures.cli(["publish", tree.string, "--config", project.config.string])
+            let again = try await Fixtures.cli(["publish", tree.string, "--config", project.config.string])
             #expect(again.status == 0)
             #expect(again.stdout.contains("cache-master: \(key) is already there"))
         }
     }
 
-    @Test func theDemoRunsWithNoSetup() throws {
-        let result = try Fixtures.cli(["demo", "--packages", "20"])
+    @Test func theDemoRunsWithNoSetup() async throws {
+        let result = try await Fixtures.cli(["demo", "--packages", "20"])
         #expect(result.status == 0, "\(result.stderr)")
         for expected in ["cache-master", "fresh-install", "local", "write-back published", "hit"] {
             #expect(result.stdout.contains(expected), "\(expected) in:\n\(result.stdout)")

@@ -124,7 +124,7 @@ import Testing
     @Test func writeBackMakesTheNextRestoreHitTheFirstTier() async throws {
         let scratch = try TemporaryDirectory(prefix: "real-chain")
         defer { scratch.remove() }
-        let tree = try Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 200, seed: 9)
+        let tree = try await Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 200, seed: 9)
         let key = try CacheKey("node-modules-e2e")
         let fast = DirectorySource(name: "fast", root: scratch.path.appending("fast"))
         let slow = DirectorySource(name: "slow", root: scratch.path.appending("slow"))

@@ -19,7 +19,7 @@ import Testing
     @Test func pipInstallsOfflineAndTheTreeIsPromoted() async throws {
         let scratch = try TemporaryDirectory(prefix: "install")
         defer { scratch.remove() }
-        let project = try PipProject.make(in: scratch.path)
+        let project = try await PipProject.make(in: scratch.path)
         let before = try TreeSnapshot(of: project.directory)
         let source = FreshInstallSource(
             name: "fresh-install",
@@ -29,7 +29,7 @@ import Testing
         let report = try await chain(source).restore(try CacheKey("python-deps"), into: destination)
 
         #expect(report.servedBy == "fresh-install")
-        #expect(try PipProject.importValue(from: destination) == "42", "ctdemo_a and its dependency ctdemo_b installed")
+        #expect(try await PipProject.importValue(from: destination) == "42", "ctdemo_a and its dependency ctdemo_b installed")
         #expect(FileManager.default.fileExists(atPath: destination.appending("ctdemo_b/data/table.txt").string))
         // The project gained the promoted tree and nothing else; no scratch folder is left beside it.
         var after = try TreeSnapshot(of: project.directory)
@@ -115,7 +115,7 @@ import Testing
         // The shell and both children are gone: nothing is left running `sleep MARKER`.
         var survivors = 1
         for _ in 0..<40 where survivors > 0 {
-            survivors = try Fixtures.run(["pgrep", "-f", "sleep \(marker)"]).stdout.split(separator: "\n").count
+            survivors = try await Fixtures.run(["pgrep", "-f", "sleep \(marker)"]).stdout.split(separator: "\n").count
             if survivors > 0 { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(survivors == 0, "no orphaned installer processes")

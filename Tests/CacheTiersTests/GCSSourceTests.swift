@@ -21,7 +21,7 @@ import Testing
     @Test(arguments: [1, 4])
     func aCorpusRestoresIdenticallyWithItsCost(parallelDownloads: Int) async throws {
         try await GCSHarness.with { gcs in
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 500, seed: 11)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 500, seed: 11)
             let key = try CacheKey("node-modules-gcs")
             let archive = try await gcs.publish(tree, as: key)
             let source = gcs.source(parallelDownloads: parallelDownloads)
@@ -68,7 +68,7 @@ import Testing
 
     @Test func aResumableUploadCutMidwayEndsWithTheWholeArchive() async throws {
         try await GCSHarness.with { gcs in
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 12)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 12)
             let key = try CacheKey("resumed-upload")
             let archive = try await gcs.pack(tree, as: key)
             #expect(archive.manifest.archiveSize > 4 * (256 << 10), "several chunks")
@@ -88,7 +88,7 @@ import Testing
 
     @Test func aFailedUploadLeavesNoObjectBehind() async throws {
         try await GCSHarness.with { gcs in
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 13)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 13)
             let key = try CacheKey("failed-upload")
             let archive = try await gcs.pack(tree, as: key)
             #expect(archive.manifest.archiveSize > 2 * (256 << 10), "a resumable upload of several chunks")
@@ -104,7 +104,7 @@ import Testing
     @Test(arguments: [1, 4])
     func aConnectionCutMidDownloadResumesWithinTheAttempt(parallelDownloads: Int) async throws {
         try await GCSHarness.with { gcs in
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 14)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 14)
             let key = try CacheKey("cut-download")
             let archive = try await gcs.publish(tree, as: key)
             let proxy = try FaultInjectingProxy(
@@ -189,7 +189,7 @@ import Testing
 
     @Test func theEmulatorStoppedMidDownloadFallsThroughToTheNextTier() async throws {
         try await GCSHarness.with { gcs in
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 15)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 15)
             let key = try CacheKey("emulator-dies")
             try await gcs.publish(tree, as: key)
             let fallback = InMemorySource(name: "local")
@@ -237,18 +237,18 @@ import Testing
 
     @Test func theOfficialClientDownloadsAndVerifiesWhatCacheTiersPublished() async throws {
         try await GCSHarness.with { gcs in
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 300, seed: 21)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 300, seed: 21)
             let key = try CacheKey("published-by-cachetiers")
             let archive = try await gcs.publish(tree, as: key)
             let downloaded = gcs.scratch.path.appending("downloaded.tar.zst")
-            let output = try gcs.officialClient(["download", gcs.bucket, "caches/\(key.rawValue).tar.zst", downloaded.string])
+            let output = try await gcs.officialClient(["download", gcs.bucket, "caches/\(key.rawValue).tar.zst", downloaded.string])
             let info = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])
             #expect((info["size"] as? Int).map(Int64.init) == archive.manifest.archiveSize)
             #expect((info["metadata"] as? [String: String])?[GCSSource.manifestMetadataKey] != nil)
 
             let extracted = gcs.scratch.path.appending("extracted")
             try FileManager.default.createDirectory(atPath: extracted.string, withIntermediateDirectories: true)
-            let tar = try Fixtures.run(["tar", "--zstd", "-xf", downloaded.string, "-C", extracted.string])
+            let tar = try await Fixtures.run(["tar", "--zstd", "-xf", downloaded.string, "-C", extracted.string])
             #expect(tar.status == 0, "\(tar.stderr)")
             #expect(try TreeSnapshot(of: extracted).differences(from: TreeSnapshot(of: tree), comparingTimes: true) == [])
         }
@@ -256,12 +256,12 @@ import Testing
 
     @Test func cacheTiersRestoresWhatTheOfficialClientUploaded() async throws {
         try await GCSHarness.with { gcs in
-            let tree = try Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 300, seed: 22)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 300, seed: 22)
             let file = gcs.scratch.path.appending("stock.tar.zst")
-            let tar = try Fixtures.run(["tar", "--zstd", "-cf", file.string, "-C", tree.string, "."])
+            let tar = try await Fixtures.run(["tar", "--zstd", "-cf", file.string, "-C", tree.string, "."])
             #expect(tar.status == 0, "\(tar.stderr)")
             let key = try CacheKey("uploaded-by-google-client")
-            _ = try gcs.officialClient(["upload", gcs.bucket, "caches/\(key.rawValue).tar.zst", file.string])
+            _ = try await gcs.officialClient(["upload", gcs.bucket, "caches/\(key.rawValue).tar.zst", file.string])
 
             let source = gcs.source()
             let destination = gcs.scratch.path.appending("restored")

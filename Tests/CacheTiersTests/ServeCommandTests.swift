@@ -34,13 +34,13 @@ import Testing
 
         let tree = scratch.path.appending("tree")
         try SampleTree.write(to: tree)
-        let publish = try Fixtures.cli(["publish", tree.string, "--key", "served", "--peer", url, "--token-file", tokenFile])
+        let publish = try await Fixtures.cli(["publish", tree.string, "--key", "served", "--peer", url, "--token-file", tokenFile])
         #expect(publish.status == 0, "\(publish.stderr)")
         #expect(publish.stdout.contains("published served"))
-        let again = try Fixtures.cli(["publish", tree.string, "--key", "served", "--peer", url, "--token-file", tokenFile])
+        let again = try await Fixtures.cli(["publish", tree.string, "--key", "served", "--peer", url, "--token-file", tokenFile])
         #expect(again.status == 0)
         #expect(again.stdout.contains("already"))
-        let refused = try Fixtures.cli(["publish", tree.string, "--key", "other", "--peer", url])
+        let refused = try await Fixtures.cli(["publish", tree.string, "--key", "other", "--peer", url])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("401"))
 

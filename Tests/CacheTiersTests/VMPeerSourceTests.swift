@@ -22,7 +22,7 @@ import Testing
 
     @Test func aCorpusRestoresIdenticallyFromThePeer() async throws {
         try await PeerHarness.with { peer in
-            let tree = try Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 500, seed: 4)
+            let tree = try await Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 500, seed: 4)
             let key = try CacheKey("node-modules-peer")
             let manifest = try await peer.publish(tree, as: key)
             let source = VMPeerSource(configuration: .init(peers: [peer.url]))
@@ -55,7 +55,7 @@ import Testing
 
     @Test func aConnectionCutMidTransferResumesWithARangeRequest() async throws {
         try await PeerHarness.with { peer in
-            let tree = try Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 5)
+            let tree = try await Fixtures.makeCorpus(in: peer.scratch.path.appending("corpus"), files: 300, seed: 5)
             let key = try CacheKey("cut")
             let manifest = try await peer.publish(tree, as: key)
             let proxy = try FaultInjectingProxy(
@@ -263,6 +263,42 @@ import Testing
         let manifest = try await peer.publish(tree, as: key)
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: peer.scratch.path.appending("root/api.tar.zst").string)))
         return (key, manifest, bytes)
+    }
+
+    @Test func aReaderMidStreamFinishesTheArchiveItStartedWhenAPublishReplacesIt() async throws {
+        try await PeerHarness.with { peer in
+            // 24 MiB that do not compress, through a 16 MB/s link: the server is still
+            // reading the old file from disk when the replacement lands.
+            let (key, manifest, _) = try await published(peer, large: true)
+            let expected = try TreeSnapshot(of: peer.scratch.path.appending("tree"))
+            let proxy = try FaultInjectingProxy(upstreamPort: peer.port, fault: .bandwidth(bytesPerSecond: 16_000_000))
+            defer { proxy.stop() }
+            let source = VMPeerSource(configuration: .init(peers: [proxy.url]))
+            let staging = try peer.scratch.makeDirectory("staging")
+            let progress = TransferProgress()
+            let restore = Task {
+                try await source.restore(RestoreRequest(key: key), into: staging, progress: progress, logger: PeerHarness.quietLogger)
+            }
+            while progress.snapshot.completed < 1 << 20 { try await Task.sleep(for: .milliseconds(5)) }
+
+            let new = peer.scratch.path.appending("new")
+            try SampleTree.write(to: new, seed: 3, files: 40)
+            let file = peer.scratch.path.appending("new.tar.zst")
+            let replacement = try await ArchivePacker().pack(new, key: key, to: file, logger: PeerHarness.quietLogger)
+            let put = try await peer.send(
+                .PUT, "/v1/caches/\(key)",
+                headers: [("X-CacheTiers-Manifest", try replacement.jsonData().base64EncodedString())],
+                body: [UInt8](try Data(contentsOf: URL(fileURLWithPath: file.string)))
+            )
+            #expect(put.status == 200)
+            #expect(progress.snapshot.completed < manifest.archiveSize / 2, "replaced with most of the old archive still to stream")
+
+            let outcome = try await restore.value
+            try await source.shutdown()
+            guard case .restored(let details) = outcome else { Issue.record("expected a restore, got \(outcome)"); return }
+            #expect(details.bytesTransferred == manifest.archiveSize, "one stream to the end, no restart")
+            #expect(try TreeSnapshot(of: staging).differences(from: expected) == [], "the old tree, whole")
+        }
     }
 
     @Test func getHeadAndManifest() async throws {

@@ -17,12 +17,12 @@ enum Fixtures {
 
     /// Writes a node_modules-like tree with the shared corpus generator.
     /// - Returns: the `node_modules` folder it made.
-    static func makeCorpus(in folder: FilePath, files: Int, seed: Int = 1) throws -> FilePath {
+    static func makeCorpus(in folder: FilePath, files: Int, seed: Int = 1) async throws -> FilePath {
         let tool = makeCorpusTool
         guard FileManager.default.fileExists(atPath: tool) else {
             throw FixtureError("the corpus generator is not at \(tool); set CACHETIERS_MAKE_CORPUS to its path")
         }
-        let result = try run(["python3", tool, folder.string, "--files", "\(files)", "--seed", "\(seed)"])
+        let result = try await run(["python3", tool, folder.string, "--files", "\(files)", "--seed", "\(seed)"])
         guard result.status == 0 else { throw FixtureError("make-corpus failed: \(result.stderr)") }
         return folder.appending("node_modules")
     }
@@ -57,10 +57,17 @@ enum Fixtures {
         var stderr: String
     }
 
-    /// Runs a program (looked up on PATH) to completion.
+    /// Runs a program (looked up on PATH) to completion, on a thread of its own.
     @discardableResult
-    static func run(_ arguments: [String], in directory: FilePath? = nil, environment: [String: String]? = nil) throws
-        -> ProcessResult
+    static func run(_ arguments: [String], in directory: FilePath? = nil, environment: [String: String]? = nil)
+        async throws -> ProcessResult
+    {
+        try await offThePool { try runBlocking(arguments, in: directory, environment: environment) }
+    }
+
+    /// ``run(_:in:environment:)`` on the caller's thread, for where no task is at hand.
+    static func runBlocking(_ arguments: [String], in directory: FilePath? = nil, environment: [String: String]? = nil)
+        throws -> ProcessResult
     {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -72,24 +79,63 @@ enum Fixtures {
         process.standardOutput = out
         process.standardError = err
         try process.run()
-        // Read before waiting so a chatty child cannot fill the pipe and block.
+        // Both pipes drain at once, so a chatty child cannot fill one and block.
+        let stderr = Thread.detachedRead(err.fileHandleForReading)
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return ProcessResult(
             status: process.terminationStatus,
             stdout: String(decoding: stdout, as: UTF8.self),
-            stderr: String(decoding: stderr, as: UTF8.self)
+            stderr: String(decoding: stderr.wait(), as: UTF8.self)
         )
     }
 
     /// Runs the `cachetiers` command.
-    static func cli(_ arguments: [String], in directory: FilePath? = nil) throws -> ProcessResult {
+    static func cli(_ arguments: [String], in directory: FilePath? = nil) async throws -> ProcessResult {
         let binary = cliPath
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw FixtureError("the cachetiers binary is not at \(binary); run `swift build` first")
         }
-        return try run([binary] + arguments, in: directory)
+        return try await run([binary] + arguments, in: directory)
+    }
+
+    /// Runs `body` on a thread of its own. Tests run in parallel on Swift's cooperative
+    /// pool, two threads here: a test blocked on a child process there starves the
+    /// others, and a chain under test on a manual clock then misses its deadline for
+    /// reaching a sleep.
+    static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
+    }
+}
+
+extension Thread {
+    /// Reads `handle` to its end on a new thread.
+    static func detachedRead(_ handle: FileHandle) -> PendingRead {
+        let read = PendingRead()
+        Thread { read.complete(handle.readDataToEndOfFile()) }.start()
+        return read
+    }
+
+    /// The outcome of ``detachedRead(_:)``.
+    final class PendingRead: @unchecked Sendable {
+        private let condition = NSCondition()
+        private var data: Data?
+
+        fileprivate func complete(_ data: Data) {
+            condition.lock()
+            self.data = data
+            condition.broadcast()
+            condition.unlock()
+        }
+
+        func wait() -> Data {
+            condition.lock()
+            defer { condition.unlock() }
+            while data == nil { condition.wait() }
+            return data!
+        }
     }
 }
 

@@ -28,7 +28,7 @@ extension Trait where Self == ConditionTrait {
 /// The GCS emulator with a bucket and a scratch folder, for one test.
 final class GCSHarness: Sendable {
     static let isCI = ProcessInfo.processInfo.environment["CI"].map { !$0.isEmpty && $0 != "false" } ?? false
-    static let hasGoogleClient = (try? Fixtures.run(["python3", "-c", "import google.cloud.storage"]).status) == 0
+    static let hasGoogleClient = (try? Fixtures.runBlocking(["python3", "-c", "import google.cloud.storage"]).status) == 0
 
     let emulator: GCSEmulator
     let scratch: TemporaryDirectory
@@ -98,9 +98,9 @@ final class GCSHarness: Sendable {
     }
 
     /// Runs Tests/CacheTiersTests/Support/gcs_interop.py (Google's official client).
-    func officialClient(_ arguments: [String]) throws -> String {
+    func officialClient(_ arguments: [String]) async throws -> String {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("gcs_interop.py").path
-        let result = try Fixtures.run(
+        let result = try await Fixtures.run(
             ["python3", script] + arguments,
             environment: ProcessInfo.processInfo.environment.merging(["STORAGE_EMULATOR_HOST": emulator.url]) { $1 }
         )
