@@ -56,6 +56,8 @@ let package = Package(
             dependencies: [
                 "CacheTiers",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                // MaximumAvailableConnections, the connection cap.
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -16,45 +17,121 @@ import Glibc
 /// the archive it started even if a publish replaces it meanwhile. Uploads go to a
 /// hidden temporary file in the same folder, are verified, then renamed (or, create-only,
 /// linked) into place; a failed upload removes its temporary file.
+///
+/// A publish makes two files visible, the archive and then its manifest, and two
+/// archives of one key can have the same size. So that a response never carries one
+/// archive's ETag with another's bytes, opening an archive (descriptor plus manifest)
+/// and committing one (both renames) hold the same lock: a reader sees the pair before
+/// a publish or after it, never half of each. The lock covers this process only; one
+/// cache master owns its root.
 struct ArchiveStore: Sendable {
     let root: FilePath
+    private let publication = PublicationLock()
+
+    init(root: FilePath) {
+        self.root = root
+    }
 
     func archivePath(_ key: CacheKey) -> FilePath { root.appending("\(key.rawValue).tar.zst") }
     func manifestPath(_ key: CacheKey) -> FilePath { root.appending("\(key.rawValue).tar.zst.manifest.json") }
 
-    /// Creates the folder and removes what a crash left behind: uploads, and archives a
-    /// publish made visible without the manifest that belongs to them (killed between
-    /// the two renames of ``commit(_:manifest:createOnly:)``). Left there, such a key
-    /// would be 404 to every GET and 412 to every create-only PUT, for good. Nothing is
-    /// in flight before the server starts, so nothing else can be caught half-way.
-    /// - Returns: the names removed.
-    @discardableResult
-    func prepare(logger: Logger) throws -> [String] {
-        try FileManager.default.createDirectory(atPath: root.string, withIntermediateDirectories: true)
-        let names = Set(try FileManager.default.contentsOfDirectory(atPath: root.string))
-        var doomed = names.filter { $0.hasPrefix(".") && $0.contains(".upload-") }
-        for archive in names where !archive.hasPrefix(".") && archive.hasSuffix(".tar.zst") {
-            let manifest = archive + ".manifest.json"
-            if !belongTogether(archive: archive, manifest: manifest) {
-                doomed.insert(archive)
-                if names.contains(manifest) { doomed.insert(manifest) }
-            }
-        }
-        for manifest in names where !manifest.hasPrefix(".") && manifest.hasSuffix(".tar.zst.manifest.json") {
-            if !names.contains(String(manifest.dropLast(".manifest.json".count))) { doomed.insert(manifest) }
-        }
-        let removed = doomed.sorted().filter { unlink(root.appending($0).string) == 0 }
-        for name in removed where !name.hasPrefix(".") {
-            logger.notice("removed the remains of a publish cut short by a crash", metadata: ["file": "\(name)"])
-        }
-        return removed
+    /// The folder, inside the root, where ``prepare(gracePeriod:logger:)`` moves what it
+    /// doubts; hidden, so no key can name it.
+    static let quarantineName = ".quarantine"
+
+    /// What ``prepare(gracePeriod:logger:)`` did, by file name.
+    struct Preparation: Equatable {
+        /// Temporary files of uploads cut short (only this server writes such names).
+        var removed: [String] = []
+        /// Archives without their manifest, lone manifests and pairs that disagree, moved
+        /// into ``ArchiveStore/quarantineName``.
+        var quarantined: [String] = []
     }
 
-    /// Whether `manifest` exists, parses, and describes an archive of `archive`'s size.
+    /// Creates the folder and clears what a crash of this server left half-published, so
+    /// a key is not 404 to every GET and 412 to every create-only PUT for good.
+    ///
+    /// Only names this server could have written are touched, and only once they are
+    /// older than `gracePeriod` (a file still being written, by an operator seeding the
+    /// folder by hand or by another publisher, is younger). Upload temporaries are
+    /// deleted; an archive without its manifest, a lone manifest, or a pair whose sizes
+    /// disagree is moved into ``quarantineName``, never deleted, since an operator may
+    /// still want it. Anything else (files that are not `KEY.tar.zst` for a valid key,
+    /// folders) is left alone. Every removal and move is logged.
+    @discardableResult
+    func prepare(gracePeriod: Duration = .seconds(600), logger: Logger) throws -> Preparation {
+        try FileManager.default.createDirectory(atPath: root.string, withIntermediateDirectories: true)
+        let names = Set(try FileManager.default.contentsOfDirectory(atPath: root.string))
+        let now = Date()
+        func isSettled(_ name: String) -> Bool {
+            var info = stat()
+            guard lstat(root.appending(name).string, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return false }
+            let modified = Date(timeIntervalSince1970: Double(info.st_mtim.tv_sec))
+            return now.timeIntervalSince(modified) >= gracePeriod.inSeconds
+        }
+        var preparation = Preparation()
+
+        for name in names.sorted() where Self.isUploadTemporary(name) && isSettled(name) {
+            if unlink(root.appending(name).string) == 0 {
+                preparation.removed.append(name)
+                logger.notice("removed the temporary file of an upload cut short", metadata: ["file": "\(name)"])
+            }
+        }
+
+        var doubtful: [String] = []
+        for archive in names where Self.key(ofArchive: archive) != nil {
+            let manifest = archive + ".manifest.json"
+            if !belongTogether(archive: archive, manifest: manifest) {
+                doubtful.append(archive)
+                if names.contains(manifest) { doubtful.append(manifest) }
+            }
+        }
+        for manifest in names where manifest.hasSuffix(".manifest.json") {
+            let archive = String(manifest.dropLast(".manifest.json".count))
+            if Self.key(ofArchive: archive) != nil, !names.contains(archive) { doubtful.append(manifest) }
+        }
+        let settled = doubtful.filter(isSettled).sorted()
+        if !settled.isEmpty {
+            let quarantine = root.appending(Self.quarantineName)
+            try FileManager.default.createDirectory(atPath: quarantine.string, withIntermediateDirectories: true)
+            for name in settled where rename(root.appending(name).string, quarantine.appending(name).string) == 0 {
+                preparation.quarantined.append(name)
+                logger.notice(
+                    "moved aside a file without its pair, left by a publish cut short or copied in by hand",
+                    metadata: ["file": "\(name)", "to": "\(quarantine)"]
+                )
+            }
+        }
+        for name in Set(doubtful).subtracting(settled).sorted() {
+            logger.notice("left a file without its pair: it is younger than the grace period", metadata: ["file": "\(name)"])
+        }
+        return preparation
+    }
+
+    /// The key of `KEY.tar.zst`, when `name` is that for a valid key.
+    static func key(ofArchive name: String) -> CacheKey? {
+        guard name.hasSuffix(".tar.zst") else { return nil }
+        return try? CacheKey(String(name.dropLast(".tar.zst".count)))
+    }
+
+    /// Whether `name` is `.KEY.upload-N` or `.KEY.manifest.upload-N`, as ``beginUpload(_:)``
+    /// and ``commit(_:manifest:createOnly:)`` name their temporary files.
+    static func isUploadTemporary(_ name: String) -> Bool {
+        guard name.hasPrefix("."), let marker = name.range(of: ".upload-", options: .backwards) else { return false }
+        let suffix = name[marker.upperBound...]
+        guard !suffix.isEmpty, suffix.allSatisfy(\.isASCII), UInt64(suffix) != nil else { return false }
+        var base = name[name.index(after: name.startIndex)..<marker.lowerBound]
+        if base.hasSuffix(".manifest") { base = base.dropLast(".manifest".count) }
+        return (try? CacheKey(String(base))) != nil
+    }
+
+    /// Whether `manifest` exists, parses, is for the archive's key, and describes an
+    /// archive of `archive`'s size.
     private func belongTogether(archive: String, manifest: String) -> Bool {
         var info = stat()
         guard let data = FileManager.default.contents(atPath: root.appending(manifest).string),
             let parsed = try? CacheManifest(jsonData: data),
+            parsed.key == Self.key(ofArchive: archive),
             lstat(root.appending(archive).string, &info) == 0
         else { return false }
         return parsed.archiveSize == Int64(info.st_size)
@@ -90,6 +167,10 @@ struct ArchiveStore: Sendable {
     }
 
     func open(_ key: CacheKey) throws -> Lookup {
+        try publication.withLock { try openLocked(key) }
+    }
+
+    private func openLocked(_ key: CacheKey) throws -> Lookup {
         let descriptor = Glibc.open(archivePath(key).string, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
             if errno == ENOENT { return .missing }
@@ -201,6 +282,10 @@ struct ArchiveStore: Sendable {
         defer { unlink(manifestTemporary.string) }
         try manifest.jsonData().write(to: URL(fileURLWithPath: manifestTemporary.string))
         try upload.sync()
+        return try publication.withLock { try makeVisible(upload, key: key, manifestTemporary: manifestTemporary, createOnly: createOnly) }
+    }
+
+    private func makeVisible(_ upload: Upload, key: CacheKey, manifestTemporary: FilePath, createOnly: Bool) throws -> CommitOutcome {
         let existed = FileManager.default.fileExists(atPath: archivePath(key).string)
         if createOnly {
             guard link(upload.path.string, archivePath(key).string) == 0 else {
@@ -218,5 +303,15 @@ struct ArchiveStore: Sendable {
             throw CacheMasterError("cannot publish the manifest of \(key): \(String(cString: strerror(errno)))")
         }
         return existed ? .replaced : .created
+    }
+}
+
+/// Serialises opening an archive with committing one, so the two renames of a publish
+/// look atomic to readers.
+final class PublicationLock: Sendable {
+    private let mutex = Mutex(())
+
+    func withLock<T: Sendable>(_ body: () throws -> T) throws -> T {
+        try mutex.withLock { _ in try body() }
     }
 }

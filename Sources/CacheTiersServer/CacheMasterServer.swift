@@ -1,5 +1,6 @@
 import CacheTiers
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -30,6 +31,18 @@ public final class CacheMasterServer: Sendable {
         public var retryAfterSeconds: Int
         /// Bytes read from disk per chunk when streaming an archive.
         public var chunkSize: Int
+        /// How long a connection may go without a complete request head or body part
+        /// from the client before it is closed: an idle keep-alive connection, a client
+        /// that sends nothing, half a request line, or an upload that stops. A response
+        /// being streamed to a slow reader is not idle.
+        public var idleTimeout: Duration
+        /// Connections open at once; beyond it the server stops accepting until one
+        /// closes (new ones wait in the listen backlog), so no client can exhaust the
+        /// process's file descriptors.
+        public var maxConnections: Int
+        /// At start, files left without their pair are only moved aside once this old:
+        /// a younger one may still be being written (see ``ArchiveStore``).
+        public var orphanGracePeriod: Duration
 
         public init(
             root: FilePath,
@@ -38,7 +51,10 @@ public final class CacheMasterServer: Sendable {
             token: String? = nil,
             maxConcurrentTransfers: Int = 64,
             retryAfterSeconds: Int = 1,
-            chunkSize: Int = 256 * 1024
+            chunkSize: Int = 256 * 1024,
+            idleTimeout: Duration = .seconds(30),
+            maxConnections: Int = 512,
+            orphanGracePeriod: Duration = .seconds(600)
         ) {
             self.root = root
             self.host = host
@@ -47,6 +63,9 @@ public final class CacheMasterServer: Sendable {
             self.maxConcurrentTransfers = maxConcurrentTransfers
             self.retryAfterSeconds = retryAfterSeconds
             self.chunkSize = chunkSize
+            self.idleTimeout = idleTimeout
+            self.maxConnections = maxConnections
+            self.orphanGracePeriod = orphanGracePeriod
         }
     }
 
@@ -74,7 +93,7 @@ public final class CacheMasterServer: Sendable {
     /// Starts serving in the background.
     /// - Returns: the base URL it listens on, e.g. `http://127.0.0.1:41234`.
     public func start() async throws -> String {
-        try store.prepare(logger: logger)
+        try store.prepare(gracePeriod: configuration.orphanGracePeriod, logger: logger)
         let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
         let application = makeApplication { port in continuation.yield(port) }
         let group = ServiceGroup(
@@ -103,7 +122,7 @@ public final class CacheMasterServer: Sendable {
 
     /// Serves until SIGINT or SIGTERM, printing `listening on http://HOST:PORT` first.
     public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
-        try store.prepare(logger: logger)
+        try store.prepare(gracePeriod: configuration.orphanGracePeriod, logger: logger)
         let host = urlHost
         let application = makeApplication { port in onListening("http://\(host):\(port)") }
         let group = ServiceGroup(
@@ -122,11 +141,16 @@ public final class CacheMasterServer: Sendable {
         router.add(middleware: BearerTokenMiddleware(token: configuration.token))
         let routes = CacheRoutes(server: self)
         routes.register(on: router)
+        let idle = configuration.idleTimeout.components
         return Application(
             router: router,
+            server: .http1(
+                configuration: .init(idleTimeout: .nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000))
+            ),
             configuration: .init(
                 address: .hostname(configuration.host, port: configuration.port),
-                serverName: "cachetiers/\(CacheTiersVersion.current)"
+                serverName: "cachetiers/\(CacheTiersVersion.current)",
+                availableConnectionsDelegate: MaximumAvailableConnections(max(1, configuration.maxConnections), logger: logger)
             ),
             onServerRunning: { channel in onPort(channel.localAddress?.port ?? 0) },
             logger: logger

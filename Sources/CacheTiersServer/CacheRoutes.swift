@@ -5,7 +5,7 @@ import Hummingbird
 import NIOCore
 
 extension HTTPField.Name {
-    /// The manifest of a `PUT`, as base64 of its JSON.
+    /// The manifest of a `PUT`, and of a `GET` or `HEAD` answer, as base64 of its JSON.
     static let cacheTiersManifest = HTTPField.Name("X-CacheTiers-Manifest")!
 }
 
@@ -75,10 +75,13 @@ struct CacheRoutes: Sendable {
             archive = found
         }
         let etag = "\"\(archive.manifest.archiveSHA256)\""
+        // The manifest rides with the body it describes (both from one open archive), so
+        // a client can prove the archive is the key's before it promotes the tree.
         var headers: HTTPFields = [
             .contentType: "application/zstd",
             .eTag: etag,
             .acceptRanges: "bytes",
+            .cacheTiersManifest: try archive.manifest.jsonData().base64EncodedString(),
         ]
         if let ifMatch = request.headers[.ifMatch], ifMatch != "*",
             !ifMatch.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == etag })
@@ -194,6 +197,10 @@ struct CacheRoutes: Sendable {
 }
 
 /// A single `Range: bytes=…` request, as RFC 9110 reads it.
+///
+/// Every bound comes from the request, so nothing here may trap: positions are parsed
+/// as unsigned digits only, and a last-byte-pos past the end is clamped before any
+/// arithmetic (`bytes=0-9223372036854775807` is the whole archive, not an overflow).
 enum ByteRange: Equatable {
     case whole
     case partial(Range<Int64>)
@@ -202,19 +209,26 @@ enum ByteRange: Equatable {
     /// Multiple ranges and malformed headers are ignored (the whole archive is sent),
     /// as the RFC allows.
     static func parse(_ header: String, size: Int64) -> ByteRange {
-        guard header.hasPrefix("bytes="), !header.contains(",") else { return .whole }
+        guard size >= 0, header.hasPrefix("bytes="), !header.contains(",") else { return .whole }
         let spec = header.dropFirst("bytes=".count).trimmingCharacters(in: .whitespaces)
         let parts = spec.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
         guard parts.count == 2 else { return .whole }
         if parts[0].isEmpty {
-            guard let suffix = Int64(parts[1]), suffix >= 0 else { return .whole }
+            guard let suffix = position(parts[1]) else { return .whole }
             guard suffix > 0, size > 0 else { return .unsatisfiable }
-            return .partial(max(0, size - suffix)..<size)
+            return .partial((suffix >= size ? 0 : size - suffix)..<size)
         }
-        guard let start = Int64(parts[0]), start >= 0 else { return .whole }
+        guard let start = position(parts[0]) else { return .whole }
         guard start < size else { return .unsatisfiable }
         if parts[1].isEmpty { return .partial(start..<size) }
-        guard let end = Int64(parts[1]), end >= start else { return .whole }
-        return .partial(start..<min(end + 1, size))
+        guard let end = position(parts[1]), end >= start else { return .whole }
+        // `end < size` here, so `end + 1` cannot overflow.
+        return .partial(start..<(end >= size ? size : end + 1))
+    }
+
+    /// A byte position: ASCII digits only (no sign, no spaces), saturating at `Int64.max`.
+    private static func position(_ text: Substring) -> Int64? {
+        guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return Int64(text) ?? .max
     }
 }

@@ -29,6 +29,8 @@ public final class ScriptedSource: CacheSource, CacheSink, Sendable {
         case delay(Duration, then: Step)
         /// Reports `bytes` every `interval` on the clock, `times` times, then performs `then`.
         case trickle(bytes: Int, every: Duration, times: Int, then: Step)
+        /// Reports `bytes` of progress at once, then performs `then`.
+        case progress(bytes: Int64, then: Step)
     }
 
     /// What publishing to this sink does.
@@ -131,6 +133,9 @@ public final class ScriptedSource: CacheSource, CacheSink, Sendable {
             try await waitForCancellation()
         case .delay(let duration, let then):
             try await sleep(for: duration)
+            return try await perform(then, staging: staging, progress: progress)
+        case .progress(let bytes, let then):
+            progress.advance(by: Int(bytes))
             return try await perform(then, staging: staging, progress: progress)
         case .trickle(let bytes, let interval, let times, let then):
             for _ in 0..<times {

@@ -15,7 +15,13 @@ final class Interrupts: @unchecked Sendable {
     private var signalName: String?
 
     /// Starts watching; `cancel` runs once, on the first signal.
-    init(cancel: @escaping @Sendable () -> Void) {
+    /// - Parameter describe: what stopping leaves behind, said when the signal arrives
+    ///   (it must be true at that moment: before promotion the destination is as it was,
+    ///   after it the new tree stays).
+    init(
+        describe: @escaping @Sendable () -> String = { "the destination is left as it was" },
+        cancel: @escaping @Sendable () -> Void
+    ) {
         let signals: [(Int32, String)] = [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")]
         sources = signals.map { number, _ in
             signal(number, SIG_IGN)
@@ -28,7 +34,7 @@ final class Interrupts: @unchecked Sendable {
                     return signalName == nil
                 }
                 if first {
-                    FileHandle.standardError.write(Data("cachetiers: \(name): stopping; the destination is left as it was\n".utf8))
+                    FileHandle.standardError.write(Data("cachetiers: \(name): stopping; \(describe())\n".utf8))
                     cancel()
                 } else {
                     exit(1)

@@ -58,6 +58,7 @@ struct PublishCommand: AsyncParsableCommand {
         let sinks: [any CacheSink]
         let cacheKey: CacheKey
         var packer = ArchivePacker(codec: ZstdCodec(level: level ?? 1))
+        var limits = CachePublisher.Limits()
         var shutdown: @Sendable () async -> Void = {}
         if let config {
             let settings = try CacheTiersConfig.load(from: FilePath(config))
@@ -65,6 +66,7 @@ struct PublishCommand: AsyncParsableCommand {
             let configured = try settings.makeChain(logger: logger)
             sinks = configured.sinks
             if level == nil { packer = settings.packer }
+            limits = settings.writeBackLimits
             shutdown = { await configured.shutdown() }
             guard !sinks.isEmpty else { throw UsageFailure("publish: the config has no peer, gcs or directory tier to publish to") }
         } else {
@@ -82,7 +84,7 @@ struct PublishCommand: AsyncParsableCommand {
             await shutdown()
             throw CommandFailure("publish: cannot create a scratch folder: \(error.localizedDescription)")
         }
-        let result = await CachePublisher(packer: packer)
+        let result = await CachePublisher(packer: packer, limits: limits)
             .publish(FilePath(directory), as: cacheKey, to: sinks, scratch: scratch, logger: logger)
         await shutdown()
 

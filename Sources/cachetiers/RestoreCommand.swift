@@ -43,17 +43,38 @@ struct RestoreCommand: AsyncParsableCommand {
         }
         let destination = into.map { FilePath(FileManager.default.currentDirectoryPath).pushing(FilePath($0)) }
             ?? settings.destination
+        let reportFile = try report.map { try ReportFile(path: $0) }
 
         let console = ProgressConsole(mode: quiet ? .quiet : (isatty(STDERR_FILENO) == 1 ? .terminal : .lines))
         var logger = logging.makeLogger()
         // The console already says how every attempt ended; the log adds detail with --verbose.
         if !logging.verbose { logger.logLevel = quiet ? .critical : .error }
         let configured = try settings.makeChain(logger: logger, observer: { console.handle($0) })
+        let chain = configured.chain
+        // Before any tier runs: a destination that would delete what the user needs.
+        do {
+            _ = try DestinationStaging(destination: destination, protecting: chain.protectedPaths)
+        } catch {
+            await configured.shutdown()
+            throw UsageFailure("restore: \(error.message)")
+        }
         console.line("restoring \(cacheKey) into \(destination) (tiers: \(configured.tiers.map(\.name).joined(separator: ", ")))")
 
-        let chain = configured.chain
-        let restore = Task { try await chain.restore(cacheKey, into: destination).completingWriteBack() }
-        let interrupts = Interrupts { restore.cancel() }
+        let phase = Mutex(RestorePhase.restoring)
+        let restore = Task {
+            let report = try await chain.restore(cacheKey, into: destination)
+            phase.withLock { $0 = .restored(tier: report.servedBy ?? "?") }
+            // The tree is in place: the report file says so now, whatever the write-back
+            // does (stdout, a stream, gets the final report only).
+            if report.pendingWriteBack != nil, let reportFile, reportFile.path != "-" { try? reportFile.write(report) }
+            return await report.completingWriteBack()
+        }
+        let interrupts = Interrupts(describe: {
+            switch phase.withLock({ $0 }) {
+            case .restoring: "the destination is left as it was"
+            case .restored(let tier): "\(destination) was restored from \(tier) and stays; the write-back to the tiers above is cut short"
+            }
+        }) { restore.cancel() }
         let outcome: RestoreReport
         var failure: String?
         do {
@@ -74,16 +95,12 @@ struct RestoreCommand: AsyncParsableCommand {
         await configured.shutdown()
         console.finish()
 
-        if let report {
-            let json = try outcome.prettyJSON()
-            if report == "-" {
-                print(json)
-            } else {
-                do {
-                    try Data((json + "\n").utf8).write(to: URL(fileURLWithPath: report))
-                } catch {
-                    throw CommandFailure("cannot write the report to \(report): \(error.localizedDescription)")
-                }
+        if let reportFile {
+            do {
+                try reportFile.write(outcome)
+            } catch {
+                // The restore's outcome stands; the exit status says what happened to the destination.
+                FileHandle.standardError.write(Data("cachetiers: \(error)\n".utf8))
             }
         }
         if let failure {
@@ -94,6 +111,50 @@ struct RestoreCommand: AsyncParsableCommand {
         console.line(
             "restored \(cacheKey) from \(outcome.servedBy ?? "?") in \(String(format: "%.2f", outcome.durationSeconds)) s\(bytes)\(cost)"
         )
+    }
+}
+
+/// Where a restore is, for what an interrupt can truthfully say.
+enum RestorePhase: Sendable {
+    case restoring
+    case restored(tier: String)
+}
+
+/// The `--report` destination, checked before any tier runs so that a typo costs a
+/// usage error, not a replaced destination with exit 1.
+struct ReportFile: Sendable {
+    let path: String
+
+    /// - Throws: ``UsageFailure`` naming the path when it cannot be written.
+    init(path: String) throws {
+        self.path = path
+        guard path != "-" else { return }
+        let url = URL(fileURLWithPath: path)
+        let folder = url.deletingLastPathComponent().path
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            if isDirectory.boolValue { throw UsageFailure("--report \(path) is a directory; give a file path") }
+            guard access(path, W_OK) == 0 else { throw UsageFailure("--report \(path) is not writable") }
+        } else if !FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory) || !isDirectory.boolValue {
+            throw UsageFailure("--report \(path): the folder \(folder) does not exist; create it or choose another path")
+        } else if access(folder, W_OK) != 0 {
+            throw UsageFailure("--report \(path): the folder \(folder) is not writable")
+        }
+    }
+
+    /// Writes `report` as pretty JSON: to stdout for `-`, else to a temporary file
+    /// renamed onto the path, so a reader never sees half a report.
+    func write(_ report: RestoreReport) throws {
+        let json = try report.prettyJSON()
+        if path == "-" {
+            print(json)
+            return
+        }
+        do {
+            try Data((json + "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw CommandFailure("cannot write the report to \(path): \(String(cString: strerror(errno)))")
+        }
     }
 }
 

@@ -26,11 +26,24 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Downloads and uploads served at once; beyond it, 503 with Retry-After.")
     var maxTransfers = 64
 
+    @Option(name: .long, help: "Seconds a connection may send nothing (no request, or half of one) before it is closed.")
+    var idleTimeout = 30.0
+
+    @Option(name: .long, help: "Connections open at once; beyond it new ones wait until one closes.")
+    var maxConnections = 512
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0 to 65535") }
         guard maxTransfers >= 1 else { throw ValidationError("--max-transfers must be at least 1") }
+        guard idleTimeout.isFinite, (0.1...86_400).contains(idleTimeout) else {
+            throw ValidationError("--idle-timeout must be 0.1 to 86400 seconds")
+        }
+        guard (1...1_000_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 1000000") }
+        guard maxTransfers <= maxConnections else {
+            throw ValidationError("--max-transfers (\(maxTransfers)) cannot exceed --max-connections (\(maxConnections))")
+        }
     }
 
     func run() async throws {
@@ -39,7 +52,8 @@ struct ServeCommand: AsyncParsableCommand {
         let token = try tokenFile.map { try readToken($0, option: "--token-file") }
         let server = CacheMasterServer(
             configuration: .init(
-                root: FilePath(root), host: host, port: port, token: token, maxConcurrentTransfers: maxTransfers
+                root: FilePath(root), host: host, port: port, token: token, maxConcurrentTransfers: maxTransfers,
+                idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), maxConnections: maxConnections
             ),
             logger: logger
         )

@@ -56,6 +56,11 @@ struct UnpackCommand: AsyncParsableCommand {
                 throw CommandFailure("unpack: \(manifestPath) is not a valid manifest (\(error)); pass --sha256 or remove it")
             }
         }
+        do {
+            _ = try DestinationStaging(destination: FilePath(into), protecting: ArchiveUnpacker.protectedPaths(for: FilePath(file)))
+        } catch {
+            throw UsageFailure("unpack: \(error.message)")
+        }
         let started = ContinuousClock.now
         let unpacker = ArchiveUnpacker(
             options: .init(expectedSHA256: expectedSHA, expectedSize: expectedSize, writerThreads: writerThreads)

@@ -119,11 +119,27 @@ import Testing
     @Test(arguments: [CacheTierError.Kind.transient, .timeout, .stalled, .corrupt])
     func retryableFailuresAreRetried(kind: CacheTierError.Kind) async throws {
         let h = try ChainHarness()
-        let peer = ScriptedSource("peer", steps: [.fail(kind), .fail(kind), .restore()])
+        // A timeout or stall is retried when the attempt had moved real bytes first: a
+        // healthy tier briefly interrupted.
+        let failure = ScriptedSource.Step.progress(bytes: 1 << 20, then: .fail(kind))
+        let peer = ScriptedSource("peer", steps: [failure, failure, .restore()])
         let report = try await h.restore(h.chain([.init(peer, policy: policy(attempts: 3))]))
         #expect(peer.attempts == 3)
         #expect(report.attempts.map(\.attempt) == [1, 2, 3])
         #expect(report.attempts.last?.outcome == .hit)
+    }
+
+    @Test(arguments: [CacheTierError.Kind.timeout, .stalled])
+    func aTierThatTimesOutOrStallsHavingSentAlmostNothingIsNotRetried(kind: CacheTierError.Kind) async throws {
+        let h = try ChainHarness()
+        let peer = ScriptedSource("peer", steps: [.progress(bytes: 100, then: .fail(kind)), .restore()])
+        let gcs = ScriptedSource("gcs", steps: [.restore()])
+        // Under one stall window at the floor (15 s × 16 KiB/s): silent or dripping.
+        let chain = h.chain([.init(peer, policy: policy(stall: .seconds(15), attempts: 3)), .init(gcs, policy: policy())])
+        let report = try await h.restore(chain)
+        #expect(peer.attempts == 1, "a silent or dripping tier would only wait as long again")
+        #expect(report.attempts.map(\.tier) == ["peer", "gcs"])
+        #expect(report.servedBy == "gcs")
     }
 
     @Test func backoffWaitsAJitteredExponentialDelay() async throws {
@@ -203,8 +219,9 @@ import Testing
     @Test func steadyProgressIsNeverMistakenForAStall() async throws {
         let h = try ChainHarness()
         let peer = ScriptedSource(
-            "peer", steps: [.trickle(bytes: 100, every: .seconds(2), times: 10, then: .restore())], clock: h.clock
+            "peer", steps: [.trickle(bytes: 100 << 10, every: .seconds(2), times: 10, then: .restore())], clock: h.clock
         )
+        // 50 KiB/s: above the default floor of 16 KiB/s.
         let chain = h.chain([.init(peer, policy: policy(stall: .seconds(5)))])
         let restore = Task { try await h.restore(chain) }
         for tick in 1...10 {
@@ -213,6 +230,41 @@ import Testing
         }
         let report = try await restore.value
         #expect(report.outcomes == ["peer:hit"], "20 s of steady progress outlives a 5 s stall timer")
+    }
+
+    @Test func progressBelowTheThroughputFloorIsAStallAtTheEndOfTheWindow() async throws {
+        let h = try ChainHarness()
+        // 50 bytes/s: never silent for 5 s, and useless.
+        let peer = ScriptedSource(
+            "peer", steps: [.trickle(bytes: 100, every: .seconds(2), times: 100, then: .restore())], clock: h.clock
+        )
+        let gcs = ScriptedSource("gcs", steps: [.restore()])
+        let chain = h.chain([.init(peer, policy: policy(stall: .seconds(5), attempts: 3)), .init(gcs, policy: policy())])
+        let restore = Task { try await h.restore(chain) }
+        for tick in 1...2 {
+            try await h.clock.waitForSleeper(until: .init(offset: .seconds(2 * tick)))
+            h.clock.advance(by: .seconds(2))
+        }
+        try await h.clock.waitForSleeper(until: .init(offset: .seconds(5)))  // the end of the first window
+        h.clock.advance(by: .seconds(1))
+        let report = try await restore.value
+        #expect(report.outcomes == ["peer:stalled", "gcs:hit"], "cut after one window, and not retried")
+        #expect(report.attempts[0].error?.contains("200 bytes in the last 5 s, under the floor of 16384 bytes/s") == true)
+    }
+
+    @Test func aBuildTierIsNeverHeldToTheThroughputFloor() async throws {
+        let h = try ChainHarness()
+        let install = ScriptedSource(
+            "install", traits: .build, steps: [.trickle(bytes: 1, every: .seconds(2), times: 5, then: .restore())], clock: h.clock
+        )
+        let chain = h.chain([.init(install, policy: policy(stall: .seconds(5)))])
+        let restore = Task { try await h.restore(chain) }
+        for tick in 1...5 {
+            try await h.clock.waitForSleeper(until: .init(offset: .seconds(2 * tick)))
+            h.clock.advance(by: .seconds(2))
+        }
+        let report = try await restore.value
+        #expect(report.outcomes == ["install:hit"], "a package manager's signs of life are not bytes")
     }
 
     // MARK: 4. retry budget

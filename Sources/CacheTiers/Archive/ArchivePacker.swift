@@ -54,9 +54,16 @@ public struct ArchivePacker: CachePacker {
     }
 
     /// Packs `directory` into `archive` and reports what was skipped and how long it took.
+    /// - Throws: before writing anything when `archive` is inside `directory` (the
+    ///   partial archive would pack itself).
     public func packWithSummary(_ directory: FilePath, key: CacheKey, to archive: FilePath, logger: Logger)
         async throws -> Summary
     {
+        if FileSystem.resolved(archive).starts(with: FileSystem.resolved(directory)) {
+            throw CacheTierError(
+                .fatal, "the archive \(archive) would be inside \(directory), the folder being packed; write it elsewhere"
+            )
+        }
         let started = ContinuousClock.now
         let encoder = try codec.makeEncoder()
         let partial = archive.removingLastComponent().appending(

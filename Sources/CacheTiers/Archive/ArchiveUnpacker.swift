@@ -73,12 +73,20 @@ public struct ArchiveUnpacker: Sendable {
         }
     }
 
+    /// What unpacking `archive` must not replace: the archive and the manifest beside it.
+    public static func protectedPaths(for archive: FilePath) -> [ProtectedPath] {
+        [
+            ProtectedPath(archive, role: "the archive being unpacked"),
+            ProtectedPath(FilePath(archive.string + ".manifest.json"), role: "the archive's manifest"),
+        ]
+    }
+
     /// Unpacks `archive` into a staging directory beside `destination`, then swaps it
     /// in atomically. On any failure the destination is exactly as it was.
     public func unpack(file archive: FilePath, replacing destination: FilePath, logger: Logger) async throws
         -> UnpackSummary
     {
-        let staging = try DestinationStaging(destination: destination)
+        let staging = try DestinationStaging(destination: destination, protecting: Self.protectedPaths(for: archive))
         let directory = try staging.makeStagingDirectory()
         do {
             let summary = try await unpack(file: archive, into: directory)

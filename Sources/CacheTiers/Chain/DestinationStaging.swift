@@ -15,10 +15,13 @@ public struct DestinationStaging: Sendable {
     let parent: FilePath
     let name: String
 
-    /// - Throws: a fatal ``CacheTierError`` when the destination's parent is missing
-    ///   or not writable: no tier can succeed then.
-    public init(destination: FilePath) throws(CacheTierError) {
+    /// - Parameter protecting: folders the destination must neither be nor contain, on
+    ///   top of the root, the home folder and the current directory (``ProtectedPath``).
+    /// - Throws: a fatal ``CacheTierError`` when the destination is or contains a
+    ///   protected folder, or its parent is missing or not writable: no tier can succeed then.
+    public init(destination: FilePath, protecting: [ProtectedPath] = []) throws(CacheTierError) {
         let absolute = FileSystem.absolute(destination)
+        try ProtectedPath.check(absolute, against: ProtectedPath.always + protecting)
         guard let last = absolute.lastComponent, absolute.components.count > 0 else {
             throw CacheTierError(.fatal, "the destination '\(destination)' is not a directory path a tree can be restored to")
         }

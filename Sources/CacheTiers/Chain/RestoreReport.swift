@@ -143,9 +143,14 @@ public struct WriteBackRecord: Sendable, Codable, Hashable {
 public struct WriteBackCompletion: Sendable {
     let task: Task<[WriteBackRecord], Never>
 
-    /// Waits for the write-back to finish and returns its outcomes.
+    /// Waits for the write-back to finish and returns its outcomes. Cancelling the
+    /// caller cancels the write-back (its records then say so).
     public func records() async -> [WriteBackRecord] {
-        await task.value
+        await withTaskCancellationHandler {
+            await task.value
+        } onCancel: {
+            task.cancel()
+        }
     }
 }
 

@@ -66,6 +66,15 @@ extension RestoreRun {
                 finish(tier.name, attempt, AttemptRecord.Outcome(error.kind), duration, bytes, error.description)
                 if error.kind == .fatal { return .fatal(error) }
                 guard error.kind.isRetryable, attempt < policy.retry.maxAttempts else { return .exhausted }
+                if error.kind == .timeout || error.kind == .stalled, bytes < deadTierBytes(policy) {
+                    // Silent (connect or first byte never came) or dripping: another
+                    // attempt would wait just as long. Fall through to the next tier now.
+                    logger.info(
+                        "not retrying a tier that sent almost nothing before it timed out or stalled",
+                        metadata: ["tier": "\(tier.name)", "bytes": "\(bytes)"]
+                    )
+                    return .exhausted
+                }
 
                 var delay = policy.retry.delay(afterAttempt: attempt, random: configuration.random())
                 if let retryAfter = error.retryAfter, retryAfter > delay { delay = retryAfter }
@@ -86,6 +95,14 @@ extension RestoreRun {
             }
         }
         return .exhausted
+    }
+
+    /// Under this many bytes, a timed-out or stalled attempt means the tier is dead or
+    /// dripping rather than briefly interrupted: one stall window at the throughput floor
+    /// (at least one byte).
+    private func deadTierBytes(_ policy: TierChain.TierPolicy) -> Int64 {
+        let window = policy.stallTimeout?.inSeconds ?? 0
+        return max(1, Int64(Double(max(0, policy.minimumThroughput ?? 0)) * window))
     }
 
     private func skip(_ tier: String, attempt: Int, because reason: String) {
@@ -121,10 +138,10 @@ extension RestoreRun {
         case cancelled(bytes: Int64)
     }
 
-    private enum AttemptSignal: Sendable {
+    enum AttemptSignal: Sendable {
         case finished(Result<SourceRestoreOutcome, any Error>)
         case timedOut
-        case stalled
+        case stalled(StallWatchdog.Verdict)
         case timerStopped
     }
 
@@ -168,19 +185,12 @@ extension RestoreRun {
                     return .timerStopped
                 }
             }
-            if let stallTimeout = tier.policy.stallTimeout {
+            if let stallTimeout = tier.policy.stallTimeout, stallTimeout > .zero {
+                let floor = tier.source.traits.reportsBytes ? max(0, tier.policy.minimumThroughput ?? 0) : 0
                 group.addTask {
-                    var observed = progress.snapshot.lastAdvance
-                    while true {
-                        do {
-                            try await clock.sleep(observed + stallTimeout)
-                        } catch {
-                            return .timerStopped
-                        }
-                        let current = progress.snapshot.lastAdvance
-                        if current == observed { return .stalled }
-                        observed = current
-                    }
+                    await StallWatchdog(
+                        progress: progress, clock: clock, window: stallTimeout, minimumBytesPerSecond: floor
+                    ).watch()
                 }
             }
             var verdict: AttemptSignal?
@@ -200,6 +210,17 @@ extension RestoreRun {
         let snapshot = progress.snapshot
         switch verdict {
         case .finished(.success(.restored(let details))):
+            // Whatever the tier, a tree is promoted only if its archive is the key's: a
+            // misrouted or confused server must not give this VM another key's tree.
+            if let manifest = details.manifest, manifest.key != key {
+                return .failed(
+                    CacheTierError(
+                        .corrupt, tier: name,
+                        "served the archive of \(manifest.key) when asked for \(key); its tree was discarded"
+                    ),
+                    bytes: snapshot.completed
+                )
+            }
             return .restored(details, bytes: max(details.bytesTransferred, snapshot.completed))
         case .finished(.success(.miss(let reason))):
             return .miss(reason, bytes: snapshot.completed)
@@ -221,10 +242,17 @@ extension RestoreRun {
                 ? "timed out after \(limit.humanReadable): the restore's deadline of \(configuration.deadline.humanReadable) ran out"
                 : "timed out after \(limit.humanReadable) (the tier's timeout)"
             return .failed(CacheTierError(.timeout, tier: name, message), bytes: snapshot.completed)
-        case .stalled:
+        case .stalled(let stall):
             let of = snapshot.total.map { " of \($0)" } ?? ""
-            let message =
-                "stalled: no progress for \(tier.policy.stallTimeout?.humanReadable ?? "?") at \(snapshot.completed)\(of) bytes"
+            let window = tier.policy.stallTimeout?.humanReadable ?? "?"
+            let message: String
+            switch stall {
+            case .noProgress:
+                message = "stalled: no progress for \(window) at \(snapshot.completed)\(of) bytes"
+            case .tooSlow(let bytes, let minimum):
+                message =
+                    "stalled: \(bytes) bytes in the last \(window), under the floor of \(minimum) bytes/s, at \(snapshot.completed)\(of) bytes"
+            }
             return .failed(CacheTierError(.stalled, tier: name, message), bytes: snapshot.completed)
         case .timerStopped:
             return .cancelled(bytes: snapshot.completed)
@@ -241,6 +269,50 @@ extension AttemptRecord.Outcome {
         case .corrupt: self = .corrupt
         case .unauthorized: self = .unauthorized
         default: self = .error
+        }
+    }
+}
+
+/// Watches an attempt's progress and returns when it stalls: no progress for a whole
+/// window, or, with a floor, fewer bytes in a window than the floor allows.
+struct StallWatchdog: Sendable {
+    enum Verdict: Sendable, Hashable {
+        case noProgress
+        case tooSlow(bytes: Int64, minimumBytesPerSecond: Int64)
+    }
+
+    let progress: TransferProgress
+    let clock: ChainClock
+    let window: Duration
+    /// 0 for no floor.
+    let minimumBytesPerSecond: Int64
+
+    /// The attempt's racer: `.stalled` on a verdict, `.timerStopped` when cancelled.
+    func watch() async -> RestoreRun.AttemptSignal {
+        let floor = Int64((Double(minimumBytesPerSecond) * window.inSeconds).rounded(.up))
+        var observed = progress.snapshot
+        var windowStart = clock.now()
+        var windowBytes = observed.completed
+        while true {
+            let silenceEnds = observed.lastAdvance + window
+            let windowEnds = windowStart + window
+            do {
+                try await clock.sleep(floor > 0 ? min(silenceEnds, windowEnds) : silenceEnds)
+            } catch {
+                return .timerStopped
+            }
+            let now = clock.now()
+            let current = progress.snapshot
+            if current.lastAdvance == observed.lastAdvance, now >= silenceEnds {
+                return .stalled(.noProgress)
+            }
+            if floor > 0, now >= windowEnds {
+                let moved = current.completed - windowBytes
+                if moved < floor { return .stalled(.tooSlow(bytes: moved, minimumBytesPerSecond: minimumBytesPerSecond)) }
+                windowStart = now
+                windowBytes = current.completed
+            }
+            observed = current
         }
     }
 }

@@ -19,7 +19,14 @@ extension TierChain {
         /// The longest one attempt may take; never more than what is left of the deadline.
         public var timeout: Duration
         /// Cancel an attempt whose progress has not moved for this long; `nil` to never.
+        /// It is also the window ``minimumThroughput`` is measured over.
         public var stallTimeout: Duration?
+        /// Bytes per second a download must keep up, measured over each `stallTimeout`
+        /// window; slower, and the attempt is cancelled as stalled, because a peer that
+        /// drips bytes is as useless as a silent one but never stops "making progress".
+        /// Applies to sources whose ``CacheSourceTraits/reportsBytes``; `nil` or 0 for no
+        /// floor.
+        public var minimumThroughput: Int64?
         public var retry: RetryPolicy
         public var circuitBreaker: CircuitBreaker.Configuration
         /// Whether the chain writes back to this tier (if it is a ``CacheSink``) what a
@@ -29,18 +36,28 @@ extension TierChain {
         public init(
             timeout: Duration = .seconds(120),
             stallTimeout: Duration? = .seconds(15),
+            minimumThroughput: Int64? = TierPolicy.defaultMinimumThroughput,
             retry: RetryPolicy = .init(),
             circuitBreaker: CircuitBreaker.Configuration = .init(),
             acceptsWriteBack: Bool = true
         ) {
             self.timeout = timeout
             self.stallTimeout = stallTimeout
+            self.minimumThroughput = minimumThroughput
             self.retry = retry
             self.circuitBreaker = circuitBreaker
             self.acceptsWriteBack = acceptsWriteBack
         }
     }
+}
 
+extension TierChain.TierPolicy {
+    /// 16 KiB/s: below it a 100 MB archive would take almost two hours, far past any
+    /// boot's deadline, while the slowest link worth waiting for moves megabytes a second.
+    public static let defaultMinimumThroughput: Int64 = 16 * 1024
+}
+
+extension TierChain {
     /// Settings for the whole chain.
     public struct Configuration: Sendable {
         /// The time one restore may take, every tier and retry included.
@@ -56,6 +73,9 @@ extension TierChain {
         public var observer: (@Sendable (RestoreEvent) -> Void)?
         /// Uniform random numbers in `0..<1` for backoff jitter; injectable for tests.
         public var random: @Sendable () -> Double
+        /// Folders no destination may be or contain, besides the tiers' own
+        /// (``CacheSource/protectedPaths``), the root, the home folder and the current directory.
+        public var protectedPaths: [ProtectedPath] = []
 
         public init(
             deadline: Duration = .seconds(600),
@@ -94,11 +114,21 @@ extension TierChain {
         public var waitForCompletion: Bool
         /// Packs the restored tree once for every tier that lacks it (zstd level 1 tar by default).
         public var packer: (any CachePacker)?
+        /// How long the write-back may take once the tree is promoted (2 minutes), and how
+        /// long a tier may answer nothing or take no upload byte (30 s): a stopped or
+        /// black-holed cache master never holds a boot.
+        public var limits: CachePublisher.Limits
 
-        public init(isEnabled: Bool = true, waitForCompletion: Bool = false, packer: (any CachePacker)? = ArchivePacker()) {
+        public init(
+            isEnabled: Bool = true,
+            waitForCompletion: Bool = false,
+            packer: (any CachePacker)? = ArchivePacker(),
+            limits: CachePublisher.Limits = .init()
+        ) {
             self.isEnabled = isEnabled
             self.waitForCompletion = waitForCompletion
             self.packer = packer
+            self.limits = limits
         }
 
         public static let disabled = WriteBack(isEnabled: false)

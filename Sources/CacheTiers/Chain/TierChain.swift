@@ -44,6 +44,12 @@ public final class TierChain: Sendable {
         self.metrics = ChainMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
     }
 
+    /// What no restore through this chain may replace: every tier's
+    /// ``CacheSource/protectedPaths`` and ``Configuration/protectedPaths``.
+    public var protectedPaths: [ProtectedPath] {
+        tiers.flatMap(\.source.protectedPaths) + configuration.protectedPaths
+    }
+
     /// The circuit breaker of the tier called `name`.
     public func circuitBreaker(forTier name: String) -> CircuitBreaker? {
         tiers.firstIndex { $0.name == name }.map { breakers[$0] }
@@ -59,7 +65,7 @@ public final class TierChain: Sendable {
     public func restore(_ key: CacheKey, into destination: FilePath) async throws -> RestoreReport {
         let staging: DestinationStaging
         do {
-            staging = try DestinationStaging(destination: destination)
+            staging = try DestinationStaging(destination: destination, protecting: protectedPaths)
         } catch {
             let report = RestoreReport(
                 key: key, outcome: .failed, servedBy: nil, destination: FileSystem.absolute(destination).string,

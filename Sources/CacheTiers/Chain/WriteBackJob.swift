@@ -36,7 +36,7 @@ struct WriteBackJob: Sendable {
         } catch {
             return failedAll("cannot create a scratch directory to pack into: \(error)")
         }
-        let records = await CachePublisher(packer: packer)
+        let records = await CachePublisher(packer: packer, limits: run.configuration.writeBack.limits, clock: run.clock)
             .publish(run.staging.destination, as: run.key, to: sinks, scratch: scratch, logger: logger)
             .records
         await run.staging.discard(scratch, logger: logger)

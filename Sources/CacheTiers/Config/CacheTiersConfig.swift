@@ -23,6 +23,8 @@ public struct CacheTiersConfig: Sendable {
     public struct Limits: Sendable, Hashable {
         public var timeoutSeconds: Double
         public var stallSeconds: Double?
+        /// The throughput floor over each stall window, bytes per second; `nil` for none.
+        public var minBytesPerSecond: Int64?
         public var maxAttempts: Int
         /// Whether the chain may write back to the tier (for sinks).
         public var acceptsWriteBack: Bool
@@ -100,6 +102,9 @@ public struct CacheTiersConfig: Sendable {
     public var tiers: [Tier]
     public var writeBackEnabled: Bool
     public var writeBackWaits: Bool
+    /// The write-back's bound after promotion, and its stall window, in seconds.
+    public var writeBackTimeoutSeconds: Double
+    public var writeBackStallSeconds: Double
     public var compressionLevel: Int
     public var compressionThreads: Int
 
@@ -161,6 +166,8 @@ public struct CacheTiersConfig: Sendable {
         var writeBack = try reader.object("writeBack")
         writeBackEnabled = try writeBack?.bool("enabled") ?? true
         writeBackWaits = try writeBack?.bool("wait") ?? false
+        writeBackTimeoutSeconds = try writeBack?.number("timeoutSeconds", atLeast: 0.001) ?? 120
+        writeBackStallSeconds = try writeBack?.number("stallSeconds", atLeast: 0.001) ?? 30
         try writeBack?.finish()
 
         var compression = try reader.object("compression")
@@ -175,10 +182,14 @@ public struct CacheTiersConfig: Sendable {
 
     private static func tier(_ reader: inout ConfigObjectReader, baseDirectory: FilePath) throws(ConfigError) -> Tier {
         let kind = try reader.requiredString("kind")
-        func limits(timeout: Double, stall: Double?, attempts: Int) throws(ConfigError) -> Limits {
+        func limits(
+            timeout: Double, stall: Double?, attempts: Int,
+            floor: Int64? = TierChain.TierPolicy.defaultMinimumThroughput
+        ) throws(ConfigError) -> Limits {
             Limits(
                 timeoutSeconds: try reader.number("timeoutSeconds", atLeast: 0.001) ?? timeout,
                 stallSeconds: try reader.number("stallSeconds", atLeast: 0.001) ?? stall,
+                minBytesPerSecond: try reader.integer("minBytesPerSecond", atLeast: 0).map(Int64.init) ?? floor,
                 maxAttempts: try reader.integer("maxAttempts", atLeast: 1) ?? attempts,
                 acceptsWriteBack: try reader.bool("writeBack") ?? true
             )
@@ -267,7 +278,7 @@ public struct CacheTiersConfig: Sendable {
                     workingDirectory: path(try reader.string("workingDirectory") ?? "."),
                     produces: produces,
                     environment: try reader.stringMap("environment") ?? [:],
-                    limits: try limits(timeout: 900, stall: nil, attempts: 1)
+                    limits: try limits(timeout: 900, stall: nil, attempts: 1, floor: nil)
                 )
             )
         default:

@@ -40,6 +40,21 @@ extension CacheTiersConfig {
         ArchivePacker(codec: ZstdCodec(level: compressionLevel, threads: compressionThreads))
     }
 
+    /// The config file's folder and the lockfiles: a destination must not be or contain them.
+    public var protectedPaths: [ProtectedPath] {
+        var paths = key.files.map { ProtectedPath($0, role: "the lockfile") }
+        if let file { paths.append(ProtectedPath(file.removingLastComponent(), role: "the folder of the config file")) }
+        return paths
+    }
+
+    /// The bounds of write-back (and of `cachetiers publish`).
+    public var writeBackLimits: CachePublisher.Limits {
+        CachePublisher.Limits(
+            timeout: .milliseconds(Int64(writeBackTimeoutSeconds * 1000)),
+            stallTimeout: .milliseconds(Int64(writeBackStallSeconds * 1000))
+        )
+    }
+
     /// Builds the sources and the chain. Files the tiers need (tokens, keys) are read
     /// now, so a missing one is a config error before anything runs.
     public func makeChain(
@@ -54,6 +69,7 @@ extension CacheTiersConfig {
             TierChain.TierPolicy(
                 timeout: .milliseconds(Int64(limits.timeoutSeconds * 1000)),
                 stallTimeout: limits.stallSeconds.map { .milliseconds(Int64($0 * 1000)) },
+                minimumThroughput: limits.minBytesPerSecond,
                 retry: RetryPolicy(maxAttempts: limits.maxAttempts),
                 acceptsWriteBack: limits.acceptsWriteBack
             )
@@ -131,16 +147,16 @@ extension CacheTiersConfig {
                 tiers.append(.init(source, policy: policy(install.limits)))
             }
         }
-        let chain = TierChain(
-            tiers: tiers,
-            configuration: .init(
-                deadline: .milliseconds(Int64(deadlineSeconds * 1000)),
-                writeBack: .init(isEnabled: writeBackEnabled, waitForCompletion: writeBackWaits, packer: packer),
-                metricsFactory: metricsFactory,
-                observer: observer
+        var configuration = TierChain.Configuration(
+            deadline: .milliseconds(Int64(deadlineSeconds * 1000)),
+            writeBack: .init(
+                isEnabled: writeBackEnabled, waitForCompletion: writeBackWaits, packer: packer, limits: writeBackLimits
             ),
-            logger: logger
+            metricsFactory: metricsFactory,
+            observer: observer
         )
+        configuration.protectedPaths = protectedPaths
+        let chain = TierChain(tiers: tiers, configuration: configuration, logger: logger)
         return ConfiguredChain(chain: chain, tiers: tiers, sinks: sinks, owned: owned)
     }
 }

@@ -92,7 +92,7 @@ extension GCSSource {
                     var request = HTTPClientRequest(url: url)
                     request.method = .POST
                     request.headers.add(name: "Content-Type", value: "multipart/related; boundary=\(boundary)")
-                    request.body = .bytes(body)
+                    request.body = .progressReporting(body, to: TransferProgress.upload)
                     return request
                 }
                 switch response.status.code {
@@ -146,6 +146,7 @@ extension GCSSource {
 
         var offset: Int64 = 0
         var retries = 0
+        let progress = TransferProgress.upload
         do {
             while true {
                 try Task.checkCancellation()
@@ -161,7 +162,7 @@ extension GCSSource {
                         var request = HTTPClientRequest(url: session)
                         request.method = .PUT
                         request.headers.add(name: "Content-Range", value: range)
-                        request.body = .bytes(ByteBuffer(bytes: chunk))
+                        request.body = .progressReporting(ByteBuffer(bytes: chunk), to: progress)
                         return request
                     }
                     switch try await sessionState(

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Logging
+import NIOCore
 
 extension HTTPClient {
     /// The client a download tier owns: a connect timeout of its own (the chain times
@@ -11,8 +12,10 @@ extension HTTPClient {
         let milliseconds = Int64((connectTimeout.inSeconds * 1000).rounded())
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .milliseconds(max(1, milliseconds)))
+        // Shorter than the cache master's idle timeout (30 s), so the client retires a
+        // pooled connection before the server closes it under a request.
         configuration.connectionPool = .init(
-            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: connectionsPerHost
+            idleTimeout: .seconds(20), concurrentHTTP1ConnectionsPerHostSoftLimit: connectionsPerHost
         )
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.redirectConfiguration = .disallow
@@ -54,5 +57,38 @@ extension HTTPClientResponse {
     /// The `Retry-After` header in seconds (the form cache masters and GCS send).
     var retryAfter: Duration? {
         headers.first(name: "Retry-After").flatMap(Int.init).map { Duration.seconds($0) }
+    }
+}
+
+extension HTTPClientRequest.Body {
+    /// `buffer` sent in pieces of 256 KiB that advance `progress` as the connection takes
+    /// them (the client asks for the next piece only when it can write), so a publish's
+    /// stall rule sees an upload to a stopped server stop.
+    static func progressReporting(_ buffer: ByteBuffer, to progress: TransferProgress?) -> Self {
+        guard let progress else { return .bytes(buffer) }
+        return .stream(ProgressReportingPieces(buffer: buffer, progress: progress), length: .known(Int64(buffer.readableBytes)))
+    }
+}
+
+/// The pieces of one buffer, each counted on the way out.
+struct ProgressReportingPieces: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let buffer: ByteBuffer
+    let progress: TransferProgress
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        var remaining: ByteBuffer
+        let progress: TransferProgress
+
+        mutating func next() async -> ByteBuffer? {
+            guard remaining.readableBytes > 0 else { return nil }
+            let piece = remaining.readSlice(length: Swift.min(256 * 1024, remaining.readableBytes))!
+            progress.advance(by: piece.readableBytes)
+            return piece
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(remaining: buffer, progress: progress)
     }
 }

@@ -32,6 +32,15 @@ public protocol CacheSource: Sendable {
         progress: TransferProgress,
         logger: Logger
     ) async throws -> SourceRestoreOutcome
+
+    /// Folders the source uses outside staging (a directory tier's folder, an install's
+    /// working directory): the chain refuses a destination that is or contains one,
+    /// since promoting a tree there would delete it. None by default.
+    var protectedPaths: [ProtectedPath] { get }
+}
+
+extension CacheSource {
+    public var protectedPaths: [ProtectedPath] { [] }
 }
 
 /// A tier that accepts archives, so the chain can write back to it what a lower tier
@@ -58,15 +67,20 @@ public struct CacheSourceTraits: Sendable, Hashable {
     /// install is never a hedge target: it costs minutes of CPU for a tree a download
     /// is about to deliver.
     public var isHedgeTarget: Bool
+    /// Whether the source's progress counts bytes as they arrive, so the chain can hold
+    /// it to ``TierChain/TierPolicy/minimumThroughput``. A fresh install reports signs of
+    /// life (``TransferProgress/touch()``), not bytes.
+    public var reportsBytes: Bool
 
-    public init(isHedgeTarget: Bool = true) {
+    public init(isHedgeTarget: Bool = true, reportsBytes: Bool = true) {
         self.isHedgeTarget = isHedgeTarget
+        self.reportsBytes = reportsBytes
     }
 
     /// A tier that downloads an archive.
-    public static let download = CacheSourceTraits(isHedgeTarget: true)
+    public static let download = CacheSourceTraits(isHedgeTarget: true, reportsBytes: true)
     /// A tier that builds the tree from scratch (a package manager run).
-    public static let build = CacheSourceTraits(isHedgeTarget: false)
+    public static let build = CacheSourceTraits(isHedgeTarget: false, reportsBytes: false)
 }
 
 /// What the chain asks of a source.

@@ -24,6 +24,7 @@ public struct DirectorySource: CacheSource, CacheSink {
     public let name: String
     public let root: FilePath
     public var traits: CacheSourceTraits { .download }
+    public var protectedPaths: [ProtectedPath] { [ProtectedPath(root, role: "the folder of the directory tier \(name)")] }
     public var limits: ExtractionLimits
     /// How long an archive may stand without its manifest before a publish treats it as
     /// the orphan of a publish killed between the two, and replaces it. A live publish
@@ -108,9 +109,11 @@ public struct DirectorySource: CacheSource, CacheSink {
         }
         do {
             // Hundreds of MB: copied on a thread of its own, not one of the cooperative pool's.
+            TransferProgress.upload?.touch()
             try await DedicatedThread.run(name: "cachetiers-copy") { _ in
                 try FileManager.default.copyItem(atPath: archive.file.string, toPath: temporaryArchive.string)
             }
+            TransferProgress.upload?.advance(by: Int(clamping: archive.manifest.archiveSize))
             try archive.manifest.jsonData().write(to: URL(fileURLWithPath: temporaryManifest.string))
         } catch {
             throw CacheTierError(.transient, tier: name, "cannot write into \(root): \(error)", underlying: error)

@@ -65,6 +65,9 @@ public struct FreshInstallSource: CacheSource {
     public let name: String
     public let configuration: Configuration
     public var traits: CacheSourceTraits { .build }
+    public var protectedPaths: [ProtectedPath] {
+        [ProtectedPath(configuration.workingDirectory, role: "the working directory of the install tier \(name)")]
+    }
 
     public init(name: String = "install", configuration: Configuration) {
         self.name = name

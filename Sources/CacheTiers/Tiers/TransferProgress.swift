@@ -67,6 +67,11 @@ public final class TransferProgress: Sendable {
         onChange(snapshot)
     }
 
+    /// The progress of the upload the current task is making, set by the publisher for
+    /// each sink's `publish` (and `contains`) so its stall rule sees bytes leave. A sink
+    /// advances it as its transport takes bytes; `nil` outside a publish.
+    @TaskLocal public static var upload: TransferProgress?
+
     public var snapshot: Snapshot {
         state.withLock { $0 }
     }

@@ -161,6 +161,14 @@ public final class VMPeerSource: CacheSource, CacheSink {
             throw CacheTierError(.corrupt, "\(peer) sent the archive without an ETag and Content-Length; is it a cache master?")
         }
         let digest = etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"W/"))
+        let manifest = try await manifest(describing: first, from: peer, key: key, logger: logger)
+        guard manifest.archiveSHA256 == digest, manifest.archiveSize == length else {
+            throw CacheTierError(
+                .corrupt,
+                "\(peer) sent an archive (ETag \(etag), \(length) bytes) that is not the one its manifest of \(key) describes "
+                    + "(\(manifest.archiveSHA256), \(manifest.archiveSize) bytes)"
+            )
+        }
         progress.setTotal(length)
         let session = UnpackSession(
             into: staging,
@@ -208,11 +216,38 @@ public final class VMPeerSource: CacheSource, CacheSink {
             }
             let summary = try await session.finish()
             logger.debug("restored from peer", metadata: ["peer": "\(peer)", "requests": "\(requests)", "files": "\(summary.files)"])
-            return .restored(RestoreDetails(bytesTransferred: summary.archiveBytes, requests: requests))
+            return .restored(RestoreDetails(bytesTransferred: summary.archiveBytes, requests: requests, manifest: manifest))
         } catch {
             await session.cancel()
             throw error
         }
+    }
+
+    /// The manifest of the archive `response` carries: from its `X-CacheTiers-Manifest`
+    /// header, or (from a cache master that does not send one) `GET …/manifest`. The
+    /// chain checks that it names the requested key, and the unpack that the body is the
+    /// archive it describes.
+    private func manifest(
+        describing response: HTTPClientResponse,
+        from peer: String,
+        key: CacheKey,
+        logger: Logger
+    ) async throws -> CacheManifest {
+        if let header = response.headers.first(name: "X-CacheTiers-Manifest") {
+            guard let json = Data(base64Encoded: header), let manifest = try? CacheManifest(jsonData: json) else {
+                throw CacheTierError(.corrupt, "\(peer) sent an X-CacheTiers-Manifest header that is not a base64 cache manifest")
+            }
+            return manifest
+        }
+        let answer = try await execute(request(url(peer, key) + "/manifest"), peer: peer, logger: logger)
+        guard answer.status.code == 200 else {
+            throw await failure(for: answer, peer: peer, what: "GET the manifest of \(key)")
+        }
+        let body = try await answer.body.collect(upTo: 1 << 20)
+        guard let manifest = try? CacheManifest(jsonData: Data(body.readableBytesView)) else {
+            throw CacheTierError(.corrupt, "\(peer) answered GET the manifest of \(key) with something that is not a cache manifest")
+        }
+        return manifest
     }
 
     /// Whether an error while reading a body means the connection went away (worth a resume).
@@ -276,7 +311,9 @@ public final class VMPeerSource: CacheSource, CacheSink {
             put.headers.add(name: "If-None-Match", value: "*")
             put.headers.add(name: "Content-Type", value: "application/zstd")
             put.headers.add(name: "X-CacheTiers-Manifest", value: manifest)
-            put.body = .stream(FileByteBuffers(path: archive.file), length: .known(archive.manifest.archiveSize))
+            put.body = .stream(
+                FileByteBuffers(path: archive.file, progress: TransferProgress.upload), length: .known(archive.manifest.archiveSize)
+            )
             do {
                 let response = try await execute(put, peer: peer, logger: logger)
                 switch response.status.code {
@@ -292,22 +329,27 @@ public final class VMPeerSource: CacheSource, CacheSink {
     }
 }
 
-/// A file's contents as ByteBuffers of 256 KiB, for streaming uploads.
+/// A file's contents as ByteBuffers of 256 KiB, for streaming uploads. The HTTP client
+/// asks for the next buffer only when the connection can take it, so `progress` moves
+/// as fast as the server reads: a stopped server stops it.
 struct FileByteBuffers: AsyncSequence, Sendable {
     typealias Element = ByteBuffer
     let path: FilePath
+    var progress: TransferProgress?
 
     struct AsyncIterator: AsyncIteratorProtocol {
         let handle: FileHandle?
+        let progress: TransferProgress?
 
         mutating func next() async throws -> ByteBuffer? {
             guard let handle else { throw CacheTierError(.fatal, "cannot open the archive to upload") }
             guard let data = try handle.read(upToCount: 256 * 1024), !data.isEmpty else { return nil }
+            progress?.advance(by: data.count)
             return ByteBuffer(bytes: data)
         }
     }
 
     func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(handle: FileHandle(forReadingAtPath: path.string))
+        AsyncIterator(handle: FileHandle(forReadingAtPath: path.string), progress: progress)
     }
 }

@@ -1,0 +1,178 @@
+import CacheTiers
+import CacheTiersTesting
+import Foundation
+import SystemPackage
+import Testing
+
+/// The real `cachetiers` binary against real folders, used carelessly: destinations that
+/// would delete what the user needs, a report path with a typo, a cache master that
+/// never answers the write-back, and a stop signal after the tree is in place.
+@Suite(.serialized) struct CommandLineSafetyTests {
+    typealias Project = CommandLineEndToEndTests.Project
+
+    /// A project whose directory tier (`cache/`) holds its key, so restores hit it.
+    func seededProject(in scratch: TemporaryDirectory, peer: String? = nil, writeBack: [String: Any] = ["enabled": false])
+        async throws -> (Project, FilePath)
+    {
+        var tiers: [[String: Any]] = []
+        if let peer {
+            tiers.append(["kind": "peer", "name": "cache-master", "urls": [peer], "stallSeconds": 1, "maxAttempts": 1])
+        }
+        tiers.append(["kind": "directory", "name": "local", "path": "cache"])
+        let project = try Project(in: scratch.path, tiers: tiers, writeBack: writeBack)
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, seed: 2, files: 20)
+        let local = DirectorySource(name: "local", root: project.folder.appending("cache"))
+        try await DirectorySourceTests.Subject(directory: local).seed(try await project.key(), from: tree)
+        return (project, tree)
+    }
+
+    /// Everything under `folder`, to compare before and after.
+    func snapshot(_ folder: FilePath) throws -> TreeSnapshot { try TreeSnapshot(of: folder) }
+
+    @Test(arguments: [
+        (["--into", "."], "is the current directory"),
+        (["--into", ".."], "contains the current directory"),
+        (["--into", "cache"], "is the folder of the directory tier local"),
+    ])
+    func aDestinationThatWouldDeleteWhatTheUserNeedsIsRefusedBeforeAnythingRuns(arguments: [String], reason: String) async throws {
+        let scratch = try TemporaryDirectory(prefix: "dest")
+        defer { scratch.remove() }
+        let (project, _) = try await seededProject(in: scratch)
+        try Data("keep me".utf8).write(to: URL(fileURLWithPath: scratch.path.appending("sibling-notes.txt").string))
+        let before = try snapshot(scratch.path)
+        let result = try await Fixtures.cli(["restore", "--config", "cachetiers.json"] + arguments, in: project.folder)
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("refusing to restore into") && result.stderr.contains(reason), "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1, "one line: \(result.stderr)")
+        #expect(try snapshot(scratch.path).differences(from: before) == [], "nothing was touched")
+    }
+
+    @Test(arguments: ["..", ".", "cache", "/", "package-lock.json/.."])
+    func aConfiguredDestinationThatWouldDeleteWhatTheUserNeedsIsRefused(destination: String) async throws {
+        let scratch = try TemporaryDirectory(prefix: "dest")
+        defer { scratch.remove() }
+        let (project, _) = try await seededProject(in: scratch)
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: project.config.string))) as! [String: Any]
+        json["destination"] = destination
+        try project.write(json)
+        let before = try snapshot(scratch.path)
+        // Run from elsewhere, so it is the config's folder, tiers or root that protect.
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string], in: scratch.path.appending("tree"))
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("refusing to restore into"), "\(result.stderr)")
+        #expect(try snapshot(scratch.path).differences(from: before) == [])
+    }
+
+    @Test func aSymlinkToTheProjectIsSeenThrough() async throws {
+        let scratch = try TemporaryDirectory(prefix: "dest")
+        defer { scratch.remove() }
+        let (project, _) = try await seededProject(in: scratch)
+        let link = scratch.path.appending("alias")
+        try FileManager.default.createSymbolicLink(atPath: link.string, withDestinationPath: project.folder.string)
+        let before = try snapshot(scratch.path)
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string, "--into", link.string], in: scratch.path)
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("refusing to restore into \(link)"), "\(result.stderr)")
+        #expect(try snapshot(scratch.path).differences(from: before) == [])
+    }
+
+    @Test func unpackIntoTheFolderHoldingTheArchiveIsRefused() async throws {
+        let scratch = try TemporaryDirectory(prefix: "unpack")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 10)
+        let work = try scratch.makeDirectory("work")
+        let packed = try await Fixtures.cli(["pack", tree.string, "--output", work.appending("x.tar.zst").string])
+        #expect(packed.status == 0, "\(packed.stderr)")
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: work.appending("notes.txt").string))
+        let before = try snapshot(work)
+        let result = try await Fixtures.cli(["unpack", "work/x.tar.zst", "--into", "work"], in: scratch.path)
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("contains the archive being unpacked"), "\(result.stderr)")
+        #expect(try snapshot(work).differences(from: before) == [], "the archive and the notes are still there")
+    }
+
+    @Test func packingIntoTheFolderBeingPackedIsRefusedAndWritesNothing() async throws {
+        let scratch = try TemporaryDirectory(prefix: "pack")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 10)
+        let before = try snapshot(tree)
+        let result = try await Fixtures.cli(["pack", tree.string, "--output", tree.appending("deps.tar.zst").string])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("inside"), "\(result.stderr)")
+        #expect(try snapshot(tree).differences(from: before) == [], "no partial archive inside the tree")
+    }
+
+    @Test func aReportPathThatCannotBeWrittenIsAUsageErrorBeforeAnyTierRuns() async throws {
+        let scratch = try TemporaryDirectory(prefix: "report")
+        defer { scratch.remove() }
+        let (project, _) = try await seededProject(in: scratch)
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string, "--report", "/nonexistent/dir/r.json"])
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("/nonexistent/dir") && result.stderr.contains("does not exist"), "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(FileManager.default.fileExists(atPath: project.destination.string) == false, "no tier ran")
+    }
+
+    @Test func aSilentCacheMasterCannotHoldTheBootThroughWriteBack() async throws {
+        let scratch = try TemporaryDirectory(prefix: "silent")
+        defer { scratch.remove() }
+        let hole = try BlackHoleServer()
+        let (project, tree) = try await seededProject(
+            in: scratch, peer: hole.url,
+            writeBack: ["enabled": true, "wait": false, "timeoutSeconds": 8, "stallSeconds": 1]
+        )
+        let report = project.folder.appending("boot.json")
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string, "--report", report.string])
+        #expect(result.status == 0, "a tier restored: \(result.stderr)")
+        let written = try JSONDecoder().decode(RestoreReport.self, from: Data(contentsOf: URL(fileURLWithPath: report.string)))
+        #expect(written.servedBy == "local")
+        #expect(written.writeBack.map(\.outcome) == [.failed], "\(written.writeBack)")
+        #expect(written.writeBack.first?.error?.contains("gave up") == true, "\(written.writeBack)")
+        #expect(try TreeSnapshot(of: project.destination).differences(from: TreeSnapshot(of: tree)) == [])
+    }
+
+    @Test func theReportIsWrittenAtPromotionAndSIGTERMDuringWriteBackSaysTheTreeStays() async throws {
+        let scratch = try TemporaryDirectory(prefix: "sigterm")
+        defer { scratch.remove() }
+        let hole = try BlackHoleServer()
+        let (project, tree) = try await seededProject(
+            in: scratch, peer: hole.url,
+            writeBack: ["enabled": true, "wait": false, "timeoutSeconds": 600, "stallSeconds": 600]
+        )
+        let report = project.folder.appending("boot.json")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
+        process.arguments = ["restore", "--config", project.config.string, "--report", report.string]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let pending = Thread.detachedRead(stderr.fileHandleForReading)
+        // The write-back waits on the silent master for up to 600 s; the report must not.
+        var early: RestoreReport?
+        for _ in 0..<600 {
+            if let data = FileManager.default.contents(atPath: report.string),
+                let decoded = try? JSONDecoder().decode(RestoreReport.self, from: data)
+            {
+                early = decoded
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(early?.servedBy == "local", "the report is there while the write-back still runs")
+        #expect(early?.writeBack.map(\.outcome) == [.pending])
+        process.terminate()  // SIGTERM, as a service manager stops it
+        let output = String(decoding: try await Fixtures.offThePool { pending.wait() }, as: UTF8.self)
+        try await Fixtures.offThePool { process.waitUntilExit() }
+
+        #expect(process.terminationStatus == 0, "the destination was restored: \(output)")
+        #expect(output.contains("was restored from local and stays"), "\(output)")
+        #expect(!output.contains("left as it was"), "\(output)")
+        let final = try JSONDecoder().decode(RestoreReport.self, from: Data(contentsOf: URL(fileURLWithPath: report.string)))
+        #expect(final.writeBack.map(\.outcome) == [.failed], "updated with the write-back's outcome")
+        #expect(try TreeSnapshot(of: project.destination).differences(from: TreeSnapshot(of: tree)) == [])
+    }
+}
