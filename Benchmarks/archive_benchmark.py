@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Archive engine benchmark: CacheTiers pack/unpack side by side with tar and zstd.
 
-Builds a node_modules-like corpus with ../shared/tools/make-corpus, then measures in
+Builds a node_modules-like corpus with `cachetiers-bench corpus`, then measures in
 one run, alternating ours and stock so both see the same machine state:
 
   pack        cachetiers pack DIR --output F      vs  tar -cf - -C DIR . | zstd -1 -T0
@@ -54,28 +54,28 @@ def main():
     for tool in (OURS, BENCH):
         if not os.access(tool, os.X_OK):
             sys.exit("benchmark: build first: swift build -c release --product cachetiers --product cachetiers-bench")
-    make_corpus = os.path.join(os.path.dirname(REPO), "shared", "tools", "make-corpus")
     os.makedirs(a.work, exist_ok=True)
-    corpus_root = os.path.join(a.work, "corpus-%d" % a.files)
-    corpus = os.path.join(corpus_root, "node_modules")
-    if not os.path.isdir(corpus):
-        # Generated into a temporary folder renamed when complete, so an interrupted run is not reused.
-        shutil.rmtree(corpus_root + ".partial", ignore_errors=True)
-        subprocess.run([sys.executable, make_corpus, corpus_root + ".partial", "--files", str(a.files)], check=True)
-        os.rename(corpus_root + ".partial", corpus_root)
-    small_root = os.path.join(a.work, "corpus-2000")
-    if not os.path.isdir(os.path.join(small_root, "node_modules")):
-        shutil.rmtree(small_root + ".partial", ignore_errors=True)
-        subprocess.run([sys.executable, make_corpus, small_root + ".partial", "--files", "2000", "--seed", "7"], check=True,
-                       stdout=subprocess.DEVNULL)
-        os.rename(small_root + ".partial", small_root)
+
+    def make_corpus(root, files, seed):
+        # The project's generator, into a temporary folder renamed when complete, so an
+        # interrupted run is not reused.
+        if not os.path.isdir(os.path.join(root, "node_modules")):
+            shutil.rmtree(root + ".partial", ignore_errors=True)
+            subprocess.run([BENCH, "corpus", root + ".partial", "--files", str(files), "--seed", str(seed)], check=True,
+                           stdout=subprocess.DEVNULL)
+            os.rename(root + ".partial", root)
+        return os.path.join(root, "node_modules")
+
+    corpus = make_corpus(os.path.join(a.work, "dcorpus-%d-1" % a.files), a.files, 1)
+    small_root = os.path.join(a.work, "dcorpus-2000-7")
+    make_corpus(small_root, 2000, 7)
 
     ours_archive = os.path.join(a.work, "ours.tar.zst")
     stock_archive = os.path.join(a.work, "stock.tar.zst")
     tree_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(corpus) for f in fs
                      if not os.path.islink(os.path.join(d, f)))
     entries = sum(len(ds) + len(fs) for _, ds, fs in os.walk(corpus))
-    print("corpus: %d entries, %.1f MB of file data (make-corpus --files %d)" % (entries, tree_bytes / 1e6, a.files))
+    print("corpus: %d entries, %.1f MB of file data (cachetiers-bench corpus --files %d)" % (entries, tree_bytes / 1e6, a.files))
     print("machine: %d cores; zstd %s; %s" % (os.cpu_count(), subprocess.run(["zstd", "-V"], capture_output=True, text=True).stdout.split(",")[0].split()[-1],
                                            subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout.splitlines()[0]))
     print("runs: %d each, alternating ours and stock; medians\n" % a.runs)

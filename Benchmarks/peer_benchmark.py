@@ -2,7 +2,7 @@
 """TIER 1 benchmark: restore from a cache master on loopback, side by side with curl.
 
 Starts `cachetiers serve` (release build) over a folder holding one archive of a
-make-corpus tree, then measures in one run, medians of --runs, alternating sides:
+DependencyCorpus tree (cachetiers-bench corpus), then measures in one run, medians of --runs, alternating sides:
 
   restore     cachetiers-bench peer-restore (VMPeerSource through a TierChain)
               vs  curl -s URL | zstd -d | tar -xf -        (both into /dev/shm)
@@ -40,13 +40,13 @@ def require_builds():
 
 
 def corpus(work, files, seed):
-    """The corpus, generated once (into a temporary folder renamed when complete)."""
-    root = os.path.join(work, "corpus-%d" % files if seed == 1 else "corpus-%d-%d" % (files, seed))
+    """The project's corpus (cachetiers-bench corpus), generated once into a temporary
+    folder renamed when complete, so an interrupted run is never reused."""
+    root = os.path.join(work, "dcorpus-%d-%d" % (files, seed))
     if not os.path.isdir(os.path.join(root, "node_modules")):
-        tool = os.path.join(os.path.dirname(REPO), "shared", "tools", "make-corpus")
         partial = root + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
-        subprocess.run([sys.executable, tool, partial, "--files", str(files), "--seed", str(seed)], check=True,
+        subprocess.run([BENCH, "corpus", partial, "--files", str(files), "--seed", str(seed)], check=True,
                        stdout=subprocess.DEVNULL)
         os.rename(partial, root)
     return os.path.join(root, "node_modules")
@@ -115,7 +115,7 @@ def main():
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         url = server.stdout.readline().strip().split()[-1]
-        print("server %s; archive %.1f MB (make-corpus --files %d); %d runs, medians\n" % (url, size / 1e6, a.files, a.runs))
+        print("server %s; archive %.1f MB (corpus --files %d); %d runs, medians\n" % (url, size / 1e6, a.files, a.runs))
         os.makedirs(a.shm, exist_ok=True)
         ours_out, stock_out = a.shm + "/ours", a.shm + "/stock"
 

@@ -11,6 +11,8 @@
 //                                                       restore KEY through GCSSource with PARALLEL
 //                                                       segments, optionally through a proxy that limits
 //                                                       every connection to BYTES_PER_SECOND
+//   cachetiers-bench corpus DIR [--files N] [--seed S]  write a node_modules-like tree into DIR/node_modules
+//                                                       (DependencyCorpus: deterministic for a seed)
 import CacheTiers
 import CacheTiersTesting
 import Foundation
@@ -132,6 +134,24 @@ case "gcs-restore" where arguments.count == 6 || arguments.count == 7:
     try await source.shutdown()
     proxy?.stop()
     print(#"{"bytes": \#(report.bytesTransferred), "seconds": \#(elapsed), "costUSD": \#(report.estimatedCostUSD ?? 0)}"#)
+
+case "corpus" where arguments.count >= 2:
+    var options = DependencyCorpus.Options()
+    var rest = arguments.dropFirst(2).makeIterator()
+    while let flag = rest.next() {
+        guard let value = rest.next() else { fail("corpus DIR [--files N] [--seed S]: \(flag) needs a value") }
+        switch flag {
+        case "--files": guard let files = Int(value), files > 0 else { fail("--files must be a positive number") }; options.files = files
+        case "--seed": guard let seed = UInt64(value) else { fail("--seed must be a non-negative number") }; options.seed = seed
+        default: fail("corpus DIR [--files N] [--seed S]: unknown option \(flag)")
+        }
+    }
+    let start = ContinuousClock.now
+    let summary = try DependencyCorpus.write(to: FilePath(arguments[1]), options: options)
+    print(
+        #"{"files": \#(summary.files), "directories": \#(summary.directories), "symlinks": \#(summary.symlinks), "bytes": \#(summary.bytes), "#
+            + #""packages": \#(summary.packages), "duplicatePackages": \#(summary.duplicatePackages), "seconds": \#(seconds(since: start))}"#
+    )
 
 default:
     fail("usage: see the comment at the top of Benchmarks/ArchiveBench/main.swift")

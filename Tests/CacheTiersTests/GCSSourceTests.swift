@@ -88,7 +88,7 @@ import Testing
 
     @Test func aFailedUploadLeavesNoObjectBehind() async throws {
         try await GCSHarness.with { gcs in
-            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 13)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 1500, seed: 13)
             let key = try CacheKey("failed-upload")
             let archive = try await gcs.pack(tree, as: key)
             #expect(archive.manifest.archiveSize > 2 * (256 << 10), "a resumable upload of several chunks")
@@ -189,7 +189,7 @@ import Testing
 
     @Test func theEmulatorStoppedMidDownloadFallsThroughToTheNextTier() async throws {
         try await GCSHarness.with { gcs in
-            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 400, seed: 15)
+            let tree = try await Fixtures.makeCorpus(in: gcs.scratch.path.appending("corpus"), files: 1500, seed: 15)
             let key = try CacheKey("emulator-dies")
             try await gcs.publish(tree, as: key)
             let fallback = InMemorySource(name: "local")

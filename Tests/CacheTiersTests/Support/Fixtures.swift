@@ -3,27 +3,18 @@ import CacheTiersTesting
 import Foundation
 import SystemPackage
 
-/// Paths and tools the tests share: the repository, the corpus generator, the CLI.
+/// Paths and tools the tests share: the repository, the corpus, the CLI.
 enum Fixtures {
     /// The repository's root folder.
     static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    /// `make-corpus` from the shared tools beside the repository (CACHETIERS_MAKE_CORPUS overrides).
-    static var makeCorpusTool: String {
-        ProcessInfo.processInfo.environment["CACHETIERS_MAKE_CORPUS"]
-            ?? repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared/tools/make-corpus").path
-    }
-
-    /// Writes a node_modules-like tree with the shared corpus generator.
+    /// Writes a node_modules-like tree with the project's corpus generator, off the pool.
     /// - Returns: the `node_modules` folder it made.
     static func makeCorpus(in folder: FilePath, files: Int, seed: Int = 1) async throws -> FilePath {
-        let tool = makeCorpusTool
-        guard FileManager.default.fileExists(atPath: tool) else {
-            throw FixtureError("the corpus generator is not at \(tool); set CACHETIERS_MAKE_CORPUS to its path")
+        try await offThePool {
+            try DependencyCorpus.write(to: folder, options: .init(files: files, seed: UInt64(seed)))
         }
-        let result = try await run(["python3", tool, folder.string, "--files", "\(files)", "--seed", "\(seed)"])
-        guard result.status == 0 else { throw FixtureError("make-corpus failed: \(result.stderr)") }
         return folder.appending("node_modules")
     }
 
