@@ -1,0 +1,91 @@
+import AsyncHTTPClient
+import CacheTiers
+import CacheTiersTesting
+import Foundation
+import Hummingbird
+import SystemPackage
+import Testing
+
+/// The messages a person sees when something is wrong: one line, true, and saying what
+/// to do. Each test asserts the text or exit status a user would notice.
+@Suite struct ConfigMessageTests {
+    static func config(_ fields: String) -> String {
+        #"{"key":{"prefix":"p","files":["package-lock.json"]},"destination":"x","tiers":[{"kind":"directory","path":"c"}]"#
+            + fields + "}"
+    }
+
+    // Foundation's own message is "The given data was not valid JSON", with no place.
+    @Test(arguments: [
+        ("{\n  \"key\": {\"prefix\": \"p\"},\n  \"destination\": \"x\",\n",
+         "the file ends after line 3, column 21 before the JSON is complete (a missing } or ]?)"),
+        ("{\"key\": {\"prefix\": \"p\"},\n\"destination\": }", "line 2, column 16: expected a value, found '}'"),
+        ("{\"key\": \"a\nb\"}", "line 1, column 11: a string holds a raw control character or line break"),
+        ("{\"a\" 1}", "line 1, column 6: expected ':' after the field name, found '1'"),
+        ("{\"a\": [1 2]}", "line 1, column 10: expected ',' or ']', found '2'"),
+        ("{\"a\": tru}", "line 1, column 7: expected a value (true, false, null, a number, a string, [ or {), found 't'"),
+        ("{} x", "line 1, column 4: expected the end of the file after the top-level value, found 'x'"),
+        (" \n", "the file is empty"),
+    ])
+    func brokenJSONNamesTheLineAndColumn(json: String, message: String) {
+        #expect {
+            _ = try CacheTiersConfig(json: Data(json.utf8), baseDirectory: "/srv/app")
+        } throws: { error in
+            (error as? ConfigError)?.description.hasPrefix("(file): not valid JSON: \(message)") == true
+        }
+    }
+
+    @Test(arguments: [
+        (#","compression":{"level":1e999}"#, "the number 1e999 is too large for a double"),
+        (#","deadlineSeconds":-1e999"#, "the number -1e999 is too large for a double"),
+    ])
+    func aNumberNoDoubleHoldsSaysWhereAndWhy(fields: String, message: String) {
+        #expect {
+            _ = try CacheTiersConfig(json: Data(Self.config(fields).utf8), baseDirectory: "/srv/app")
+        } throws: { error in
+            let description = (error as? ConfigError)?.description ?? ""
+            return description.hasPrefix("(file): line 1, column ") && description.hasSuffix(message)
+        }
+    }
+
+    @Test(arguments: [("nonexistent.json", "No such file or directory"), ("", "Is a directory")])
+    func aConfigThatCannotBeReadSaysWhy(name: String, reason: String) throws {
+        let scratch = try TemporaryDirectory(prefix: "config")
+        defer { scratch.remove() }
+        let path = name.isEmpty ? scratch.path : scratch.path.appending(name)
+        #expect {
+            _ = try CacheTiersConfig.load(from: path)
+        } throws: { error in
+            (error as? ConfigError)?.description == "\(path): (file): cannot read the config file: \(reason)"
+        }
+    }
+
+    @Test func noLockfilesIsReportedAgainstKeyFilesWhenAKeyIsComputed() throws {
+        let json = #"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}]}"#
+        let config = try CacheTiersConfig(json: Data(json.utf8), baseDirectory: "/srv/app")
+        #expect(config.key.files == [], "files defaults to [], as documented")
+        #expect {
+            _ = try config.cacheKey()
+        } throws: { error in
+            (error as? ConfigError)?.description.hasPrefix("key.files: a computed cache key needs at least one lockfile") == true
+        }
+    }
+
+    @Test(arguments: [-5, 19, 22, ZstdCodec.minimumLevel])
+    func everyLevelLibzstdAcceptsIsAccepted(level: Int) throws {
+        let config = try CacheTiersConfig(json: Data(Self.config(#","compression":{"level":\#(level)}"#).utf8), baseDirectory: "/a")
+        #expect(config.compressionLevel == level)
+    }
+
+    @Test(arguments: [0, 23, ZstdCodec.minimumLevel - 1])
+    func aLevelLibzstdRefusesSaysTheRangeAsEverywhere(level: Int) {
+        #expect {
+            _ = try CacheTiersConfig(json: Data(Self.config(#","compression":{"level":\#(level)}"#).utf8), baseDirectory: "/a")
+        } throws: { error in
+            (error as? ConfigError)?.description.hasPrefix("compression.level: \(level) is out of range; use \(ZstdCodec.levelRange)") == true
+        }
+    }
+
+    @Test func theLevelRangeIsWhatLibzstdAccepts() {
+        #expect(ZstdCodec.levelRange == "1 to 22, or -131072 to -1 for the fast levels")
+    }
+}
