@@ -89,3 +89,65 @@ import Testing
         #expect(ZstdCodec.levelRange == "1 to 22, or -131072 to -1 for the fast levels")
     }
 }
+
+/// The real binary, as an operator runs it.
+@Suite struct CommandLineMessageTests {
+    /// A project whose only tier is a cache master that refuses connections.
+    func refusedProject(in scratch: FilePath) throws -> FilePath {
+        try Data(#"{"lockfileVersion":3}"#.utf8).write(to: URL(fileURLWithPath: scratch.appending("package-lock.json").string))
+        let config = scratch.appending("cachetiers.json")
+        let json = #"""
+            {"key": {"prefix": "node-modules", "files": ["package-lock.json"]}, "destination": "node_modules",
+             "tiers": [{"kind": "peer", "name": "cache-master", "urls": ["http://127.0.0.1:9"], "maxAttempts": 1}]}
+            """#
+        try Data(json.utf8).write(to: URL(fileURLWithPath: config.string))
+        return config
+    }
+
+    @Test func aRefusedConnectionSaysSoOnceInBalancedWords() async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let config = try refusedProject(in: scratch.path)
+        let result = try await Fixtures.cli(["restore", "--config", config.string])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("cannot reach http://127.0.0.1:9: the connection was refused"), "\(result.stderr)")
+        #expect(!result.stderr.contains("errno") && !result.stderr.contains("error set"), "\(result.stderr)")
+        for line in result.stderr.split(separator: "\n") {
+            #expect(line.count(where: { $0 == "(" }) == line.count(where: { $0 == ")" }), "balanced: \(line)")
+        }
+        #expect(result.stderr.components(separatedBy: "every tier failed").count == 2, "printed once:\n\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").last?.hasPrefix("cachetiers: every tier failed") == true)
+    }
+}
+
+/// The cache master's answers and the peer client's reading of them.
+@Suite struct ServerMessageTests {
+    @Test(arguments: [(etag: false, length: true, missing: "an ETag"), (etag: true, length: false, missing: "a Content-Length")])
+    func anArchiveWithoutAHeaderSaysWhichOne(etag: Bool, length: Bool, missing: String) async throws {
+        let router = Router()
+        router.get("/v1/caches/{key}") { _, _ -> Response in
+            var headers = HTTPFields()
+            if etag { headers[.eTag] = "\"0123\"" }
+            let bytes = ByteBuffer(string: "not an archive")
+            let body = length
+                ? ResponseBody(byteBuffer: bytes)
+                : ResponseBody { writer in
+                    try await writer.write(bytes)
+                    try await writer.finish(nil)
+                }
+            return Response(status: .ok, headers: headers, body: body)
+        }
+        try await FakeHTTPServer.with(router) { url in
+            let scratch = try TemporaryDirectory(prefix: "messages")
+            defer { scratch.remove() }
+            let source = VMPeerSource(configuration: .init(peers: [url]))
+            let staging = try scratch.makeDirectory("staging")
+            await #expect {
+                _ = try await source.restore(RestoreRequest(key: CacheKey("k")), into: staging, progress: .init(), logger: PeerHarness.quietLogger)
+            } throws: { error in
+                "\(error)" == "\(url) sent the archive without \(missing); is it a cache master?"
+            }
+            try await source.shutdown()
+        }
+    }
+}
