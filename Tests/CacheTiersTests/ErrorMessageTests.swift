@@ -118,6 +118,68 @@ import Testing
         #expect(result.stderr.components(separatedBy: "every tier failed").count == 2, "printed once:\n\(result.stderr)")
         #expect(result.stderr.split(separator: "\n").last?.hasPrefix("cachetiers: every tier failed") == true)
     }
+
+    @Test(arguments: [
+        (["restore", "--confg", "x"], "Unknown option '--confg'"),
+        (["key", "--confg", "x"], "Unknown option '--confg'"),
+        (["unpack", "a.tar.zst", "--int", "d"], "Unknown option '--int'"),
+        (["pack", "--level", "42", "--output", "a.tar.zst", "."], "--level 42 is out of range; use \(ZstdCodec.levelRange)"),
+        (["pack", ".", "--output", "a.tar.zst", "--threads", "-1"], "--threads must be 0 (one per core) or more"),
+        (["restore"], "Missing expected argument '--config <config>'"),
+    ])
+    func usageErrorsAreOneTrueLine(arguments: [String], message: String) async throws {
+        let result = try await Fixtures.cli(arguments)
+        #expect(result.status == 2)
+        #expect(result.stderr.contains(message), "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1, "one line: \(result.stderr)")
+    }
+
+    @Test(arguments: [["--level", "-5"], ["--level=-5"], ["--mtime", "-99"], ["--threads", "1", "--level", "22"]])
+    func negativeAndHighValuesAreValues(options: [String]) async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 5)
+        let archive = scratch.path.appending("a.tar.zst").string
+        let result = try await Fixtures.cli(["pack", tree.string, "--output", archive] + options)
+        #expect(result.status == 0, "\(result.stderr)")
+        let level = options.first { $0.hasPrefix("--level") }.map { option in
+            option.contains("=") ? String(option.split(separator: "=")[1]) : options[options.firstIndex(of: option)! + 1]
+        } ?? "1"
+        #expect(result.stdout.contains("at zstd level \(level)\n"), "\(result.stdout)")
+        #expect(!result.stdout.contains("--"), "\(result.stdout)")
+    }
+
+    @Test func packIntoADirectorySaysToNameTheFile() async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 5)
+        let output = try scratch.makeDirectory("out")
+        let result = try await Fixtures.cli(["pack", tree.string, "--output", output.string])
+        #expect(result.status == 2)
+        #expect(result.stderr == "cachetiers: pack: --output \(output) is a directory; give the archive's file name, e.g. \(output)/out.tar.zst\n")
+    }
+
+    @Test(arguments: ["", "\n"])
+    func serveWithAnEmptyTokenFileIsAUsageError(contents: String) async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let token = scratch.path.appending("token")
+        try Data(contents.utf8).write(to: URL(fileURLWithPath: token.string))
+        let result = try await Fixtures.cli(["serve", "--root", scratch.path.appending("root").string, "--port", "0", "--token-file", token.string])
+        #expect(result.status == 2, "as restore exits for a config's empty tokenFile")
+        #expect(result.stderr == "cachetiers: --token-file \(token) is empty; put the bearer token in it\n")
+    }
+
+    @Test func keyTakesVerbose() async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let config = try refusedProject(in: scratch.path)
+        let result = try await Fixtures.cli(["key", "--config", config.string, "--verbose"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.hasPrefix("node-modules-"))
+    }
 }
 
 /// The cache master's answers and the peer client's reading of them.
