@@ -161,6 +161,32 @@ import Testing
         #expect(result.stderr == "cachetiers: pack: --output \(output) is a directory; give the archive's file name, e.g. \(output)/out.tar.zst\n")
     }
 
+    @Test func aDestinationThatIsASymlinkIsRefusedAsOne() async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let config = try refusedProject(in: scratch.path)
+        let target = try scratch.makeDirectory("real")
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: target.appending("file").string))
+        let link = scratch.path.appending("link")
+        try FileManager.default.createSymbolicLink(atPath: link.string, withDestinationPath: target.string)
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 5)
+        let archive = scratch.path.appending("a.tar.zst").string
+        #expect(try await Fixtures.cli(["pack", tree.string, "--output", archive]).status == 0)
+
+        for command in [["restore", "--config", config.string, "--into", link.string], ["unpack", archive, "--into", link.string]] {
+            let result = try await Fixtures.cli(command)
+            #expect(result.status != 0)
+            #expect(
+                result.stderr.contains("cannot restore into \(link): it is a symbolic link to \(target), which CacheTiers does not follow"),
+                "\(command[0]): \(result.stderr)"
+            )
+            #expect(!result.stderr.contains("a file that is not a directory"))
+            #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link.string) == target.string)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: target.string) == ["file"])
+        }
+    }
+
     @Test(arguments: ["", "\n"])
     func serveWithAnEmptyTokenFileIsAUsageError(contents: String) async throws {
         let scratch = try TemporaryDirectory(prefix: "messages")
