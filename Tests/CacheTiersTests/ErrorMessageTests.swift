@@ -210,6 +210,42 @@ import Testing
 
 /// The cache master's answers and the peer client's reading of them.
 @Suite struct ServerMessageTests {
+    @Test(arguments: ["bearer", "Bearer", "BEARER"])
+    func theBearerSchemeIsCaseInsensitive(scheme: String) async throws {
+        try await PeerHarness.with(token: "t0ken") { peer in
+            let answer = try await peer.send(.GET, "/v1/caches/absent", headers: [("Authorization", "\(scheme) t0ken")])
+            #expect(answer.status == 404, "the token was accepted")
+            let wrong = try await peer.send(.GET, "/v1/caches/absent", headers: [("Authorization", "\(scheme) T0KEN")])
+            #expect(wrong.status == 401, "the token itself is case-sensitive")
+        }
+    }
+
+    @Test func errorBodiesAreOneLineOfText() async throws {
+        try await PeerHarness.with { peer in
+            let missing = try await peer.send(.GET, "/v1/caches/absent")
+            #expect(missing.status == 404)
+            #expect(String(decoding: missing.body, as: UTF8.self) == "no cache for absent\n")
+            #expect(missing.headers.first(name: "Content-Type") == "text/plain; charset=utf-8")
+
+            // An error description interpolated into the message.
+            let manifest = Data(#"{"formatVersion": 1}"#.utf8).base64EncodedString()
+            let bad = try await peer.send(.PUT, "/v1/caches/k", headers: [("X-CacheTiers-Manifest", manifest)], body: [1])
+            #expect(bad.status == 400)
+            let text = String(decoding: bad.body, as: UTF8.self)
+            #expect(text.hasPrefix("X-CacheTiers-Manifest is not a cache manifest: "), "\(text)")
+            #expect(text.hasSuffix("\n") && text.dropLast().allSatisfy { !$0.isNewline }, "one line: \(text)")
+        }
+    }
+
+    @Test func anUnauthorizedAnswerIsOneLineToo() async throws {
+        try await PeerHarness.with(token: "t0ken") { peer in
+            let answer = try await peer.send(.GET, "/v1/caches/absent")
+            #expect(answer.status == 401)
+            #expect(String(decoding: answer.body, as: UTF8.self) == "this cache master needs Authorization: Bearer <token>\n")
+            #expect(answer.headers.first(name: "WWW-Authenticate") == "Bearer realm=\"cachetiers\"")
+        }
+    }
+
     @Test(arguments: [(etag: false, length: true, missing: "an ETag"), (etag: true, length: false, missing: "a Content-Length")])
     func anArchiveWithoutAHeaderSaysWhichOne(etag: Bool, length: Bool, missing: String) async throws {
         let router = Router()
