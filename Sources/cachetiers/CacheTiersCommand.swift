@@ -89,9 +89,9 @@ enum Main {
         for _ in 0..<8 {
             let message = CacheTiersCommand.message(for: current)
             if message.hasPrefix("Unknown option") { return current }
-            guard message.hasPrefix(missing), let option = message.dropFirst(missing.count - 2).split(whereSeparator: { $0 == " " || $0 == "'" }).first else {
-                return nil
-            }
+            guard message.hasPrefix(missing),
+                let option = message.dropFirst(missing.count - 2).split(whereSeparator: { $0 == " " || $0 == "'" }).first
+            else { return nil }
             arguments += [String(option), "0"]
             do {
                 _ = try CacheTiersCommand.parseAsRoot(arguments)

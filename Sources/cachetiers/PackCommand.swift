@@ -16,7 +16,10 @@ struct PackCommand: AsyncParsableCommand {
     var output: String
 
     // Unconditional parsing, so a negative value (`--level -5`) is a value, not an option.
-    @Option(name: .long, parsing: .unconditional, help: "zstd level: \(ZstdCodec.levelRange). Level 1 is the cache-transfer sweet spot.")
+    @Option(
+        name: .long, parsing: .unconditional,
+        help: "zstd level: \(ZstdCodec.levelRange). Level 1 is the cache-transfer sweet spot."
+    )
     var level: Int = 1
 
     @Option(name: .long, parsing: .unconditional, help: "Compression threads; 0 = one per core.")
@@ -28,7 +31,10 @@ struct PackCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Owner 0:0 on every entry, so the same tree gives the same bytes.")
     var deterministic = false
 
-    @Option(name: .long, parsing: .unconditional, help: "Stamp this modification time (seconds since 1970, negative before) on every entry.")
+    @Option(
+        name: .long, parsing: .unconditional,
+        help: "Stamp this modification time (seconds since 1970, negative before) on every entry."
+    )
     var mtime: Int64?
 
     @Flag(name: .long, help: "Print the summary as JSON.")
@@ -69,7 +75,8 @@ struct PackCommand: AsyncParsableCommand {
             throw CommandFailure("pack: \(directory) is not a directory; give the directory to archive")
         }
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory), isDirectory.boolValue {
-            throw UsageFailure("pack: --output \(output) is a directory; give the archive's file name, e.g. \(FilePath(output).appending("\(key).tar.zst"))")
+            let example = FilePath(output).appending("\(key).tar.zst")
+            throw UsageFailure("pack: --output \(output) is a directory; give the archive's file name, e.g. \(example)")
         }
         let archive = FilePath(output)
         let packer = ArchivePacker(

@@ -185,7 +185,8 @@ public struct CacheTiersConfig: Sendable {
         compressionLevel = try compression?.integer("level") ?? 1
         if !ZstdCodec.isValidLevel(compressionLevel) {
             throw ConfigError(
-                path: "compression.level", "\(compressionLevel) is out of range; use \(ZstdCodec.levelRange) (1 is the cache-transfer sweet spot)"
+                path: "compression.level",
+                "\(compressionLevel) is out of range; use \(ZstdCodec.levelRange) (1 is the cache-transfer sweet spot)"
             )
         }
         compressionThreads = try compression?.integer("threads", atLeast: 0) ?? 0

@@ -99,7 +99,9 @@ enum JSONSyntaxCheck {
             }
             while true {
                 skipWhitespace()
-                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw unexpected("a field name in double quotes") }
+                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
+                    throw unexpected("a field name in double quotes")
+                }
                 try string()
                 skipWhitespace()
                 try expect(UInt8(ascii: ":"), "':' after the field name")
@@ -200,7 +202,9 @@ enum JSONSyntaxCheck {
 
         mutating func literal(_ word: String) throws(Problem) {
             let expected = Array(word.utf8)
-            guard bytes[index...].starts(with: expected) else { throw unexpected("a value (true, false, null, a number, a string, [ or {)") }
+            guard bytes[index...].starts(with: expected) else {
+                throw unexpected("a value (true, false, null, a number, a string, [ or {)")
+            }
             index += expected.count
         }
     }
