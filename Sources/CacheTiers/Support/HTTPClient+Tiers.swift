@@ -74,8 +74,7 @@ extension HTTPClient {
         guard let error = error as? IOError else { return "\(error)" }
         switch error.errnoCode {
         case ECONNREFUSED:
-            return "the connection was refused (nothing listens on that port, or a firewall rejects it); "
-                + "is the server running, and is the URL right?"
+            return "the connection was refused; is the server running, and is the URL right?"
         case ECONNRESET:
             return "the server reset the connection"
         case EHOSTUNREACH, ENETUNREACH:
