@@ -138,6 +138,7 @@ public final class CacheMasterServer: Sendable {
     private func makeApplication(onPort: @escaping @Sendable (Int) -> Void) -> some ApplicationProtocol {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: MetricsMiddleware(metrics: metrics))
+        router.add(middleware: OneLineErrorMiddleware())
         router.add(middleware: BearerTokenMiddleware(token: configuration.token))
         let routes = CacheRoutes(server: self)
         routes.register(on: router)

@@ -1,5 +1,6 @@
 import Hummingbird
 import HTTPTypes
+import NIOCore
 import Prometheus
 
 /// The server's counters, in its own Prometheus registry (`GET /metrics`).
@@ -60,15 +61,40 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+/// Answers every error as one line of plain text (the API's promise), whatever the
+/// message holds: an interpolated error description can span lines, and Hummingbird
+/// would otherwise wrap it in JSON.
+struct OneLineErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError {
+            var headers = error.headers
+            guard let message = error.body else { return Response(status: error.status, headers: headers) }
+            let line = Self.oneLine(message)
+            headers[.contentType] = "text/plain; charset=utf-8"
+            headers[.contentLength] = "\(line.utf8.count)"
+            return Response(status: error.status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: line)))
+        }
+    }
+
+    /// `text` with every run of whitespace (newlines included) made one space, and one
+    /// newline at the end.
+    static func oneLine(_ text: String) -> String {
+        text.split(whereSeparator: \.isWhitespace).joined(separator: " ") + "\n"
+    }
+}
+
 /// Requires `Authorization: Bearer <token>` on everything but `/healthz`, compared in
-/// constant time.
+/// constant time. The scheme is case-insensitive (RFC 7235), the token is not.
 struct BearerTokenMiddleware<Context: RequestContext>: RouterMiddleware {
     let token: String?
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let token, request.uri.path != "/healthz" else { return try await next(request, context) }
         let presented = request.headers[.authorization].flatMap { value -> Substring? in
-            value.hasPrefix("Bearer ") ? value.dropFirst("Bearer ".count) : nil
+            let scheme = "bearer "
+            return value.prefix(scheme.count).lowercased() == scheme ? value.dropFirst(scheme.count) : nil
         }
         guard let presented, constantTimeEquals(Array(presented.utf8), Array(token.utf8)) else {
             throw HTTPError(

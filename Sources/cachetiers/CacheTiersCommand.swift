@@ -44,7 +44,13 @@ struct LoggingOptions: ParsableArguments {
 enum Main {
     static func main() async {
         do {
-            var command = try CacheTiersCommand.parseAsRoot()
+            let arguments = Array(CommandLine.arguments.dropFirst())
+            var command: any ParsableCommand
+            do {
+                command = try CacheTiersCommand.parseAsRoot(arguments)
+            } catch {
+                throw unknownOption(hiddenBy: error, in: arguments) ?? error
+            }
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
@@ -67,10 +73,41 @@ enum Main {
                 print(CacheTiersCommand.fullMessage(for: error))
                 exit(0)
             }
-            FileHandle.standardError.write(Data((CacheTiersCommand.fullMessage(for: error) + "\n").utf8))
-            // Usage errors exit 2, as the command-line contract says.
+            // Usage errors: one line, exit 2, as the command-line contract says.
+            FileHandle.standardError.write(Data("cachetiers: \(CacheTiersCommand.message(for: error))\(helpHint())\n".utf8))
             exit(2)
         }
+    }
+
+    /// ArgumentParser reports a missing required option before an unknown one, so
+    /// `restore --confg x` would say that `--config` is missing. Parsing again with the
+    /// missing options given finds the misspelt option, which is what to report.
+    static func unknownOption(hiddenBy error: any Error, in arguments: [String]) -> (any Error)? {
+        let missing = "Missing expected argument '--"
+        var arguments = arguments
+        var current = error
+        for _ in 0..<8 {
+            let message = CacheTiersCommand.message(for: current)
+            if message.hasPrefix("Unknown option") { return current }
+            guard message.hasPrefix(missing),
+                let option = message.dropFirst(missing.count - 2).split(whereSeparator: { $0 == " " || $0 == "'" }).first
+            else { return nil }
+            arguments += [String(option), "0"]
+            do {
+                _ = try CacheTiersCommand.parseAsRoot(arguments)
+                return nil
+            } catch {
+                current = error
+            }
+        }
+        return nil
+    }
+
+    /// " (see 'cachetiers restore --help')" when a subcommand was named, else the root's.
+    static func helpHint() -> String {
+        let names = CacheTiersCommand.configuration.subcommands.map { $0.configuration.commandName ?? "" }
+        let command = CommandLine.arguments.dropFirst().first { names.contains($0) }
+        return " (see 'cachetiers\(command.map { " \($0)" } ?? "") --help')"
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CacheTiers
+import Logging
 import SystemPackage
 
 struct KeyCommand: AsyncParsableCommand {
@@ -12,8 +13,13 @@ struct KeyCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The JSON config file.")
     var config: String
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        let logger = logging.makeLogger()
         let settings = try CacheTiersConfig.load(from: FilePath(config))
-        print(try settings.cacheKey())
+        let key = try settings.cacheKey()
+        logger.debug("computed the cache key", metadata: ["key": "\(key)", "lockfiles": "\(settings.key.files)"])
+        print(key)
     }
 }

@@ -15,10 +15,14 @@ struct PackCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The archive to write.")
     var output: String
 
-    @Option(name: .long, help: "zstd level: 1-19, or negative for the fast levels. Level 1 is the cache-transfer sweet spot.")
+    // Unconditional parsing, so a negative value (`--level -5`) is a value, not an option.
+    @Option(
+        name: .long, parsing: .unconditional,
+        help: "zstd level: \(ZstdCodec.levelRange). Level 1 is the cache-transfer sweet spot."
+    )
     var level: Int = 1
 
-    @Option(name: .long, help: "Compression threads; 0 = one per core.")
+    @Option(name: .long, parsing: .unconditional, help: "Compression threads; 0 = one per core.")
     var threads: Int = 0
 
     @Option(name: .long, help: "The cache key recorded in the manifest (default: from the file name).")
@@ -27,7 +31,10 @@ struct PackCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Owner 0:0 on every entry, so the same tree gives the same bytes.")
     var deterministic = false
 
-    @Option(name: .long, help: "Stamp this modification time (seconds since 1970) on every entry.")
+    @Option(
+        name: .long, parsing: .unconditional,
+        help: "Stamp this modification time (seconds since 1970, negative before) on every entry."
+    )
     var mtime: Int64?
 
     @Flag(name: .long, help: "Print the summary as JSON.")
@@ -36,8 +43,8 @@ struct PackCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
-        guard level != 0, (ZstdCodec.minimumLevel...ZstdCodec.maximumLevel).contains(level) else {
-            throw ValidationError("--level \(level) is out of range: use 1 to \(ZstdCodec.maximumLevel), or \(ZstdCodec.minimumLevel) to -1")
+        guard ZstdCodec.isValidLevel(level) else {
+            throw ValidationError("--level \(level) is out of range; use \(ZstdCodec.levelRange)")
         }
         guard threads >= 0 else { throw ValidationError("--threads must be 0 (one per core) or more") }
         if let key { _ = try keyValue(key) }
@@ -66,6 +73,10 @@ struct PackCommand: AsyncParsableCommand {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw CommandFailure("pack: \(directory) is not a directory; give the directory to archive")
+        }
+        if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory), isDirectory.boolValue {
+            let example = FilePath(output).appending("\(key).tar.zst")
+            throw UsageFailure("pack: --output \(output) is a directory; give the archive's file name, e.g. \(example)")
         }
         let archive = FilePath(output)
         let packer = ArchivePacker(
@@ -102,7 +113,7 @@ struct PackCommand: AsyncParsableCommand {
             print(
                 "packed \(manifest.entryCount) entries: \(formatBytes(manifest.uncompressedSize)) in, "
                     + "\(formatBytes(manifest.archiveSize)) out (ratio \(String(format: "%.2f", ratio))) "
-                    + "in \(String(format: "%.2f", elapsed)) s at zstd -\(level)"
+                    + "in \(String(format: "%.2f", elapsed)) s at zstd level \(level)"
             )
             print("sha256 \(manifest.archiveSHA256)")
             print("wrote \(output) and \(manifestPath)")

@@ -26,12 +26,15 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A file holding the cache master's bearer token.")
     var tokenFile: String?
 
-    @Option(name: .long, help: "zstd level (default: the config's, else 1).")
+    @Option(name: .long, parsing: .unconditional, help: "zstd level: \(ZstdCodec.levelRange) (default: the config's, else 1).")
     var level: Int?
 
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
+        if let level, !ZstdCodec.isValidLevel(level) {
+            throw ValidationError("--level \(level) is out of range; use \(ZstdCodec.levelRange)")
+        }
         if let key {
             do { _ = try CacheKey(key) } catch { throw ValidationError("--key: \(error)") }
         }

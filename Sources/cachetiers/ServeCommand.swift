@@ -17,13 +17,13 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The address to listen on.")
     var host = "127.0.0.1"
 
-    @Option(name: .long, help: "The port to listen on; 0 picks a free one.")
+    @Option(name: .long, parsing: .unconditional, help: "The port to listen on; 0 picks a free one.")
     var port = 7420
 
     @Option(name: .long, help: "A file holding the bearer token every request but /healthz must present.")
     var tokenFile: String?
 
-    @Option(name: .long, help: "Downloads and uploads served at once; beyond it, 503 with Retry-After.")
+    @Option(name: .long, parsing: .unconditional, help: "Downloads and uploads served at once; beyond it, 503 with Retry-After.")
     var maxTransfers = 64
 
     @Option(name: .long, help: "Seconds a connection may send nothing (no request, or half of one) before it is closed.")
@@ -68,12 +68,16 @@ struct ServeCommand: AsyncParsableCommand {
     }
 }
 
-/// Reads a token file, trimming the trailing newline editors add.
+/// Reads a token file, trimming the trailing newline editors add. A file that cannot
+/// be used is a usage error (exit 2), as a config's `tokenFile` is a config error.
 func readToken(_ path: String, option: String) throws -> String {
     guard let data = FileManager.default.contents(atPath: path) else {
-        throw CommandFailure("\(option) \(path) cannot be read")
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        let reason = descriptor < 0 ? String(cString: strerror(errno)) : "not a readable file"
+        if descriptor >= 0 { close(descriptor) }
+        throw UsageFailure("\(option) \(path) cannot be read: \(reason)")
     }
     let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    guard !token.isEmpty else { throw CommandFailure("\(option) \(path) is empty") }
+    guard !token.isEmpty else { throw UsageFailure("\(option) \(path) is empty; put the bearer token in it") }
     return token
 }

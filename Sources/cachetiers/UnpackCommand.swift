@@ -22,7 +22,7 @@ struct UnpackCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The archive's expected SHA-256 (hex); a mismatch fails and leaves DIR untouched.")
     var sha256: String?
 
-    @Option(name: .long, help: "Threads writing small files beside the parser (0 = none).")
+    @Option(name: .long, parsing: .unconditional, help: "Threads writing small files beside the parser (0 = none).")
     var writerThreads = UnpackSession.Options.defaultWriterThreads
 
     @Flag(name: .long, help: "Print the summary as JSON.")

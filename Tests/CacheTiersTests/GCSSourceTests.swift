@@ -1,7 +1,9 @@
+import AsyncHTTPClient
 import CacheTiers
 import CacheTiersTesting
 import Foundation
 import Logging
+import NIOHTTP1
 import SystemPackage
 import Testing
 
@@ -63,6 +65,35 @@ import Testing
             let custom = try #require(metadata["metadata"] as? [String: String])
             let stored = try CacheManifest(jsonData: Data(try #require(custom[GCSSource.manifestMetadataKey]).utf8))
             #expect(stored == archive.manifest)
+        }
+    }
+
+    @Test func theManifestIsStoredOnOneLineAndAPrettyPrintedOneStillRestores() async throws {
+        try await GCSHarness.with { gcs in
+            let tree = gcs.scratch.path.appending("tree")
+            try SampleTree.write(to: tree, files: 30)
+            let key = try CacheKey("one-line")
+            let archive = try await gcs.publish(tree, as: key)
+            let name = "caches/one-line.tar.zst"
+            let metadata = try #require(try await gcs.emulator.objectMetadata(bucket: gcs.bucket, name: name))
+            let stored = try #require((metadata["metadata"] as? [String: String])?[GCSSource.manifestMetadataKey])
+            #expect(!stored.contains("\n"), "servers may echo custom metadata as a header: \(stored)")
+            #expect(try CacheManifest(jsonData: Data(stored.utf8)) == archive.manifest)
+
+            // What earlier versions wrote: the pretty-printed form, newlines and all.
+            let pretty = String(decoding: try archive.manifest.jsonData(), as: UTF8.self)
+            var patch = HTTPClientRequest(url: "\(gcs.emulator.url)/storage/v1/b/\(gcs.bucket)/o/caches%2Fone-line.tar.zst")
+            patch.method = .PATCH
+            patch.headers.add(name: "Content-Type", value: "application/json")
+            patch.body = .bytes(try JSONSerialization.data(withJSONObject: ["metadata": [GCSSource.manifestMetadataKey: pretty]]))
+            let patched = try await HTTPClient.shared.execute(patch, timeout: .seconds(10))
+            #expect(patched.status.code == 200)
+            let updated = try #require(try await gcs.emulator.objectMetadata(bucket: gcs.bucket, name: name))
+            #expect((updated["metadata"] as? [String: String])?[GCSSource.manifestMetadataKey] == pretty)
+            let destination = gcs.scratch.path.appending("restored")
+            let report = try await chain([.init(gcs.source())]).restore(key, into: destination)
+            #expect(report.servedBy == "gcs")
+            #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
         }
     }
 

@@ -35,10 +35,23 @@ public struct DestinationStaging: Sendable {
                 "cannot restore into \(absolute): its parent \(parent) \(reason); create it or choose another destination"
             )
         }
-        if let kind = FileSystem.kind(of: absolute), kind != .directory {
+        switch FileSystem.kind(of: absolute) {
+        case nil, .directory:
+            break
+        case .symlink:
+            // Not followed: promotion renames over the link itself, which would replace the
+            // link with the tree and leave its target holding the old one.
+            let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: absolute.string)).map { " to \($0)" } ?? ""
             throw CacheTierError(
                 .fatal,
-                "cannot restore into \(absolute): a file that is not a directory is in the way; move it aside"
+                "cannot restore into \(absolute): it is a symbolic link\(target), which CacheTiers does not follow; "
+                    + "give the real directory, or remove the link"
+            )
+        case .regular:
+            throw CacheTierError(.fatal, "cannot restore into \(absolute): a regular file is in the way; move it aside")
+        case .other:
+            throw CacheTierError(
+                .fatal, "cannot restore into \(absolute): a special file (FIFO, socket or device) is in the way; move it aside"
             )
         }
     }

@@ -71,7 +71,8 @@ public final class TierChain: Sendable {
                 key: key, outcome: .failed, servedBy: nil, destination: FileSystem.absolute(destination).string,
                 durationSeconds: 0, bytesTransferred: 0, estimatedCostUSD: nil, attempts: [], writeBack: []
             )
-            logger.error("restore cannot start", metadata: ["key": "\(key)", "error": "\(error)"])
+            // Thrown to the caller, who reports it: logged at notice, not a second error.
+            logger.notice("restore cannot start", metadata: ["key": "\(key)", "error": "\(error)"])
             throw RestoreFailure(report: report, fatalError: error)
         }
         return try await flights.run("\(key.rawValue)\u{0}\(staging.destination.string)") {
@@ -176,7 +177,8 @@ struct RestoreRun: Sendable {
             attempts: attempts.records, writeBack: []
         )
         let failure = RestoreFailure(report: report, fatalError: fatal)
-        logger.error("restore failed; the destination is unchanged", metadata: ["reason": "\(failure)"])
+        // Thrown to the caller, who reports it: logged at notice, not a second error.
+        logger.notice("restore failed; the destination is unchanged", metadata: ["reason": "\(failure)"])
         return failure
     }
 

@@ -7,7 +7,8 @@ internal import CZstd
 /// a cache transfer take 171 s at level 19 and 60-80 s at level 1, for about 10 % more
 /// bytes, because level 19 costs minutes of CPU.
 public struct ZstdCodec: CompressionCodec, Hashable {
-    /// 1-19 (22 with ultra), or a fast negative level down to ``minimumLevel``.
+    /// 1 to ``maximumLevel`` (22), or a fast negative level down to ``minimumLevel``
+    /// (-131072); 0 is not a level. See ``levelRange``.
     public var compressionLevel: Int
     /// Compression worker threads; 0 means one per core.
     public var threads: Int
@@ -28,14 +29,21 @@ public struct ZstdCodec: CompressionCodec, Hashable {
     public static var minimumLevel: Int { Int(ZSTD_minCLevel()) }
     /// The strongest level libzstd accepts.
     public static var maximumLevel: Int { Int(ZSTD_maxCLevel()) }
+    /// Whether libzstd accepts `level` (CacheTiers records the level in manifests, so
+    /// libzstd's 0, "the default", is refused rather than recorded as 0).
+    public static func isValidLevel(_ level: Int) -> Bool {
+        level != 0 && (minimumLevel...maximumLevel).contains(level)
+    }
+
+    /// The levels ``isValidLevel(_:)`` accepts, as every message and help text says them:
+    /// `1 to 22, or -131072 to -1 for the fast levels`.
+    public static var levelRange: String { "1 to \(maximumLevel), or \(minimumLevel) to -1 for the fast levels" }
     /// The libzstd version in use, e.g. `1.5.4`.
     public static var libraryVersion: String { String(cString: ZSTD_versionString()) }
 
     public func makeEncoder() throws(CompressionError) -> any StreamEncoder {
-        guard (Self.minimumLevel...Self.maximumLevel).contains(compressionLevel), compressionLevel != 0 else {
-            throw CompressionError(
-                "zstd level \(compressionLevel) is out of range; use 1 to \(Self.maximumLevel), or \(Self.minimumLevel) to -1 for the fast levels"
-            )
+        guard Self.isValidLevel(compressionLevel) else {
+            throw CompressionError("zstd level \(compressionLevel) is out of range; use \(Self.levelRange)")
         }
         let workers = threads == 0 ? ProcessInfo.processInfo.activeProcessorCount : threads
         return try ZstdEncoder(level: compressionLevel, workers: workers, longWindowLog: longDistanceWindowLog)

@@ -111,8 +111,12 @@ public struct CacheTiersConfig: Sendable {
     /// Reads and checks a config file.
     public static func load(from path: FilePath) throws(ConfigError) -> CacheTiersConfig {
         let absolute = path.isAbsolute ? path : FilePath(FileManager.default.currentDirectoryPath).pushing(path)
-        guard let data = FileManager.default.contents(atPath: absolute.string) else {
-            throw ConfigError(path: "(file)", "cannot read the config file", file: absolute.string)
+        let data: Data
+        do {
+            data = try readFile(absolute)
+        } catch {
+            let reason = (error as? Errno)?.description ?? "\(error)"
+            throw ConfigError(path: "(file)", "cannot read the config file: \(reason)", file: absolute.string)
         }
         do {
             var config = try CacheTiersConfig(json: data, baseDirectory: absolute.removingLastComponent())
@@ -125,13 +129,27 @@ public struct CacheTiersConfig: Sendable {
         }
     }
 
+    /// The whole file, with the system's reason when it cannot be read (it does not
+    /// exist, permission denied, it is a directory).
+    private static func readFile(_ path: FilePath) throws -> Data {
+        let descriptor = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
+        defer { try? descriptor.close() }
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let count = try buffer.withUnsafeMutableBytes { try descriptor.read(into: $0) }
+            if count == 0 { return data }
+            data.append(contentsOf: buffer[..<count])
+        }
+    }
+
     /// Parses config JSON, resolving relative paths against `baseDirectory`.
     public init(json: Data, baseDirectory: FilePath) throws(ConfigError) {
         let root: JSONValue
         do {
             root = try JSONDecoder().decode(JSONValue.self, from: json)
         } catch {
-            throw ConfigError(path: "(file)", "not valid JSON: \(Self.describe(error))")
+            throw Self.configError(decoding: error, json: json)
         }
         self.baseDirectory = baseDirectory
         var reader = try ConfigObjectReader(root, path: "")
@@ -172,8 +190,11 @@ public struct CacheTiersConfig: Sendable {
 
         var compression = try reader.object("compression")
         compressionLevel = try compression?.integer("level") ?? 1
-        if !(-7...19).contains(compressionLevel) {
-            throw ConfigError(path: "compression.level", "must be between -7 and 19 (1 is the cache-transfer sweet spot)")
+        if !ZstdCodec.isValidLevel(compressionLevel) {
+            throw ConfigError(
+                path: "compression.level",
+                "\(compressionLevel) is out of range; use \(ZstdCodec.levelRange) (1 is the cache-transfer sweet spot)"
+            )
         }
         compressionThreads = try compression?.integer("threads", atLeast: 0) ?? 0
         try compression?.finish()
@@ -286,16 +307,26 @@ public struct CacheTiersConfig: Sendable {
         }
     }
 
-    private static func describe(_ error: any Error) -> String {
-        if case DecodingError.dataCorrupted(let context) = error {
-            let underlying = (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String
-            return underlying ?? context.debugDescription
+    /// A JSON failure where a person can find it: Foundation names no line or column.
+    private static func configError(decoding error: any Error, json: Data) -> ConfigError {
+        if let problem = JSONSyntaxCheck.firstProblem(in: Array(json)) {
+            return ConfigError(path: "(file)", problem.isSyntax ? "not valid JSON: \(problem)" : "\(problem)")
         }
-        return "\(error)"
+        guard case DecodingError.dataCorrupted(let context) = error else {
+            return ConfigError(path: "(file)", "not valid JSON: \(error)")
+        }
+        return ConfigError(path: "(file)", "not valid JSON: \(context.debugDescription)")
     }
 
     /// The cache key from the lockfiles, platform, runtime versions and salt.
     public func cacheKey() throws(ConfigError) -> CacheKey {
+        guard !key.files.isEmpty else {
+            throw ConfigError(
+                path: "key.files",
+                "a computed cache key needs at least one lockfile, e.g. [\"package-lock.json\"] (or pass --key)",
+                file: file?.string
+            )
+        }
         var lockfiles: [Lockfile] = []
         for (index, file) in key.files.enumerated() {
             guard let data = FileManager.default.contents(atPath: file.string) else {

@@ -16,7 +16,7 @@ enum JSONValue: Sendable, Decodable {
             self = .null
         } else if let value = try? container.decode(Bool.self) {
             self = .bool(value)
-        } else if let value = try? container.decode(Double.self) {
+        } else if let value = try Self.number(container) {
             self = .number(value)
         } else if let value = try? container.decode(String.self) {
             self = .string(value)
@@ -24,6 +24,18 @@ enum JSONValue: Sendable, Decodable {
             self = .array(value)
         } else {
             self = .object(try container.decode([String: JSONValue].self))
+        }
+    }
+
+    /// The value as a number; nil when it is not one. A number no Double can hold
+    /// (`1e999`) is an error of its own, not "not a number": otherwise the last attempt,
+    /// an object, would report a type mismatch for it.
+    private static func number(_ container: any SingleValueDecodingContainer) throws -> Double? {
+        do {
+            return try container.decode(Double.self)
+        } catch let error as DecodingError {
+            if case .dataCorrupted = error { throw error }
+            return nil
         }
     }
 

@@ -33,7 +33,7 @@ extension GCSSource {
             name: name,
             contentType: "application/zstd",
             crc32c: try CRC32C.ofFile(at: path).base64,
-            metadata: [Self.manifestMetadataKey: String(decoding: try archive.manifest.jsonData(), as: UTF8.self)]
+            metadata: [Self.manifestMetadataKey: String(decoding: try archive.manifest.compactJSONData(), as: UTF8.self)]
         )
         let requests = RequestCounter()
         let outcome: PublishOutcome

@@ -10,8 +10,9 @@ import SystemPackage
 /// and extracting while the bytes arrive.
 ///
 /// Objects are named `{prefix}{key}.tar.zst`. The manifest travels in the object's
-/// custom metadata (`cachetiers-manifest`, the manifest JSON), so object and manifest
-/// are one atomic write and there is no sidecar to get out of step.
+/// custom metadata (`cachetiers-manifest`, the manifest JSON on one line: servers may
+/// echo custom metadata as response headers, where a newline breaks the response), so
+/// object and manifest are one atomic write and there is no sidecar to get out of step.
 ///
 /// A restore reads the object's metadata (size, generation, CRC32C, manifest), then
 /// downloads the media pinned to that generation: one stream, or, for objects larger

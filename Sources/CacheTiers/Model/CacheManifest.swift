@@ -59,13 +59,23 @@ public struct CacheManifest: Sendable, Hashable, Codable {
 
     /// The manifest as pretty-printed JSON with sorted keys and ISO 8601 dates.
     public func jsonData() throws -> Data {
+        try encoded(as: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    }
+
+    /// The manifest as JSON on one line, for where a newline cannot go: GCS custom
+    /// metadata, which servers may echo as `x-goog-meta-*` response headers.
+    public func compactJSONData() throws -> Data {
+        try encoded(as: [.sortedKeys, .withoutEscapingSlashes])
+    }
+
+    private func encoded(as formatting: JSONEncoder.OutputFormatting) throws -> Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.outputFormatting = formatting
         encoder.dateEncodingStrategy = .iso8601
         return try encoder.encode(self)
     }
 
-    /// Reads a manifest, accepting unknown fields.
+    /// Reads a manifest in either form, accepting unknown fields.
     public init(jsonData data: Data) throws {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601

@@ -1,6 +1,11 @@
 import AsyncHTTPClient
 import Logging
 import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension HTTPClient {
     /// The client a download tier owns: a connect timeout of its own (the chain times
@@ -48,7 +53,38 @@ extension HTTPClient {
             throw CancellationError()
         } catch {
             let context = what.map { " while \($0)" } ?? ""
-            throw CacheTierError(.transient, "cannot reach \(endpoint)\(context): \(error)", underlying: error)
+            let reason = Self.describeConnectionFailure(error)
+            // Not kept as the cause when it was put in words: the description would repeat NIO's.
+            throw CacheTierError(
+                .transient, "cannot reach \(endpoint)\(context): \(reason)", underlying: reason == "\(error)" ? error : nil
+            )
+        }
+    }
+
+    /// What went wrong on the way to a server, in words an operator can act on. NIO's own
+    /// descriptions name the code path, not the cause ("connection reset (error set):
+    /// Connection refused) (errno: 111)" for a refused connection).
+    static func describeConnectionFailure(_ error: any Error) -> String {
+        if let error = error as? NIOConnectionError {
+            if let failure = error.connectionErrors.first {
+                return describeConnectionFailure(failure.error)
+            }
+            if error.dnsAError != nil || error.dnsAAAAError != nil {
+                return "cannot resolve the host name \(error.host); check the URL and DNS"
+            }
+        }
+        guard let error = error as? IOError else { return "\(error)" }
+        switch error.errnoCode {
+        case ECONNREFUSED:
+            return "the connection was refused; is the server running, and is the URL right?"
+        case ECONNRESET:
+            return "the server reset the connection"
+        case EHOSTUNREACH, ENETUNREACH:
+            return "no route to the host (\(String(cString: strerror(error.errnoCode)))); check the network and the URL"
+        case ETIMEDOUT:
+            return "the connection timed out"
+        default:
+            return "\(String(cString: strerror(error.errnoCode))) (errno \(error.errnoCode))"
         }
     }
 }

@@ -155,10 +155,14 @@ public final class VMPeerSource: CacheSource, CacheSink {
         progress: TransferProgress,
         logger: Logger
     ) async throws -> SourceRestoreOutcome {
-        guard let etag = first.headers.first(name: "ETag"),
-            let length = first.headers.first(name: "Content-Length").flatMap(Int64.init)
-        else {
-            throw CacheTierError(.corrupt, "\(peer) sent the archive without an ETag and Content-Length; is it a cache master?")
+        let etagHeader = first.headers.first(name: "ETag")
+        let lengthHeader = first.headers.first(name: "Content-Length")
+        guard let etag = etagHeader, let length = lengthHeader.flatMap(Int64.init) else {
+            let missing = [
+                etagHeader == nil ? "an ETag" : nil,
+                lengthHeader == nil ? "a Content-Length" : lengthHeader.flatMap(Int64.init) == nil ? "a valid Content-Length" : nil,
+            ].compactMap { $0 }.joined(separator: " or ")
+            throw CacheTierError(.corrupt, "\(peer) sent the archive without \(missing); is it a cache master?")
         }
         let digest = etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"W/"))
         let manifest = try await manifest(describing: first, from: peer, key: key, logger: logger)
