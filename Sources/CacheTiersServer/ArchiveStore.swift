@@ -78,34 +78,61 @@ struct ArchiveStore: Sendable {
             }
         }
 
-        var doubtful: [String] = []
-        for archive in names where Self.key(ofArchive: archive) != nil {
+        // A key's doubtful files are judged together: moved only once every one of them
+        // has settled, so a pair is never split.
+        var doubtful: [[String]] = []
+        for archive in names where Self.key(ofArchive: archive) != nil && isRegular(archive) {
             let manifest = archive + ".manifest.json"
             if !belongTogether(archive: archive, manifest: manifest) {
-                doubtful.append(archive)
-                if names.contains(manifest) { doubtful.append(manifest) }
+                doubtful.append(names.contains(manifest) ? [archive, manifest] : [archive])
             }
         }
-        for manifest in names where manifest.hasSuffix(".manifest.json") {
+        for manifest in names where manifest.hasSuffix(".manifest.json") && isRegular(manifest) {
             let archive = String(manifest.dropLast(".manifest.json".count))
-            if Self.key(ofArchive: archive) != nil, !names.contains(archive) { doubtful.append(manifest) }
+            if Self.key(ofArchive: archive) != nil, !names.contains(archive) { doubtful.append([manifest]) }
         }
-        let settled = doubtful.filter(isSettled).sorted()
+        let settled = doubtful.filter { $0.allSatisfy(isSettled) }.flatMap { $0 }.sorted()
         if !settled.isEmpty {
             let quarantine = root.appending(Self.quarantineName)
-            try FileManager.default.createDirectory(atPath: quarantine.string, withIntermediateDirectories: true)
-            for name in settled where rename(root.appending(name).string, quarantine.appending(name).string) == 0 {
-                preparation.quarantined.append(name)
-                logger.notice(
-                    "moved aside a file without its pair, left by a publish cut short or copied in by hand",
-                    metadata: ["file": "\(name)", "to": "\(quarantine)"]
+            do {
+                try FileManager.default.createDirectory(atPath: quarantine.string, withIntermediateDirectories: true)
+            } catch {
+                throw CacheMasterError(
+                    "cannot create \(quarantine) to move half-published files into: \(error.localizedDescription); "
+                        + "move whatever is at that path away"
                 )
             }
+            for name in settled {
+                guard let target = Self.freeName(for: name, in: quarantine) else { continue }
+                if rename(root.appending(name).string, target.string) == 0 {
+                    preparation.quarantined.append(name)
+                    logger.notice(
+                        "moved aside a file without its pair, left by a publish cut short or copied in by hand",
+                        metadata: ["file": "\(name)", "to": "\(target)"]
+                    )
+                }
+            }
         }
-        for name in Set(doubtful).subtracting(settled).sorted() {
+        for name in Set(doubtful.flatMap { $0 }).subtracting(settled).sorted() {
             logger.notice("left a file without its pair: it is younger than the grace period", metadata: ["file": "\(name)"])
         }
         return preparation
+    }
+
+    private func isRegular(_ name: String) -> Bool {
+        var info = stat()
+        return lstat(root.appending(name).string, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
+    }
+
+    /// `folder/name`, or `folder/name.1`, `.2` … when that is taken: an earlier
+    /// quarantined file is never overwritten.
+    static func freeName(for name: String, in folder: FilePath) -> FilePath? {
+        for attempt in 0..<1000 {
+            let candidate = folder.appending(attempt == 0 ? name : "\(name).\(attempt)")
+            var info = stat()
+            if lstat(candidate.string, &info) != 0, errno == ENOENT { return candidate }
+        }
+        return nil
     }
 
     /// The key of `KEY.tar.zst`, when `name` is that for a valid key.
@@ -117,7 +144,9 @@ struct ArchiveStore: Sendable {
     /// Whether `name` is `.KEY.upload-N` or `.KEY.manifest.upload-N`, as ``beginUpload(_:)``
     /// and ``commit(_:manifest:createOnly:)`` name their temporary files.
     static func isUploadTemporary(_ name: String) -> Bool {
-        guard name.hasPrefix("."), let marker = name.range(of: ".upload-", options: .backwards) else { return false }
+        guard name.hasPrefix("."), let marker = name.range(of: ".upload-", options: .backwards),
+            marker.lowerBound > name.startIndex
+        else { return false }
         let suffix = name[marker.upperBound...]
         guard !suffix.isEmpty, suffix.allSatisfy(\.isASCII), UInt64(suffix) != nil else { return false }
         var base = name[name.index(after: name.startIndex)..<marker.lowerBound]
@@ -157,8 +186,12 @@ struct ArchiveStore: Sendable {
     enum Lookup {
         case found(OpenArchive)
         case missing
-        /// Archive and manifest disagree: a publish is replacing them right now.
+        /// Archive and manifest disagree, and the archive changed moments ago: another
+        /// process is replacing them right now (this server's own publishes are atomic
+        /// to its readers).
         case changing
+        /// Archive and manifest disagree and have for a while: a retry will not help.
+        case inconsistent(archiveSize: Int64, manifestSize: Int64)
     }
 
     func manifest(for key: CacheKey) throws -> CacheManifest? {
@@ -186,7 +219,9 @@ struct ArchiveStore: Sendable {
             return .missing
         }
         let archive = OpenArchive(descriptor: descriptor, size: Int64(info.st_size), manifest: manifest)
-        return manifest.archiveSize == archive.size ? .found(archive) : .changing
+        if manifest.archiveSize == archive.size { return .found(archive) }
+        let changedSecondsAgo = Date().timeIntervalSince1970 - Double(info.st_ctim.tv_sec)
+        return changedSecondsAgo < 60 ? .changing : .inconsistent(archiveSize: archive.size, manifestSize: manifest.archiveSize)
     }
 
     /// Reads `length` bytes at `offset` on NIO's blocking-I/O pool.

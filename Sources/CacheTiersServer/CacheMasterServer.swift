@@ -34,7 +34,8 @@ public final class CacheMasterServer: Sendable {
         /// How long a connection may go without a complete request head or body part
         /// from the client before it is closed: an idle keep-alive connection, a client
         /// that sends nothing, half a request line, or an upload that stops. A response
-        /// being streamed to a slow reader is not idle.
+        /// being streamed to a slow reader is not idle; one that cannot take a byte of
+        /// its response for this long (the client stopped reading) is closed too.
         public var idleTimeout: Duration
         /// Connections open at once; beyond it the server stops accepting until one
         /// closes (new ones wait in the listen backlog), so no client can exhaust the
@@ -143,10 +144,14 @@ public final class CacheMasterServer: Sendable {
         let routes = CacheRoutes(server: self)
         routes.register(on: router)
         let idle = configuration.idleTimeout.components
+        let idleTimeout = TimeAmount.nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000)
         return Application(
             router: router,
             server: .http1(
-                configuration: .init(idleTimeout: .nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000))
+                configuration: .init(
+                    additionalChannelHandlers: [WriteStallHandler(timeout: idleTimeout)],
+                    idleTimeout: idleTimeout
+                )
             ),
             configuration: .init(
                 address: .hostname(configuration.host, port: configuration.port),

@@ -71,6 +71,12 @@ struct CacheRoutes: Sendable {
             throw HTTPError(.notFound, message: "no cache for \(key)\n")
         case .changing:
             throw HTTPError(.serviceUnavailable, headers: [.retryAfter: "1"], message: "\(key) is being replaced; retry\n")
+        case .inconsistent(let archiveSize, let manifestSize):
+            // A miss to clients, so they fall through instead of retrying what will not heal.
+            throw HTTPError(
+                .notFound,
+                message: "no usable cache for \(key): the archive is \(archiveSize) bytes but its manifest says \(manifestSize); publish it again without If-None-Match to replace it\n"
+            )
         case .found(let found):
             archive = found
         }
@@ -145,6 +151,9 @@ struct CacheRoutes: Sendable {
         }
         guard manifest.key == key else {
             throw HTTPError(.badRequest, message: "the manifest is for \(manifest.key), not \(key)\n")
+        }
+        if let problem = manifest.problem {
+            throw HTTPError(.badRequest, message: "X-CacheTiers-Manifest is not a usable manifest: \(problem)\n")
         }
         let createOnly = request.headers[.ifNoneMatch] == "*"
         if createOnly, FileManager.default.fileExists(atPath: store.archivePath(key).string) {

@@ -116,3 +116,44 @@ func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     }
     return difference == 0
 }
+
+/// Closes a connection whose client has stopped reading: once the socket cannot take
+/// more of a response (the channel turns unwritable) and stays so for `timeout`, the
+/// connection goes. Without it, a client that pipelines requests and never reads the
+/// answers, or starts downloads and never reads them, holds a connection slot (and a
+/// transfer slot) for good, since the idle timeout only watches what the client sends.
+final class WriteStallHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+
+    private let timeout: TimeAmount
+    private var scheduled: Scheduled<Void>?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            scheduled?.cancel()
+            scheduled = nil
+        } else if scheduled == nil {
+            let channel = context.channel
+            scheduled = context.eventLoop.scheduleTask(in: timeout) {
+                if !channel.isWritable { channel.close(promise: nil) }
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        scheduled = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        scheduled = nil
+        context.fireChannelInactive()
+    }
+}

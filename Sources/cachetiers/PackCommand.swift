@@ -79,6 +79,9 @@ struct PackCommand: AsyncParsableCommand {
             throw UsageFailure("pack: --output \(output) is a directory; give the archive's file name, e.g. \(example)")
         }
         let archive = FilePath(output)
+        if ProtectedPath.isInside(archive, FilePath(directory)) {
+            throw UsageFailure("pack: --output \(output) is inside \(directory), the folder being packed; write it elsewhere")
+        }
         let packer = ArchivePacker(
             codec: ZstdCodec(level: level, threads: threads),
             options: .init(deterministic: deterministic, fixedModificationTime: mtime)

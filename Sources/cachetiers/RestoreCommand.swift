@@ -44,12 +44,22 @@ struct RestoreCommand: AsyncParsableCommand {
         let destination = into.map { FilePath(FileManager.default.currentDirectoryPath).pushing(FilePath($0)) }
             ?? settings.destination
         let reportFile = try report.map { try ReportFile(path: $0) }
+        if let reportFile, reportFile.path != "-",
+            ProtectedPath.isInside(FilePath(reportFile.path), destination)
+        {
+            // The report would be packed into the cache by write-back, and served to every VM.
+            throw UsageFailure("--report \(reportFile.path) is inside the destination \(destination); write it elsewhere")
+        }
 
         let console = ProgressConsole(mode: quiet ? .quiet : (isatty(STDERR_FILENO) == 1 ? .terminal : .lines))
         var logger = logging.makeLogger()
         // The console already says how every attempt ended; the log adds detail with --verbose.
         if !logging.verbose { logger.logLevel = quiet ? .critical : .error }
-        let configured = try settings.makeChain(logger: logger, observer: { console.handle($0) })
+        let finished = AttemptCollector()
+        let configured = try settings.makeChain(logger: logger, observer: { event in
+            console.handle(event)
+            finished.record(event)
+        })
         let chain = configured.chain
         // Before any tier runs: a destination that would delete what the user needs.
         do {
@@ -61,6 +71,7 @@ struct RestoreCommand: AsyncParsableCommand {
         console.line("restoring \(cacheKey) into \(destination) (tiers: \(configured.tiers.map(\.name).joined(separator: ", ")))")
 
         let phase = Mutex(RestorePhase.restoring)
+        let started = ContinuousClock.now
         let restore = Task {
             let report = try await chain.restore(cacheKey, into: destination)
             phase.withLock { $0 = .restored(tier: report.servedBy ?? "?") }
@@ -87,6 +98,13 @@ struct RestoreCommand: AsyncParsableCommand {
             await configured.shutdown()
             console.finish()
             if let signal = interrupts.interruptedBy {
+                // The report, as on any failure: the attempts that ended before the signal.
+                let stopped = RestoreReport(
+                    key: cacheKey, outcome: .failed, servedBy: nil, destination: destination.string,
+                    durationSeconds: (ContinuousClock.now - started).inSeconds, bytesTransferred: 0,
+                    estimatedCostUSD: nil, attempts: finished.records, writeBack: []
+                )
+                try? reportFile?.write(stopped)
                 throw CommandFailure("restore of \(cacheKey) stopped by \(signal); \(destination) is as it was")
             }
             throw CommandFailure("restore: \(error)")
@@ -114,6 +132,17 @@ struct RestoreCommand: AsyncParsableCommand {
     }
 }
 
+/// The attempts that have ended, for the report of a restore stopped by a signal.
+final class AttemptCollector: Sendable {
+    private let storage = Mutex<[AttemptRecord]>([])
+
+    func record(_ event: RestoreEvent) {
+        if case .attemptFinished(let record) = event { storage.withLock { $0.append(record) } }
+    }
+
+    var records: [AttemptRecord] { storage.withLock { $0 } }
+}
+
 /// Where a restore is, for what an interrupt can truthfully say.
 enum RestorePhase: Sendable {
     case restoring
@@ -129,6 +158,7 @@ struct ReportFile: Sendable {
     init(path: String) throws {
         self.path = path
         guard path != "-" else { return }
+        guard !path.isEmpty else { throw UsageFailure("--report needs a file path, or - for stdout") }
         let url = URL(fileURLWithPath: path)
         let folder = url.deletingLastPathComponent().path
         var isDirectory: ObjCBool = false
@@ -140,6 +170,15 @@ struct ReportFile: Sendable {
         } else if access(folder, W_OK) != 0 {
             throw UsageFailure("--report \(path): the folder \(folder) is not writable")
         }
+        // access() says yes to root everywhere, and /proc or a read-only mount still
+        // refuse: create (and remove) a file beside it to be sure.
+        let probe = folder + "/.cachetiers-report-check-\(getpid())"
+        let descriptor = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw UsageFailure("--report \(path): cannot create a file in \(folder): \(String(cString: strerror(errno)))")
+        }
+        close(descriptor)
+        unlink(probe)
     }
 
     /// Writes `report` as pretty JSON: to stdout for `-`, else to a temporary file

@@ -131,4 +131,33 @@ import Testing
         #expect(elapsed < .seconds(60), "bounded: the write-back gave up instead of waiting on the silent master")
         #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
     }
+
+    /// A sink whose upload is all handed over at once, then answers after `answerAfter`:
+    /// a server verifying and syncing a large upload.
+    struct SlowToAnswerSink: CacheSink {
+        let name = "slow-master"
+        let answerAfter: Duration
+
+        func contains(_ key: CacheKey, logger: Logger) async throws -> Bool { false }
+
+        func publish(_ archive: PackedArchive, logger: Logger) async throws -> PublishOutcome {
+            TransferProgress.upload?.setTotal(archive.manifest.archiveSize)
+            TransferProgress.upload?.advance(by: Int(archive.manifest.archiveSize))
+            try await Task.sleep(for: answerAfter)
+            return .published
+        }
+    }
+
+    @Test func anUploadFullyHandedOverIsNotCutWhileTheServerFinishesIt() async throws {
+        let scratch = try TemporaryDirectory(prefix: "finishing")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 10)
+        let publisher = CachePublisher(packer: ArchivePacker(), limits: .init(timeout: .seconds(60), stallTimeout: .milliseconds(300)))
+        let result = await publisher.publish(
+            tree, as: try CacheKey("finishing"), to: [SlowToAnswerSink(answerAfter: .seconds(2))],
+            scratch: try scratch.makeDirectory("pack"), logger: logger
+        )
+        #expect(result.records.map(\.outcome) == [.published], "\(result.records)")
+    }
 }

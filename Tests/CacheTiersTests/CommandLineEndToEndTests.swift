@@ -231,6 +231,11 @@ import Testing
         (#""tiers": [{"kind": "peer", "urls": ["http://x:1"]}], "deadlineSeconds": "soon""#,
          "deadlineSeconds: expected a number, got a string"),
         (#""tiers": [{"kind": "ftp"}]"#, "tiers[0].kind: expected peer, gcs, directory or install"),
+        // Numbers that once trapped converting seconds to milliseconds.
+        (#""tiers": [{"kind": "peer", "urls": ["http://x:1"]}], "deadlineSeconds": 1e300"#, "deadlineSeconds: must be at most"),
+        (#""tiers": [{"kind": "peer", "urls": ["http://x:1"], "timeoutSeconds": 9.3e18}]"#, "tiers[0].timeoutSeconds: must be at most"),
+        (#""tiers": [{"kind": "peer", "urls": ["http://x:1"]}], "writeBack": {"timeoutSeconds": 1e300}"#, "writeBack.timeoutSeconds: must be at most"),
+        (#""tiers": [{"kind": "peer", "urls": ["http://x:1"], "maxAttempts": 1e10}]"#, "tiers[0].maxAttempts: must be at most 100"),
     ])
     func aBadConfigExits2NamingTheField(fields: String, message: String) async throws {
         let scratch = try TemporaryDirectory(prefix: "cli")

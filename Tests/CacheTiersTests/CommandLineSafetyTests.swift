@@ -100,7 +100,7 @@ import Testing
         try SampleTree.write(to: tree, files: 10)
         let before = try snapshot(tree)
         let result = try await Fixtures.cli(["pack", tree.string, "--output", tree.appending("deps.tar.zst").string])
-        #expect(result.status != 0)
+        #expect(result.status == 2, "a usage error, as restore's refusals are")
         #expect(result.stderr.contains("inside"), "\(result.stderr)")
         #expect(try snapshot(tree).differences(from: before) == [], "no partial archive inside the tree")
     }
@@ -114,6 +114,31 @@ import Testing
         #expect(result.stderr.contains("/nonexistent/dir") && result.stderr.contains("does not exist"), "\(result.stderr)")
         #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
         #expect(FileManager.default.fileExists(atPath: project.destination.string) == false, "no tier ran")
+    }
+
+    @Test(arguments: [("", "needs a file path"), ("/proc/r.json", "cannot create a file in /proc"), ("node_modules/r.json", "inside the destination")])
+    func reportPathsThatWouldFailOrPolluteTheCacheAreRefusedFirst(path: String, message: String) async throws {
+        let scratch = try TemporaryDirectory(prefix: "report")
+        defer { scratch.remove() }
+        let (project, _) = try await seededProject(in: scratch)
+        try FileManager.default.createDirectory(atPath: project.destination.string, withIntermediateDirectories: true)
+        let before = try snapshot(project.folder)
+        let result = try await Fixtures.cli(["restore", "--config", "cachetiers.json", "--report", path], in: project.folder)
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains(message), "\(result.stderr)")
+        #expect(try snapshot(project.folder).differences(from: before) == [], "no tier ran")
+    }
+
+    @Test func aDestinationReachedThroughASymlinkedParentIsRestored() async throws {
+        let scratch = try TemporaryDirectory(prefix: "linked")
+        defer { scratch.remove() }
+        let (project, tree) = try await seededProject(in: scratch)
+        let releases = try scratch.makeDirectory("releases-42")
+        let current = scratch.path.appending("current")
+        try FileManager.default.createSymbolicLink(atPath: current.string, withDestinationPath: releases.string)
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string, "--into", current.appending("node_modules").string])
+        #expect(result.status == 0, "the /srv/app/current → releases/N layout: \(result.stderr)")
+        #expect(try TreeSnapshot(of: releases.appending("node_modules")).differences(from: TreeSnapshot(of: tree)) == [])
     }
 
     @Test func aSilentCacheMasterCannotHoldTheBootThroughWriteBack() async throws {
@@ -174,5 +199,43 @@ import Testing
         let final = try JSONDecoder().decode(RestoreReport.self, from: Data(contentsOf: URL(fileURLWithPath: report.string)))
         #expect(final.writeBack.map(\.outcome) == [.failed], "updated with the write-back's outcome")
         #expect(try TreeSnapshot(of: project.destination).differences(from: TreeSnapshot(of: tree)) == [])
+    }
+
+    @Test func aSignalBeforePromotionStillWritesTheReport() async throws {
+        let scratch = try TemporaryDirectory(prefix: "sigterm")
+        defer { scratch.remove() }
+        let hole = try BlackHoleServer()
+        // A silent master with a long stall window: the restore is stuck in its first attempt.
+        let project = try Project(
+            in: scratch.path,
+            tiers: [["kind": "peer", "name": "cache-master", "urls": [hole.url], "stallSeconds": 600, "maxAttempts": 1]],
+            writeBack: ["enabled": false]
+        )
+        let report = project.folder.appending("boot.json")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
+        process.arguments = ["restore", "--config", project.config.string, "--report", report.string]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let pending = Thread.detachedRead(stderr.fileHandleForReading)
+        // Wait until the attempt has started, as the progress lines on the pipe say.
+        for _ in 0..<200 {
+            if let staged = try? FileManager.default.contentsOfDirectory(atPath: project.folder.string),
+                staged.contains(where: { $0.hasPrefix(".node_modules.staging-") })
+            {
+                break
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        process.terminate()
+        let output = String(decoding: try await Fixtures.offThePool { pending.wait() }, as: UTF8.self)
+        try await Fixtures.offThePool { process.waitUntilExit() }
+        #expect(process.terminationStatus == 1, "\(output)")
+        #expect(output.contains("is as it was"), "\(output)")
+        let written = try JSONDecoder().decode(RestoreReport.self, from: Data(contentsOf: URL(fileURLWithPath: report.string)))
+        #expect(written.outcome == .failed)
+        #expect(written.servedBy == nil)
     }
 }

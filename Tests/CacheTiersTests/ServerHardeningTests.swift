@@ -177,6 +177,73 @@ import Testing
         }
     }
 
+    @Test func aClientThatNeverReadsItsAnswersIsCutInsteadOfHoldingItsSlot() async throws {
+        try await Self.withServer(idleTimeout: .seconds(1), maxConnections: 2) { port, _ in
+            // Two connections pipeline thousands of requests and read nothing: their
+            // answers fill the socket, the server can write no more.
+            let hogs = try (0..<2).map { _ in try RawConnection(port: port) }
+            let flood = String(repeating: "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", count: 20_000)
+            for hog in hogs { hog.send(flood) }
+            let probe = try RawConnection(port: port)
+            probe.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            let answer = try await Fixtures.offThePool { probe.read(within: 30) }
+            guard case .data(let text) = answer else {
+                Issue.record("a legitimate client was locked out: \(answer)")
+                return
+            }
+            #expect(text.contains("200 OK"))
+        }
+    }
+
+    @Test func aStrayDotUploadFileDoesNotStopTheServerStarting() async throws {
+        let scratch = try TemporaryDirectory(prefix: "stray")
+        defer { scratch.remove() }
+        let root = try scratch.makeDirectory("root")
+        for name in [".upload-7", ".upload-", "..upload-1", ".x.upload-"] {
+            try Data("x".utf8).write(to: URL(fileURLWithPath: root.appending(name).string))
+        }
+        let server = CacheMasterServer(configuration: .init(root: root, port: 0, orphanGracePeriod: .zero), logger: PeerHarness.quietLogger)
+        _ = try await server.start()
+        await server.stop()
+        let names = try FileManager.default.contentsOfDirectory(atPath: root.string).sorted()
+        #expect(names == ["..upload-1", ".upload-", ".upload-7", ".x.upload-"], "not names the server makes: left alone")
+    }
+
+    @Test func quarantiningNeverOverwritesAnEarlierFileAndKeepsAPairTogether() async throws {
+        let scratch = try TemporaryDirectory(prefix: "quarantine")
+        defer { scratch.remove() }
+        let root = try scratch.makeDirectory("root")
+        let quarantine = try scratch.makeDirectory("root/.quarantine")
+        try Data("earlier".utf8).write(to: URL(fileURLWithPath: quarantine.appending("dup.tar.zst").string))
+        try Data("later".utf8).write(to: URL(fileURLWithPath: root.appending("dup.tar.zst").string))
+        let server = CacheMasterServer(configuration: .init(root: root, port: 0, orphanGracePeriod: .zero), logger: PeerHarness.quietLogger)
+        _ = try await server.start()
+        await server.stop()
+        #expect(try String(contentsOfFile: quarantine.appending("dup.tar.zst").string, encoding: .utf8) == "earlier")
+        #expect(try String(contentsOfFile: quarantine.appending("dup.tar.zst.1").string, encoding: .utf8) == "later")
+    }
+
+    @Test func aManifestThatMakesNoSenseIsRefusedOnPut() async throws {
+        try await PeerHarness.with { peer in
+            let bytes = [UInt8](repeating: 7, count: 100)
+            let key = try CacheKey("nonsense")
+            let (_, manifest) = Self.upload(bytes, key: key)
+            var gzip = manifest
+            gzip.codec = "gzip"
+            var negative = manifest
+            negative.entryCount = -5
+            var shortDigest = manifest
+            shortDigest.archiveSHA256 = "abc"
+            for bad in [gzip, negative, shortDigest] {
+                let header = try bad.jsonData().base64EncodedString()
+                let put = try await peer.send(.PUT, "/v1/caches/nonsense", headers: [("X-CacheTiers-Manifest", header)], body: bytes)
+                #expect(put.status == 400, "\(bad)")
+                #expect(String(decoding: put.body, as: UTF8.self).contains("not a usable manifest"))
+            }
+            #expect(try await peer.send(.GET, "/v1/caches/nonsense").status == 404, "nothing stored")
+        }
+    }
+
     @Test func atStartOnlySettledHalfPublishedFilesOfValidKeysAreMovedAsideAndNothingElseIsTouched() async throws {
         let scratch = try TemporaryDirectory(prefix: "seeded")
         defer { scratch.remove() }

@@ -59,7 +59,7 @@ public struct ArchivePacker: CachePacker {
     public func packWithSummary(_ directory: FilePath, key: CacheKey, to archive: FilePath, logger: Logger)
         async throws -> Summary
     {
-        if FileSystem.resolved(archive).starts(with: FileSystem.resolved(directory)) {
+        if ProtectedPath.isInside(archive, directory) {
             throw CacheTierError(
                 .fatal, "the archive \(archive) would be inside \(directory), the folder being packed; write it elsewhere"
             )

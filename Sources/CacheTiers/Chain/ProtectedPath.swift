@@ -37,6 +37,12 @@ public struct ProtectedPath: Sendable, Hashable, CustomStringConvertible {
         return paths
     }
 
+    /// Whether `path` is `folder` or inside it, once `..`, `.` and symbolic links are
+    /// resolved as far as both exist.
+    public static func isInside(_ path: FilePath, _ folder: FilePath) -> Bool {
+        FileSystem.resolved(path).starts(with: FileSystem.resolved(folder))
+    }
+
     /// Refuses `destination` when it is, or is an ancestor of, any of `paths`.
     /// - Throws: a fatal ``CacheTierError`` naming the destination and what it would delete.
     static func check(_ destination: FilePath, against paths: [ProtectedPath]) throws(CacheTierError) {

@@ -102,7 +102,7 @@ extension RestoreRun {
     /// (at least one byte).
     private func deadTierBytes(_ policy: TierChain.TierPolicy) -> Int64 {
         let window = policy.stallTimeout?.inSeconds ?? 0
-        return max(1, Int64(Double(max(0, policy.minimumThroughput ?? 0)) * window))
+        return max(1, Int64(exactly: (Double(max(0, policy.minimumThroughput ?? 0)) * window).rounded(.up)) ?? .max)
     }
 
     private func skip(_ tier: String, attempt: Int, because reason: String) {
@@ -274,7 +274,8 @@ extension AttemptRecord.Outcome {
 }
 
 /// Watches an attempt's progress and returns when it stalls: no progress for a whole
-/// window, or, with a floor, fewer bytes in a window than the floor allows.
+/// window, or, with a floor, fewer bytes in a window than the floor allows. Once the
+/// progress has reached its known total it stops judging.
 struct StallWatchdog: Sendable {
     enum Verdict: Sendable, Hashable {
         case noProgress
@@ -289,7 +290,7 @@ struct StallWatchdog: Sendable {
 
     /// The attempt's racer: `.stalled` on a verdict, `.timerStopped` when cancelled.
     func watch() async -> RestoreRun.AttemptSignal {
-        let floor = Int64((Double(minimumBytesPerSecond) * window.inSeconds).rounded(.up))
+        let floor = Int64(exactly: (Double(minimumBytesPerSecond) * window.inSeconds).rounded(.up)) ?? .max
         var observed = progress.snapshot
         var windowStart = clock.now()
         var windowBytes = observed.completed
@@ -303,6 +304,16 @@ struct StallWatchdog: Sendable {
             }
             let now = clock.now()
             let current = progress.snapshot
+            if let total = current.total, total > 0, current.completed >= total {
+                // Every byte is in (or out): what is left (extraction's last writes, a
+                // server verifying and syncing an upload) makes no byte of progress,
+                // and the step's own time limit bounds it.
+                do {
+                    while true { try await clock.sleep(now + .seconds(86_400)) }
+                } catch {
+                    return .timerStopped
+                }
+            }
             if current.lastAdvance == observed.lastAdvance, now >= silenceEnds {
                 return .stalled(.noProgress)
             }

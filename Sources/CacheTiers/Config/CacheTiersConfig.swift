@@ -165,7 +165,7 @@ public struct CacheTiersConfig: Sendable {
         try keyReader.finish()
 
         destination = baseDirectory.pushing(FilePath(try reader.requiredString("destination"))).lexicallyNormalized()
-        deadlineSeconds = try reader.number("deadlineSeconds", atLeast: 1) ?? 600
+        deadlineSeconds = try reader.seconds("deadlineSeconds") ?? 600
 
         guard let tierValues = try reader.array("tiers") else { throw ConfigError(path: "tiers", "required") }
         guard !tierValues.isEmpty else { throw ConfigError(path: "tiers", "must list at least one tier") }
@@ -184,8 +184,8 @@ public struct CacheTiersConfig: Sendable {
         var writeBack = try reader.object("writeBack")
         writeBackEnabled = try writeBack?.bool("enabled") ?? true
         writeBackWaits = try writeBack?.bool("wait") ?? false
-        writeBackTimeoutSeconds = try writeBack?.number("timeoutSeconds", atLeast: 0.001) ?? 120
-        writeBackStallSeconds = try writeBack?.number("stallSeconds", atLeast: 0.001) ?? 30
+        writeBackTimeoutSeconds = try writeBack?.seconds("timeoutSeconds") ?? 120
+        writeBackStallSeconds = try writeBack?.seconds("stallSeconds") ?? 30
         try writeBack?.finish()
 
         var compression = try reader.object("compression")
@@ -196,7 +196,7 @@ public struct CacheTiersConfig: Sendable {
                 "\(compressionLevel) is out of range; use \(ZstdCodec.levelRange) (1 is the cache-transfer sweet spot)"
             )
         }
-        compressionThreads = try compression?.integer("threads", atLeast: 0) ?? 0
+        compressionThreads = try compression?.integer("threads", atLeast: 0, atMost: 256) ?? 0
         try compression?.finish()
         try reader.finish()
     }
@@ -208,10 +208,10 @@ public struct CacheTiersConfig: Sendable {
             floor: Int64? = TierChain.TierPolicy.defaultMinimumThroughput
         ) throws(ConfigError) -> Limits {
             Limits(
-                timeoutSeconds: try reader.number("timeoutSeconds", atLeast: 0.001) ?? timeout,
-                stallSeconds: try reader.number("stallSeconds", atLeast: 0.001) ?? stall,
-                minBytesPerSecond: try reader.integer("minBytesPerSecond", atLeast: 0).map(Int64.init) ?? floor,
-                maxAttempts: try reader.integer("maxAttempts", atLeast: 1) ?? attempts,
+                timeoutSeconds: try reader.seconds("timeoutSeconds") ?? timeout,
+                stallSeconds: try reader.seconds("stallSeconds") ?? stall,
+                minBytesPerSecond: try reader.integer("minBytesPerSecond", atLeast: 0, atMost: 10_000_000_000).map(Int64.init) ?? floor,
+                maxAttempts: try reader.integer("maxAttempts", atLeast: 1, atMost: 100) ?? attempts,
                 acceptsWriteBack: try reader.bool("writeBack") ?? true
             )
         }
@@ -233,7 +233,7 @@ public struct CacheTiersConfig: Sendable {
                     name: try reader.string("name") ?? "peer",
                     urls: urls,
                     tokenFile: try reader.string("tokenFile").map(path),
-                    connectTimeoutSeconds: try reader.number("connectTimeoutSeconds", atLeast: 0.001) ?? 2,
+                    connectTimeoutSeconds: try reader.seconds("connectTimeoutSeconds") ?? 2,
                     rendezvous: selection == "rendezvous",
                     limits: try limits(timeout: 120, stall: 15, attempts: 3)
                 )
@@ -268,9 +268,9 @@ public struct CacheTiersConfig: Sendable {
                     prefix: try reader.string("prefix") ?? "",
                     endpoint: endpoint,
                     credentials: credentials,
-                    connectTimeoutSeconds: try reader.number("connectTimeoutSeconds", atLeast: 0.001) ?? 5,
-                    parallelDownloads: try reader.integer("parallelDownloads", atLeast: 1) ?? 4,
-                    segmentBytes: (try reader.integer("segmentMiB", atLeast: 1) ?? 8) << 20,
+                    connectTimeoutSeconds: try reader.seconds("connectTimeoutSeconds") ?? 5,
+                    parallelDownloads: try reader.integer("parallelDownloads", atLeast: 1, atMost: 64) ?? 4,
+                    segmentBytes: (try reader.integer("segmentMiB", atLeast: 1, atMost: 1024) ?? 8) << 20,
                     pricePerGB: try reader.number("pricePerGB", atLeast: 0) ?? 0.12,
                     limits: try limits(timeout: 180, stall: 30, attempts: 3)
                 )

@@ -97,21 +97,29 @@ struct ConfigObjectReader {
         return flag
     }
 
-    mutating func number(_ key: String, atLeast minimum: Double? = nil) throws(ConfigError) -> Double? {
+    mutating func number(_ key: String, atLeast minimum: Double? = nil, atMost maximum: Double? = nil) throws(ConfigError) -> Double? {
         guard let value = value(key) else { return nil }
         guard case .number(let number) = value, number.isFinite else {
             throw ConfigError(path: path(of: key), "expected a number, got \(value.kind)")
         }
         if let minimum, number < minimum { throw ConfigError(path: path(of: key), "must be at least \(minimum.formatted())") }
+        if let maximum, number > maximum { throw ConfigError(path: path(of: key), "must be at most \(maximum.formatted())") }
         return number
     }
 
-    mutating func integer(_ key: String, atLeast minimum: Int? = nil) throws(ConfigError) -> Int? {
+    /// A duration in seconds: at least 1 ms and at most 30 days, so converting it to
+    /// milliseconds can never overflow and a typo (`1e300`) is a config error.
+    mutating func seconds(_ key: String) throws(ConfigError) -> Double? {
+        try number(key, atLeast: 0.001, atMost: 30 * 86_400)
+    }
+
+    mutating func integer(_ key: String, atLeast minimum: Int? = nil, atMost maximum: Int? = nil) throws(ConfigError) -> Int? {
         guard let number = try number(key) else { return nil }
         guard number.rounded() == number, abs(number) < 1e15 else {
             throw ConfigError(path: path(of: key), "expected a whole number, got \(number.formatted())")
         }
         if let minimum, Int(number) < minimum { throw ConfigError(path: path(of: key), "must be at least \(minimum)") }
+        if let maximum, Int(number) > maximum { throw ConfigError(path: path(of: key), "must be at most \(maximum)") }
         return Int(number)
     }
 

@@ -37,6 +37,7 @@ extension GCSSource {
         )
         let requests = RequestCounter()
         let outcome: PublishOutcome
+        TransferProgress.upload?.setTotal(size)
         if size <= Int64(configuration.uploadChunkSize) {
             outcome = try await multipartUpload(path: path, resource: resource, requests: requests, logger: logger)
         } else {

@@ -83,6 +83,27 @@ public struct CacheManifest: Sendable, Hashable, Codable {
     }
 }
 
+extension CacheManifest {
+    /// The codecs an archive may declare.
+    public static let knownCodecs: Set<String> = ["zstd", "identity"]
+
+    /// The first field that makes no sense, or `nil`: a negative size or count, a digest
+    /// that is not 64 lowercase hex digits, a codec no reader knows, a format version
+    /// below 1. The cache master refuses such a manifest on PUT and clients treat one as
+    /// corrupt, so nonsense never enters or leaves a cache.
+    public var problem: String? {
+        if formatVersion < 1 { return "formatVersion \(formatVersion) is below 1" }
+        if archiveSHA256.utf8.count != 64 || !archiveSHA256.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) {
+            return "archiveSHA256 is not 64 lowercase hexadecimal digits"
+        }
+        if archiveSize < 0 { return "archiveSize \(archiveSize) is negative" }
+        if uncompressedSize < 0 { return "uncompressedSize \(uncompressedSize) is negative" }
+        if entryCount < 0 { return "entryCount \(entryCount) is negative" }
+        if !Self.knownCodecs.contains(codec) { return "codec \"\(codec)\" is not one of \(Self.knownCodecs.sorted().joined(separator: ", "))" }
+        return nil
+    }
+}
+
 /// The version of this package, as reported in manifests and `--version`.
 public enum CacheTiersVersion {
     public static let current = "0.1.0"

@@ -115,8 +115,12 @@ enum FileSystem {
     }
 
     /// Whether the process may create entries in the directory at `path`.
+    /// Whether `path` is, or is a symbolic link to, a directory this process can write
+    /// (a destination's parent reached through `/srv/app/current → releases/42` is fine:
+    /// staging and promotion happen inside the directory it names).
     static func isWritableDirectory(_ path: FilePath) -> Bool {
-        kind(of: path) == .directory && access(path.string, W_OK | X_OK) == 0
+        var info = stat()
+        return stat(path.string, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR && access(path.string, W_OK | X_OK) == 0
     }
 
     /// A name unlikely to collide, for staging and scratch entries.

@@ -78,14 +78,19 @@ public struct DirectorySource: CacheSource, CacheSink {
     private func readManifest(for key: CacheKey) throws -> CacheManifest? {
         let path = manifestPath(for: key)
         guard let data = FileManager.default.contents(atPath: path.string) else { return nil }
+        let manifest: CacheManifest
         do {
-            return try CacheManifest(jsonData: data)
+            manifest = try CacheManifest(jsonData: data)
         } catch {
             throw CacheTierError(
                 .corrupt, tier: name, "the manifest \(path) is not valid JSON of a cache manifest: \(error); delete it and publish again",
                 underlying: error
             )
         }
+        if let problem = manifest.problem {
+            throw CacheTierError(.corrupt, tier: name, "the manifest \(path) makes no sense: \(problem); delete it and publish again")
+        }
+        return manifest
     }
 
     public func contains(_ key: CacheKey, logger: Logger) async throws -> Bool {

@@ -166,6 +166,9 @@ public final class VMPeerSource: CacheSource, CacheSink {
         }
         let digest = etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"W/"))
         let manifest = try await manifest(describing: first, from: peer, key: key, logger: logger)
+        if let problem = manifest.problem {
+            throw CacheTierError(.corrupt, "\(peer) sent a manifest that makes no sense: \(problem)")
+        }
         guard manifest.archiveSHA256 == digest, manifest.archiveSize == length else {
             throw CacheTierError(
                 .corrupt,
@@ -310,6 +313,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
     public func publish(_ archive: PackedArchive, logger: Logger) async throws -> PublishOutcome {
         var lastError: CacheTierError?
         let manifest = try archive.manifest.jsonData().base64EncodedString()
+        TransferProgress.upload?.setTotal(archive.manifest.archiveSize)
         for peer in peers(for: archive.key) {
             var put = request(url(peer, archive.key), method: .PUT)
             put.headers.add(name: "If-None-Match", value: "*")
