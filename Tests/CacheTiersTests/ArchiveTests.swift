@@ -371,6 +371,27 @@ import Testing
         #expect(try setting.expectUntouched() == [])
     }
 
+    /// Data attached to a directory or symlink is skipped, but decompressed all the same:
+    /// it counts against maxTotalBytes like file contents.
+    @Test(arguments: [CraftedTar.Kind.directory, .symlink])
+    func dataOnADirectoryOrSymlinkCountsAgainstTheByteLimit(_ kind: CraftedTar.Kind) async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        tar.add("small.js", contents: [UInt8](repeating: 0x41, count: 600))
+        tar.add(kind == .directory ? "dir/" : "link", kind: kind, contents: [UInt8](repeating: 0, count: 4096), link: "small.js")
+        tar.end()
+        let archive = setting.scratch.path.appending("attached.tar.zst")
+        try tar.write(to: archive)
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker(options: .init(limits: ExtractionLimits(maxTotalBytes: 1000)))
+                .unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.message.contains("1000 bytes, the configured limit") == true, "\(String(describing: error))")
+        try FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [])
+    }
+
     /// A packed archive, and its bytes, for the damage tests.
     func packedArchive(in setting: Setting) async throws -> (FilePath, CacheManifest, [UInt8]) {
         let tree = setting.scratch.path.appending("source")
@@ -503,5 +524,121 @@ import Testing
         } throws: { error in
             (error as? CompressionError)?.offset == Int64(compressed.count - 5) && "\(error)".contains("truncated")
         }
+    }
+}
+
+/// Pack refuses what unpack refuses, so no tier ever holds an archive every restore rejects.
+@Suite struct PackSafetyTests {
+    let logger = Logger(label: "test")
+
+    /// Each case adds to `tree` one entry a restore refuses, and names it.
+    static let unsafe: [(String, @Sendable (FilePath) throws -> String)] = [
+        ("absolute symlink (npm link)", { tree in
+            try FileManager.default.createSymbolicLink(atPath: tree.appending("linked-pkg").string, withDestinationPath: "/usr/lib/node_modules/linked-pkg")
+            return "linked-pkg"
+        }),
+        ("symlink climbing out of the tree", { tree in
+            try FileManager.default.createDirectory(atPath: tree.appending("pkg").string, withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: tree.appending("pkg/up").string, withDestinationPath: "../../outside")
+            return "pkg/up"
+        }),
+        ("path over the limit", { tree in
+            let deep = "a-directory/" + String(repeating: "long-name-", count: 16)
+            try FileManager.default.createDirectory(atPath: tree.appending(deep).string, withIntermediateDirectories: true)
+            try Data("x".utf8).write(to: URL(fileURLWithPath: tree.appending(deep + "/index.js").string))
+            return deep
+        }),
+    ]
+    /// A path limit the "path over the limit" case exceeds and the sample tree fits.
+    static let limits = ExtractionLimits(maxPathLength: 160)
+
+    @Test(arguments: 0..<unsafe.count)
+    func packRefusesAnEntryUnpackWouldRefuseAndWritesNothing(_ index: Int) async throws {
+        let (name, add) = Self.unsafe[index]
+        let scratch = try TemporaryDirectory(prefix: "pack-safety")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, seed: 7, files: 6)
+        let culprit = try add(tree)
+        let output = try scratch.makeDirectory("out")
+        let packer = ArchivePacker(options: .init(limits: Self.limits))
+        let error = await #expect(throws: PackError.self, "\(name)") {
+            _ = try await packer.pack(tree, key: CacheKey("unsafe"), to: output.appending("a.tar.zst"), logger: logger)
+        }
+        let message = error.map { "\($0)" } ?? ""
+        #expect(message.contains(culprit.prefix(60)), "\(name): \(message)")
+        #expect(message.contains("--skip-unsafe"), "\(name): \(message)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: output.string) == [], "\(name)")
+    }
+
+    @Test(arguments: 0..<unsafe.count)
+    func skippingUnsafeEntriesReportsThemAndTheArchiveRestores(_ index: Int) async throws {
+        let (name, add) = Self.unsafe[index]
+        let scratch = try TemporaryDirectory(prefix: "pack-safety")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, seed: 7, files: 6)
+        let culprit = try add(tree)
+        let archive = scratch.path.appending("a.tar.zst")
+        let summary = try await ArchivePacker(options: .init(limits: Self.limits, skipUnsafeEntries: true))
+            .packWithSummary(tree, key: CacheKey("unsafe"), to: archive, logger: logger)
+        #expect(summary.skippedUnsafe.map(\.path) == [culprit], "\(name)")
+        let restored = scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker(options: .init(limits: Self.limits)).unpack(file: archive, replacing: restored, logger: logger)
+        var withoutCulprit = try TreeSnapshot(of: tree)
+        withoutCulprit.entries = withoutCulprit.entries.filter { !$0.key.hasPrefix(culprit) }
+        #expect(try TreeSnapshot(of: restored).differences(from: withoutCulprit) == [], "\(name)")
+    }
+
+    /// publish and write-back pack through the same packer: they must refuse too, and
+    /// leave the tier without the key.
+    @Test func publishRefusesATreeWithAnAbsoluteSymlink() async throws {
+        let scratch = try TemporaryDirectory(prefix: "pack-safety")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, seed: 8, files: 4)
+        try FileManager.default.createSymbolicLink(atPath: tree.appending("global").string, withDestinationPath: "/usr/lib/node_modules/global")
+        let sink = DirectorySource(root: scratch.path.appending("cache"))
+        let key = try CacheKey("published")
+        let result = await CachePublisher(packer: ArchivePacker())
+            .publish(tree, as: key, to: [sink], scratch: try scratch.makeDirectory("scratch"), logger: logger)
+        let record = try #require(result.records.first)
+        #expect(record.outcome == .failed)
+        #expect(record.error?.contains("'global'") == true, "\(String(describing: record.error))")
+        #expect(try await !sink.contains(key, logger: logger))
+    }
+}
+
+/// Sparse files are refused by name, never restored as GNU tar's internal map file.
+@Suite struct SparseArchiveTests {
+    let logger = Logger(label: "test")
+
+    @Test(arguments: ["0.0", "0.1", "1.0"])
+    func aPaxSparseFileFromGNUTarIsRefusedWithItsName(_ version: String) async throws {
+        let scratch = try TemporaryDirectory(prefix: "sparse")
+        defer { scratch.remove() }
+        let tree = try scratch.makeDirectory("tree")
+        let image = tree.appending("disk.img").string
+        let make = try await Fixtures.run([
+            "sh", "-c", "truncate -s 100M '\(image)' && printf data | dd of='\(image)' bs=1 seek=50000000 conv=notrunc 2>/dev/null",
+        ])
+        #expect(make.status == 0, "\(make.stderr)")
+        let archive = scratch.path.appending("sparse.tar")
+        let tar = try await Fixtures.run([
+            "tar", "--sparse", "--sparse-version=\(version)", "--format=pax", "-cf", archive.string, "-C", tree.string, ".",
+        ])
+        #expect(tar.status == 0, "\(tar.stderr)")
+        let destination = scratch.path.appending("node_modules")
+        try SampleTree.write(to: destination, seed: 2, files: 3)
+        let before = try TreeSnapshot(of: destination)
+
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        }
+        #expect(error?.message.contains("sparse") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("disk.img") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("\n") == false)
+        #expect(try TreeSnapshot(of: destination).differences(from: before) == [])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).sorted() == ["node_modules", "sparse.tar", "tree"])
     }
 }

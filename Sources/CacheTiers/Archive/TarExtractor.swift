@@ -39,6 +39,7 @@ final class TarExtractor {
 
     private let root: String
     private let limits: ExtractionLimits
+    private let rules: EntryRules
     private let umaskBits: UInt32
 
     private var phase = Phase.header
@@ -83,6 +84,20 @@ final class TarExtractor {
     /// Directories whose mode was set to something other than ``createdDirectoryMode``.
     private var directoriesWithOtherModes: Set<String> = []
 
+    /// What counts against ``ExtractionLimits/maxTotalBytes``: file contents, and the
+    /// bytes that are decompressed all the same, data attached to directories and
+    /// symlinks (skipped) and extended headers.
+    private var countedBytes: Int64 = 0
+    /// Extended headers (pax, GNU long names) read since the last entry, header blocks included.
+    private var pendingMetadataBytes: Int64 = 0
+    /// Bytes after the end-of-archive marker.
+    private var trailingBytes: Int64 = 0
+    /// What may follow the end-of-archive marker: GNU tar pads to its record size
+    /// (10 KiB by default).
+    static let maximumTrailingBytes: Int64 = 1 << 20
+    /// What the extended headers of one entry may add up to.
+    static let maximumMetadataBytes: Int64 = 1 << 20
+
     private(set) var summary = UnpackSummary()
     /// Offset in the tar stream of the next byte to consume.
     private(set) var offset: Int64 = 0
@@ -93,6 +108,7 @@ final class TarExtractor {
     init(root: String, limits: ExtractionLimits, writerThreads: Int = 0) {
         self.root = root.hasSuffix("/") ? String(root.dropLast()) : root
         self.limits = limits
+        self.rules = EntryRules(limits: limits)
         let umaskBits = currentUmask()
         self.umaskBits = umaskBits
         self.pool = writerThreads > 0 ? FileWriterPool(root: self.root, umaskBits: umaskBits, threads: writerThreads) : nil
@@ -180,9 +196,17 @@ final class TarExtractor {
                 phase = Int64(take) == remaining ? .header : .skip(remaining: remaining - Int64(take))
 
             case .ended:
-                // GNU tar pads archives with zero blocks to a record size; the rest is ignored.
+                // GNU tar pads archives with zero blocks to a record size; the rest is
+                // ignored, up to a bound: endless zeros would be a bomb of another shape.
                 offset += Int64(rest.count)
+                trailingBytes += Int64(rest.count)
                 rest = rest[rest.endIndex...]
+                guard trailingBytes <= Self.maximumTrailingBytes else {
+                    throw .limit(
+                        "the archive goes on for more than \(Self.maximumTrailingBytes >> 20) MiB after its end-of-archive marker (a decompression bomb?)",
+                        offset: offset
+                    )
+                }
             }
         }
         // The caller may now wait for more input: let the pool write what it holds.
@@ -319,9 +343,14 @@ final class TarExtractor {
         let padding = { (size: Int64) in Int((512 - size % 512) % 512) }
         switch raw.typeflag {
         case UInt8(ascii: "x"), UInt8(ascii: "g"), UInt8(ascii: "L"), UInt8(ascii: "K"):
-            guard raw.size <= 1 << 20 else {
+            guard raw.size <= Self.maximumMetadataBytes else {
                 throw .corrupt("an extended header of \(raw.size) bytes is larger than any real path needs", offset: offset)
             }
+            pendingMetadataBytes += Int64(TarHeaderEncoder.blockSize) + raw.size
+            guard pendingMetadataBytes <= Self.maximumMetadataBytes else {
+                throw .corrupt("the extended headers of one entry add up to more than any real entry needs", offset: offset)
+            }
+            try countOtherBytes(raw.size)
             let kind: MetadataKind =
                 switch raw.typeflag {
                 case UInt8(ascii: "x"): .pax
@@ -348,7 +377,10 @@ final class TarExtractor {
         case UInt8(ascii: "6"):
             throw .unsafe("the archive holds a FIFO entry (\(displayName(raw))); cache archives never do", offset: offset)
         case UInt8(ascii: "S"):
-            throw .corrupt("the archive holds a GNU sparse file (\(displayName(raw))), which is not supported", offset: offset)
+            throw .unsafe(
+                "the archive holds a GNU sparse file (\(displayName(raw))), which is not supported: repack it without tar --sparse",
+                offset: offset
+            )
         default:
             throw .corrupt(
                 "the archive holds an entry of unknown type '\(Character(Unicode.Scalar(raw.typeflag)))' (\(displayName(raw)))",
@@ -356,6 +388,15 @@ final class TarExtractor {
             )
         }
 
+        // GNU tar's pax sparse formats (0.0, 0.1, 1.0) look like a plain file holding the
+        // sparse map; restoring it as such would give the wrong file.
+        if kind == .file, pendingPax.keys.contains(where: { $0.hasPrefix("GNU.sparse.") }) {
+            let name = pendingPax["GNU.sparse.name"] ?? displayName(raw)
+            throw .unsafe(
+                "the archive holds a sparse file (\(name), GNU tar --sparse in pax format), which is not supported: repack it without --sparse",
+                offset: offset
+            )
+        }
         var path = pendingPax["path"] ?? pendingLongName ?? String(decoding: raw.name, as: UTF8.self)
         var linkTarget = pendingPax["linkpath"] ?? pendingLongLink ?? String(decoding: raw.linkName, as: UTF8.self)
         var size = raw.size
@@ -370,15 +411,20 @@ final class TarExtractor {
         pendingPax = [:]
         pendingLongName = nil
         pendingLongLink = nil
+        pendingMetadataBytes = 0
         if kind == .directory, path.hasSuffix("/") { path.removeLast() }
         if path.isEmpty, kind == .directory { path = "." }
 
         summary.entries += 1
-        guard summary.entries <= limits.maxEntries else {
-            throw .limit("the archive holds more than \(limits.maxEntries) entries, the configured limit", offset: offset)
+        do {
+            try rules.checkEntryCount(summary.entries)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
 
         let dataSize = kind == .file ? size : (kind == .hardLink ? 0 : size)
+        // Skipped, but decompressed all the same: it counts like file contents.
+        if kind == .directory || kind == .symlink { try countOtherBytes(dataSize) }
         let relative = try sanitize(path)
         if let relative { try leaveDirectories(notContaining: relative) }
         try applyWrittenDirectories()
@@ -408,13 +454,12 @@ final class TarExtractor {
             phase = dataSize > 0 ? .skip(remaining: dataSize + Int64(padding(dataSize))) : .header
         case .file:
             guard let relative else { throw .unsafe("a file entry names the archive's root directory", offset: offset) }
-            summary.uncompressedBytes += size
-            guard summary.uncompressedBytes <= limits.maxTotalBytes else {
-                throw .limit(
-                    "the archive unpacks to more than \(limits.maxTotalBytes) bytes, the configured limit (a decompression bomb?)",
-                    offset: offset
-                )
+            do {
+                try rules.addBytes(size, to: &countedBytes)
+            } catch {
+                throw ExtractionError(error, offset: offset)
             }
+            summary.uncompressedBytes += size
             summary.files += 1
             if pool != nil, revisited == nil, size <= Int64(FileWriterPool.maximumFileSize) {
                 try prepareParent(of: relative)
@@ -447,6 +492,14 @@ final class TarExtractor {
             try makeHardLink(relative, target: linkTarget)
             summary.hardLinks += 1
             phase = .header
+        }
+    }
+
+    private func countOtherBytes(_ count: Int64) throws(ExtractionError) {
+        do {
+            try rules.addBytes(count, to: &countedBytes)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
     }
 
@@ -496,11 +549,10 @@ final class TarExtractor {
         if relative.utf8.contains(0) {
             throw .unsafe("the entry '\(path)' has a NUL byte in its path", offset: offset)
         }
-        guard relative.utf8.count <= limits.maxPathLength else {
-            throw .limit(
-                "the entry path '\(relative.prefix(80))…' is \(relative.utf8.count) bytes; the limit is \(limits.maxPathLength)",
-                offset: offset
-            )
+        do {
+            try rules.checkPathLength(relative.utf8)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
         return relative
     }
@@ -663,33 +715,11 @@ final class TarExtractor {
         }
     }
 
-    /// Accepts relative targets whose `..` components all lead (`../pkg/bin/x`) and do
-    /// not climb above the root. Every accepted link then resolves inside the tree,
-    /// whatever other links it passes through, since no path climbs after descending.
     private func checkSymlinkTarget(_ relative: String, _ target: String) throws(ExtractionError) {
-        guard !target.isEmpty else { throw .unsafe("the symlink '\(relative)' has an empty target", offset: offset) }
-        if target.hasPrefix("/") {
-            throw .unsafe("the symlink '\(relative)' points to the absolute path '\(target)', outside the tree", offset: offset)
-        }
-        let depth = relative.split(separator: "/").count - 1
-        var climbs = 0
-        var descended = false
-        for component in target.split(separator: "/", omittingEmptySubsequences: true) {
-            if component == "." { continue }
-            if component == ".." {
-                if descended {
-                    throw .unsafe(
-                        "the symlink '\(relative)' -> '\(target)' has '..' after a name; only leading '..' are accepted",
-                        offset: offset
-                    )
-                }
-                climbs += 1
-                if climbs > depth {
-                    throw .unsafe("the symlink '\(relative)' -> '\(target)' points outside the tree", offset: offset)
-                }
-            } else {
-                descended = true
-            }
+        do {
+            try rules.checkSymlink(relative.utf8, target: target.utf8)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
     }
 
@@ -745,6 +775,15 @@ enum ExtractionError: Error, CustomStringConvertible {
         switch self {
         case .corrupt(let message, _), .unsafe(let message, _), .limit(let message, _): message
         case .io(let message, let code): "\(message): \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+extension ExtractionError {
+    init(_ violation: EntryRules.Violation, offset: Int64) {
+        switch violation.kind {
+        case .unsafe: self = .unsafe(violation.message, offset: offset)
+        case .limit: self = .limit(violation.message, offset: offset)
         }
     }
 }

@@ -21,6 +21,7 @@ final class TarPackWriter {
         var uncompressedBytes: Int64
         var entries: Int
         var skipped: [String]
+        var skippedUnsafe: [ArchivePacker.SkippedEntry]
     }
 
     private struct Inode: Hashable {
@@ -41,6 +42,8 @@ final class TarPackWriter {
     private var uncompressedBytes: Int64 = 0
     private var entries = 0
     private var skipped: [String] = []
+    private var skippedUnsafe: [ArchivePacker.SkippedEntry] = []
+    private let rules: EntryRules
     private var linkedInodes: [Inode: String] = [:]
 
     static let bufferSize = 1 << 20
@@ -48,6 +51,7 @@ final class TarPackWriter {
     init(root: String, options: ArchivePacker.Options, encoder: any StreamEncoder, output: Int32, cancellation: CancellationFlag?) {
         self.root = root.hasSuffix("/") && root.count > 1 ? String(root.dropLast()) : root
         self.options = options
+        self.rules = EntryRules(limits: options.limits)
         self.encoder = encoder
         self.output = output
         self.cancellation = cancellation
@@ -74,7 +78,8 @@ final class TarPackWriter {
         try encoder.finish { try emit($0) }
         return Result(
             archiveSHA256: hasher.finalize().hexString, archiveBytes: archiveBytes,
-            uncompressedBytes: uncompressedBytes, entries: entries, skipped: skipped
+            uncompressedBytes: uncompressedBytes, entries: entries, skipped: skipped,
+            skippedUnsafe: skippedUnsafe
         )
     }
 
@@ -102,7 +107,16 @@ final class TarPackWriter {
                 path: path, kind: .file, mode: UInt32(info.st_mode & 0o7777), size: 0, modificationTime: mtime,
                 userID: options.deterministic ? 0 : info.st_uid, groupID: options.deterministic ? 0 : info.st_gid
             )
-            switch info.st_mode & S_IFMT {
+            let type = info.st_mode & S_IFMT
+            if type == S_IFDIR || type == S_IFREG || type == S_IFLNK {
+                do {
+                    try rules.checkPathLength(path.utf8)
+                } catch {
+                    try refuse(path, error)
+                    continue
+                }
+            }
+            switch type {
             case S_IFDIR:
                 entry.kind = .directory
                 entry.path = path + "/"
@@ -125,10 +139,17 @@ final class TarPackWriter {
                 guard file >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
                 defer { close(file) }
                 try appendContents(of: file, path: path, size: entry.size)
-                uncompressedBytes += entry.size
+                try checkUnchanged(file, path: path, since: info)
+                try check { () throws(EntryRules.Violation) in try rules.addBytes(entry.size, to: &uncompressedBytes) }
             case S_IFLNK:
                 entry.kind = .symlink
                 entry.linkTarget = try readLink(descriptor, name, path: path)
+                do {
+                    try rules.checkSymlink(path.utf8, target: entry.linkTarget.utf8)
+                } catch {
+                    try refuse(path, error)
+                    continue
+                }
                 try appendHeader(entry)
             default:
                 skipped.append(path)
@@ -159,10 +180,28 @@ final class TarPackWriter {
     }
 
     private func appendHeader(_ entry: TarEntry) throws {
+        entries += 1
+        try check { () throws(EntryRules.Violation) in try rules.checkEntryCount(entries) }
         header.removeAll(keepingCapacity: true)
         TarHeaderEncoder.append(entry, to: &header)
         try append(header)
-        entries += 1
+    }
+
+    /// An entry every restore would refuse: skipped and reported when the options say
+    /// so, otherwise the end of the pack.
+    private func refuse(_ path: String, _ violation: EntryRules.Violation) throws {
+        guard options.skipUnsafeEntries else { throw PackError.unsafe(violation.message) }
+        skippedUnsafe.append(ArchivePacker.SkippedEntry(path: path, reason: violation.message))
+    }
+
+    /// A rule about the whole archive (its size, its entry count), which skipping an
+    /// entry does not fix.
+    private func check(_ rule: () throws(EntryRules.Violation) -> Void) throws {
+        do {
+            try rule()
+        } catch {
+            throw PackError.tooLarge(error.message)
+        }
     }
 
     private func append(_ bytes: [UInt8]) throws {
@@ -189,7 +228,7 @@ final class TarPackWriter {
                 if errno == EINTR { continue }
                 throw PackError.io("cannot read \(path)", errno: errno)
             }
-            if got == 0 { throw PackError.changed(path) }
+            if got == 0 { throw PackError.changed(path, detail: "it shrank to \(size - remaining) bytes") }
             fill += got
             remaining -= Int64(got)
         }
@@ -198,6 +237,21 @@ final class TarPackWriter {
             if buffer.count - fill < padding { try flush() }
             (buffer.baseAddress! + fill).initializeMemory(as: UInt8.self, repeating: 0, count: padding)
             fill += padding
+        }
+    }
+
+    /// Fails when the file read is not the one stat'ed, or was written to while read: the
+    /// archive would hold a copy of it that never existed (a prefix of a growing file).
+    private func checkUnchanged(_ descriptor: Int32, path: String, since before: stat) throws {
+        var after = stat()
+        guard fstat(descriptor, &after) == 0 else { throw PackError.io("cannot read \(path)", errno: errno) }
+        if after.st_size != before.st_size {
+            throw PackError.changed(path, detail: "its size went from \(before.st_size) to \(after.st_size) bytes")
+        }
+        if after.st_ino != before.st_ino || after.st_dev != before.st_dev
+            || after.st_mtim.tv_sec != before.st_mtim.tv_sec || after.st_mtim.tv_nsec != before.st_mtim.tv_nsec
+        {
+            throw PackError.changed(path, detail: "it was modified or replaced")
         }
     }
 
@@ -226,14 +280,24 @@ final class TarPackWriter {
 /// Why packing failed.
 public enum PackError: Error, CustomStringConvertible {
     case notADirectory(String)
-    case changed(String)
+    /// A file changed while it was read, so its copy would be neither the old nor the new file.
+    case changed(String, detail: String)
+    /// An entry every restore would refuse (an absolute symlink, one that climbs out of
+    /// the tree, a path over the extraction limit).
+    case unsafe(String)
+    /// The tree exceeds the extraction limits as a whole.
+    case tooLarge(String)
     case io(String, errno: Int32)
 
     public var description: String {
         switch self {
         case .notADirectory(let path): "\(path) is not a directory; pack takes the directory to archive"
-        case .changed(let path): "\(path) shrank while it was being packed; pack a tree nothing is writing to"
+        case .changed(let path, let detail):
+            "\(path) changed while it was being packed (\(detail)); pack a tree nothing is writing to"
         case .io(let message, let code): "\(message): \(String(cString: strerror(code)))"
+        case .unsafe(let message):
+            "\(message): every restore would refuse this archive; change the entry, or skip such entries (pack --skip-unsafe)"
+        case .tooLarge(let message): "\(message): every restore would refuse this archive"
         }
     }
 }

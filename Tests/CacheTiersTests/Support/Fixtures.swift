@@ -99,6 +99,44 @@ enum Fixtures {
         return try await run([binary] + arguments, in: directory)
     }
 
+    struct MeasuredRun {
+        var status: Int32
+        var stderr: String
+        /// The child's peak resident set size (`ru_maxrss` from wait4), in bytes.
+        var peakMemory: Int64
+    }
+
+    /// Runs the `cachetiers` command and measures its peak resident memory, as the kernel
+    /// accounts it for the child (wait4's rusage, what `/usr/bin/time -v` reports).
+    static func cliMeasuringMemory(_ arguments: [String]) async throws -> MeasuredRun {
+        let binary = cliPath
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw FixtureError("the cachetiers binary is not at \(binary); run `swift build` first")
+        }
+        return try await offThePool {
+            let errorFile = FileManager.default.temporaryDirectory.appendingPathComponent("cachetiers-stderr-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: errorFile) }
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, errorFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            let argv = ([binary] + arguments).map { strdup($0) } + [nil]
+            defer { for pointer in argv { free(pointer) } }
+            var pid: pid_t = 0
+            let spawned = posix_spawn(&pid, binary, &actions, nil, argv, environ)
+            guard spawned == 0 else { throw FixtureError("cannot start \(binary): \(String(cString: strerror(spawned)))") }
+            var status: Int32 = 0
+            var usage = rusage()
+            while wait4(pid, &status, 0, &usage) < 0 {
+                guard errno == EINTR else { throw FixtureError("wait4 failed: \(String(cString: strerror(errno)))") }
+            }
+            let exit = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+            let stderr = (try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? ""
+            return MeasuredRun(status: exit, stderr: stderr, peakMemory: Int64(usage.ru_maxrss) * 1024)
+        }
+    }
+
     /// Runs `body` on a thread of its own. Tests run in parallel on Swift's cooperative
     /// pool, two threads here: a test blocked on a child process there starves the
     /// others, and a chain under test on a manual clock then misses its deadline for
