@@ -642,3 +642,145 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).sorted() == ["node_modules", "sparse.tar", "tree"])
     }
 }
+
+/// Names are bytes on Linux: one that is not UTF-8 (a Latin-1 `café.js` from an old
+/// tool) is packed, restored and removed exactly, never dropped or turned into U+FFFD.
+@Suite struct ByteNameTests {
+    let logger = Logger(label: "test")
+    /// `café.js` in Latin-1: 0xE9 alone is not UTF-8.
+    static let latin1File: [UInt8] = Array("caf".utf8) + [0xE9] + Array(".js".utf8)
+    /// `Müll` in Latin-1, as a directory.
+    static let latin1Directory: [UInt8] = [0x4D, 0xFC, 0x6C, 0x6C]
+
+    /// A tree with a Latin-1 file at the top, and a Latin-1 directory holding another and a
+    /// symlink to it, besides ordinary files.
+    static func writeTree(_ root: FilePath) throws {
+        try SampleTree.write(to: root, seed: 12, files: 3)
+        try RawNames.write(root, latin1File, contents: "top\n")
+        try RawNames.makeDirectory(root, latin1Directory)
+        try RawNames.write(root, latin1Directory + [0x2F] + latin1File, contents: "inside\n")
+        try RawNames.symlink(root, latin1Directory + Array("/link".utf8), target: latin1File)
+    }
+
+    static func expectTree(_ root: FilePath) throws {
+        let top = try RawNames.list(root)
+        #expect(top.contains(latin1File), "\(top.map(RawNames.show))")
+        #expect(top.contains(latin1Directory), "\(top.map(RawNames.show))")
+        #expect(!top.contains { String(validating: $0, as: UTF8.self)?.contains("\u{FFFD}") == true })
+        #expect(try RawNames.read(root, latin1File) == "top\n")
+        #expect(try RawNames.read(root, latin1Directory + [0x2F] + latin1File) == "inside\n")
+        #expect(try RawNames.readLink(root, latin1Directory + Array("/link".utf8)) == latin1File)
+        #expect(try RawNames.list(root.appending("pkg-12-0")) .isEmpty == false)
+    }
+
+    @Test func weRestoreExactlyTheBytesGNUTarPacks() async throws {
+        let scratch = try TemporaryDirectory(prefix: "names")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try Self.writeTree(tree)
+        for format in ["gnu", "pax"] {
+            let archive = scratch.path.appending("gnu-\(format).tar.zst")
+            let tar = try await Fixtures.run(["tar", "--zstd", "--format=\(format)", "-cf", archive.string, "-C", tree.string, "."])
+            #expect(tar.status == 0, "\(tar.stderr)")
+            let restored = scratch.path.appending("restored-\(format)")
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
+            try Self.expectTree(restored)
+        }
+    }
+
+    @Test func gnuTarRestoresExactlyTheBytesWePack() async throws {
+        let scratch = try TemporaryDirectory(prefix: "names")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try Self.writeTree(tree)
+        let archive = scratch.path.appending("ours.tar.zst")
+        let summary = try await ArchivePacker().packWithSummary(tree, key: CacheKey("names"), to: archive, logger: logger)
+        #expect(summary.skipped.isEmpty)
+        let out = try scratch.makeDirectory("gnu")
+        let untar = try await Fixtures.run(["tar", "--zstd", "-xf", archive.string, "-C", out.string])
+        #expect(untar.status == 0, "\(untar.stderr)")
+        // GNU tar 1.34 does not know POSIX's hdrcharset (it writes such names raw, unmarked)
+        // and says so; that is the only thing it may say.
+        let warnings = untar.stderr.split(separator: "\n").filter { !$0.contains("unknown extended header keyword 'hdrcharset'") }
+        #expect(warnings.isEmpty, "GNU tar warned: \(untar.stderr)")
+        try Self.expectTree(out)
+        // And back through our own unpack.
+        let restored = scratch.path.appending("restored")
+        let unpacked = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
+        #expect(unpacked.entries == summary.manifest.entryCount)
+        try Self.expectTree(restored)
+    }
+
+    @Test func aDestinationHoldingSuchNamesIsReplacedCleanly() async throws {
+        let scratch = try TemporaryDirectory(prefix: "names")
+        defer { scratch.remove() }
+        let work = try scratch.makeDirectory("work")
+        let destination = work.appending("node_modules")
+        try Self.writeTree(destination)
+        try RawNames.write(destination, Self.latin1Directory + [0x2F] + [0xFF, 0xFE], contents: "junk\n")
+        let source = scratch.path.appending("source")
+        try SampleTree.write(to: source, seed: 13, files: 4)
+        let archive = scratch.path.appending("new.tar.zst")
+        _ = try await ArchivePacker().pack(source, key: CacheKey("new"), to: archive, logger: logger)
+
+        _ = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: source)) == [])
+        #expect(try RawNames.list(work) == [Array("node_modules".utf8)], "the old tree was left behind")
+    }
+}
+
+/// File system calls on names given as bytes, for names Foundation cannot spell.
+enum RawNames {
+    static func cPath(_ root: FilePath, _ relative: [UInt8]) -> [CChar] {
+        (Array(root.string.utf8) + [0x2F] + relative).map { CChar(bitPattern: $0) } + [0]
+    }
+
+    static func show(_ name: [UInt8]) -> String {
+        name.map { $0 < 0x80 ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16) }.joined()
+    }
+
+    static func write(_ root: FilePath, _ relative: [UInt8], contents: String) throws {
+        let descriptor = open(cPath(root, relative), O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard descriptor >= 0 else { throw FixtureError("cannot create \(show(relative)): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        let bytes = Array(contents.utf8)
+        guard Glibc.write(descriptor, bytes, bytes.count) == bytes.count else { throw FixtureError("cannot write \(show(relative))") }
+    }
+
+    static func makeDirectory(_ root: FilePath, _ relative: [UInt8]) throws {
+        guard mkdir(cPath(root, relative), 0o755) == 0 else { throw FixtureError("cannot create \(show(relative))") }
+    }
+
+    static func symlink(_ root: FilePath, _ relative: [UInt8], target: [UInt8]) throws {
+        let target = target.map { CChar(bitPattern: $0) } + [0]
+        guard Glibc.symlink(target, cPath(root, relative)) == 0 else { throw FixtureError("cannot link \(show(relative))") }
+    }
+
+    static func read(_ root: FilePath, _ relative: [UInt8]) throws -> String {
+        let descriptor = open(cPath(root, relative), O_RDONLY)
+        guard descriptor >= 0 else { throw FixtureError("cannot open \(show(relative)): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = Glibc.read(descriptor, &buffer, buffer.count)
+        return String(decoding: buffer[..<max(0, count)], as: UTF8.self)
+    }
+
+    static func readLink(_ root: FilePath, _ relative: [UInt8]) throws -> [UInt8] {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink(cPath(root, relative), &buffer, buffer.count)
+        guard count >= 0 else { throw FixtureError("cannot read the link \(show(relative))") }
+        return buffer[..<count].map { UInt8(bitPattern: $0) }
+    }
+
+    /// The names in a directory, as the kernel gives them.
+    static func list(_ directory: FilePath) throws -> [[UInt8]] {
+        guard let stream = opendir(directory.string) else { throw FixtureError("cannot list \(directory)") }
+        defer { closedir(stream) }
+        var names: [[UInt8]] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+            if name != [0x2E] && name != [0x2E, 0x2E] { names.append(name) }
+        }
+        return names.sorted { $0.lexicographicallyPrecedes($1) }
+    }
+}

@@ -44,7 +44,7 @@ final class TarPackWriter {
     private var skipped: [String] = []
     private var skippedUnsafe: [ArchivePacker.SkippedEntry] = []
     private let rules: EntryRules
-    private var linkedInodes: [Inode: String] = [:]
+    private var linkedInodes: [Inode: PathBytes] = [:]
 
     static let bufferSize = 1 << 20
 
@@ -69,7 +69,7 @@ final class TarPackWriter {
             if errno == ENOTDIR { throw PackError.notADirectory(root) }
             throw PackError.io("cannot open \(root)", errno: errno)
         }
-        try walk(rootDescriptor, "")
+        try walk(rootDescriptor, PathBytes([]))
         // End of archive: two zero blocks.
         header.removeAll(keepingCapacity: true)
         header.append(contentsOf: repeatElement(0, count: 2 * TarHeaderEncoder.blockSize))
@@ -86,18 +86,19 @@ final class TarPackWriter {
     /// Archives the entries of the open directory `descriptor` (which it closes), named
     /// relative to the root. Everything is opened relative to its directory, so the
     /// kernel never walks a long path twice.
-    private func walk(_ descriptor: Int32, _ relative: String) throws {
+    private func walk(_ descriptor: Int32, _ relative: PathBytes) throws {
         if cancellation?.isCancelled == true {
             close(descriptor)
             throw CancellationError()
         }
         guard let handle = fdopendir(descriptor) else {
             close(descriptor)
-            throw PackError.io("cannot list \(relative.isEmpty ? root : relative)", errno: errno)
+            throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: errno)
         }
         defer { closedir(handle) }
-        for name in try listDirectory(handle, relative) {
-            let path = relative.isEmpty ? name : relative + "/" + name
+        for component in try listDirectory(handle, relative) {
+            let path = relative.appending(component)
+            let name = component.cString
             var info = stat()
             guard fstatat(descriptor, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
                 throw PackError.io("cannot read \(path)", errno: errno)
@@ -110,7 +111,7 @@ final class TarPackWriter {
             let type = info.st_mode & S_IFMT
             if type == S_IFDIR || type == S_IFREG || type == S_IFLNK {
                 do {
-                    try rules.checkPathLength(path.utf8)
+                    try rules.checkPathLength(path.bytes)
                 } catch {
                     try refuse(path, error)
                     continue
@@ -119,7 +120,7 @@ final class TarPackWriter {
             switch type {
             case S_IFDIR:
                 entry.kind = .directory
-                entry.path = path + "/"
+                entry.path = PathBytes(path.bytes + [PathBytes.slash])
                 try appendHeader(entry)
                 let child = openat(descriptor, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 guard child >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
@@ -145,38 +146,38 @@ final class TarPackWriter {
                 entry.kind = .symlink
                 entry.linkTarget = try readLink(descriptor, name, path: path)
                 do {
-                    try rules.checkSymlink(path.utf8, target: entry.linkTarget.utf8)
+                    try rules.checkSymlink(path.bytes, target: entry.linkTarget.bytes)
                 } catch {
                     try refuse(path, error)
                     continue
                 }
                 try appendHeader(entry)
             default:
-                skipped.append(path)
+                skipped.append(path.description)
             }
         }
     }
 
-    private func listDirectory(_ handle: OpaquePointer, _ relative: String) throws -> [String] {
-        var names: [String] = []
+    /// The names in a directory as the kernel gives them, bytes that need not be UTF-8,
+    /// in byte order.
+    private func listDirectory(_ handle: OpaquePointer, _ relative: PathBytes) throws -> [PathBytes] {
+        var names: [PathBytes] = []
         errno = 0
         while let entry = readdir(handle) {
-            let name = withUnsafePointer(to: &entry.pointee.d_name) { pointer in
-                pointer.withMemoryRebound(to: CChar.self, capacity: 256) { String(validatingCString: $0) ?? "" }
-            }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { PathBytes($0.prefix { $0 != 0 }) }
             if name != "." && name != ".." && !name.isEmpty { names.append(name) }
         }
-        if errno != 0 { throw PackError.io("cannot list \(relative.isEmpty ? root : relative)", errno: errno) }
-        return names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        if errno != 0 { throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: errno) }
+        return names.sorted()
     }
 
-    private func readLink(_ directory: Int32, _ name: String, path: String) throws -> String {
+    private func readLink(_ directory: Int32, _ name: [CChar], path: PathBytes) throws -> PathBytes {
         var target = [UInt8](repeating: 0, count: 4096)
         let length = target.withUnsafeMutableBytes {
             readlinkat(directory, name, $0.baseAddress!.assumingMemoryBound(to: CChar.self), 4096)
         }
         guard length >= 0 else { throw PackError.io("cannot read the symlink \(path)", errno: errno) }
-        return String(decoding: target[..<length], as: UTF8.self)
+        return PathBytes(target[..<length])
     }
 
     private func appendHeader(_ entry: TarEntry) throws {
@@ -189,9 +190,9 @@ final class TarPackWriter {
 
     /// An entry every restore would refuse: skipped and reported when the options say
     /// so, otherwise the end of the pack.
-    private func refuse(_ path: String, _ violation: EntryRules.Violation) throws {
+    private func refuse(_ path: PathBytes, _ violation: EntryRules.Violation) throws {
         guard options.skipUnsafeEntries else { throw PackError.unsafe(violation.message) }
-        skippedUnsafe.append(ArchivePacker.SkippedEntry(path: path, reason: violation.message))
+        skippedUnsafe.append(ArchivePacker.SkippedEntry(path: path.description, reason: violation.message))
     }
 
     /// A rule about the whole archive (its size, its entry count), which skipping an
@@ -218,7 +219,7 @@ final class TarPackWriter {
     }
 
     /// Reads the file straight into the tar buffer, then pads to a block boundary.
-    private func appendContents(of descriptor: Int32, path: String, size: Int64) throws {
+    private func appendContents(of descriptor: Int32, path: PathBytes, size: Int64) throws {
         var remaining = size
         while remaining > 0 {
             if fill == buffer.count { try flush() }
@@ -228,7 +229,7 @@ final class TarPackWriter {
                 if errno == EINTR { continue }
                 throw PackError.io("cannot read \(path)", errno: errno)
             }
-            if got == 0 { throw PackError.changed(path, detail: "it shrank to \(size - remaining) bytes") }
+            if got == 0 { throw PackError.changed(path.description, detail: "it shrank to \(size - remaining) bytes") }
             fill += got
             remaining -= Int64(got)
         }
@@ -242,16 +243,16 @@ final class TarPackWriter {
 
     /// Fails when the file read is not the one stat'ed, or was written to while read: the
     /// archive would hold a copy of it that never existed (a prefix of a growing file).
-    private func checkUnchanged(_ descriptor: Int32, path: String, since before: stat) throws {
+    private func checkUnchanged(_ descriptor: Int32, path: PathBytes, since before: stat) throws {
         var after = stat()
         guard fstat(descriptor, &after) == 0 else { throw PackError.io("cannot read \(path)", errno: errno) }
         if after.st_size != before.st_size {
-            throw PackError.changed(path, detail: "its size went from \(before.st_size) to \(after.st_size) bytes")
+            throw PackError.changed(path.description, detail: "its size went from \(before.st_size) to \(after.st_size) bytes")
         }
         if after.st_ino != before.st_ino || after.st_dev != before.st_dev
             || after.st_mtim.tv_sec != before.st_mtim.tv_sec || after.st_mtim.tv_nsec != before.st_mtim.tv_nsec
         {
-            throw PackError.changed(path, detail: "it was modified or replaced")
+            throw PackError.changed(path.description, detail: "it was modified or replaced")
         }
     }
 
