@@ -13,8 +13,11 @@ import SystemPackage
 /// cancelled, call ``cancel()``; the staging directory then holds a partial tree that
 /// the caller removes (a ``TierChain`` does this itself).
 ///
-/// Memory stays bounded whatever the archive's size: at most ``queueCapacity``
-/// decompressed chunks of about 1 MiB wait for the writer thread.
+/// Memory stays bounded whatever the archive's size or compression ratio: bytes are
+/// decoded one 1 MiB chunk at a time, each handed to the writer thread before the next
+/// is decoded, and at most ``queueCapacity`` chunks wait for it (see the memory bound in
+/// Documentation/Archives.md). The bytes passed to ``write(_:)`` are read before it
+/// returns and not kept.
 public final class UnpackSession {
     public struct Options: Sendable {
         public var limits: ExtractionLimits
