@@ -37,6 +37,12 @@ struct PackCommand: AsyncParsableCommand {
     )
     var mtime: Int64?
 
+    @Flag(
+        name: .long,
+        help: "Leave out, and report, entries every restore would refuse (absolute symlinks, symlinks leaving DIR, paths over 4096 bytes) instead of failing."
+    )
+    var skipUnsafe = false
+
     @Flag(name: .long, help: "Print the summary as JSON.")
     var json = false
 
@@ -84,7 +90,7 @@ struct PackCommand: AsyncParsableCommand {
         }
         let packer = ArchivePacker(
             codec: ZstdCodec(level: level, threads: threads),
-            options: .init(deterministic: deterministic, fixedModificationTime: mtime)
+            options: .init(deterministic: deterministic, fixedModificationTime: mtime, skipUnsafeEntries: skipUnsafe)
         )
         let summary: ArchivePacker.Summary
         do {
@@ -109,7 +115,8 @@ struct PackCommand: AsyncParsableCommand {
             let report = PackReport(
                 archive: output, manifest: manifestPath, key: manifest.key.rawValue, entries: manifest.entryCount,
                 bytesIn: manifest.uncompressedSize, bytesOut: manifest.archiveSize, ratio: ratio, seconds: elapsed,
-                sha256: manifest.archiveSHA256, level: level, skipped: summary.skipped
+                sha256: manifest.archiveSHA256, level: level, skipped: summary.skipped,
+                skippedUnsafe: summary.skippedUnsafe
             )
             print(try report.prettyJSON())
         } else {
@@ -122,6 +129,9 @@ struct PackCommand: AsyncParsableCommand {
             print("wrote \(output) and \(manifestPath)")
             if !summary.skipped.isEmpty {
                 print("skipped \(summary.skipped.count) special files (sockets, FIFOs, devices), e.g. \(summary.skipped[0])")
+            }
+            if let first = summary.skippedUnsafe.first {
+                print("skipped \(summary.skippedUnsafe.count) entries a restore would refuse, e.g. \(first.reason)")
             }
         }
     }
@@ -139,6 +149,7 @@ struct PackReport: Encodable {
     var sha256: String
     var level: Int
     var skipped: [String]
+    var skippedUnsafe: [ArchivePacker.SkippedEntry]
 }
 
 extension FileManager {

@@ -371,6 +371,27 @@ import Testing
         #expect(try setting.expectUntouched() == [])
     }
 
+    /// Data attached to a directory or symlink is skipped, but decompressed all the same:
+    /// it counts against maxTotalBytes like file contents.
+    @Test(arguments: [CraftedTar.Kind.directory, .symlink])
+    func dataOnADirectoryOrSymlinkCountsAgainstTheByteLimit(_ kind: CraftedTar.Kind) async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        var tar = CraftedTar()
+        tar.add("small.js", contents: [UInt8](repeating: 0x41, count: 600))
+        tar.add(kind == .directory ? "dir/" : "link", kind: kind, contents: [UInt8](repeating: 0, count: 4096), link: "small.js")
+        tar.end()
+        let archive = setting.scratch.path.appending("attached.tar.zst")
+        try tar.write(to: archive)
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker(options: .init(limits: ExtractionLimits(maxTotalBytes: 1000)))
+                .unpack(file: archive, replacing: setting.destination, logger: logger)
+        }
+        #expect(error?.message.contains("1000 bytes, the configured limit") == true, "\(String(describing: error))")
+        try FileManager.default.removeItem(atPath: archive.string)
+        #expect(try setting.expectUntouched() == [])
+    }
+
     /// A packed archive, and its bytes, for the damage tests.
     func packedArchive(in setting: Setting) async throws -> (FilePath, CacheManifest, [UInt8]) {
         let tree = setting.scratch.path.appending("source")
@@ -503,5 +524,263 @@ import Testing
         } throws: { error in
             (error as? CompressionError)?.offset == Int64(compressed.count - 5) && "\(error)".contains("truncated")
         }
+    }
+}
+
+/// Pack refuses what unpack refuses, so no tier ever holds an archive every restore rejects.
+@Suite struct PackSafetyTests {
+    let logger = Logger(label: "test")
+
+    /// Each case adds to `tree` one entry a restore refuses, and names it.
+    static let unsafe: [(String, @Sendable (FilePath) throws -> String)] = [
+        ("absolute symlink (npm link)", { tree in
+            try FileManager.default.createSymbolicLink(atPath: tree.appending("linked-pkg").string, withDestinationPath: "/usr/lib/node_modules/linked-pkg")
+            return "linked-pkg"
+        }),
+        ("symlink climbing out of the tree", { tree in
+            try FileManager.default.createDirectory(atPath: tree.appending("pkg").string, withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: tree.appending("pkg/up").string, withDestinationPath: "../../outside")
+            return "pkg/up"
+        }),
+        ("path over the limit", { tree in
+            let deep = "a-directory/" + String(repeating: "long-name-", count: 16)
+            try FileManager.default.createDirectory(atPath: tree.appending(deep).string, withIntermediateDirectories: true)
+            try Data("x".utf8).write(to: URL(fileURLWithPath: tree.appending(deep + "/index.js").string))
+            return deep
+        }),
+    ]
+    /// A path limit the "path over the limit" case exceeds and the sample tree fits.
+    static let limits = ExtractionLimits(maxPathLength: 160)
+
+    @Test(arguments: 0..<unsafe.count)
+    func packRefusesAnEntryUnpackWouldRefuseAndWritesNothing(_ index: Int) async throws {
+        let (name, add) = Self.unsafe[index]
+        let scratch = try TemporaryDirectory(prefix: "pack-safety")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, seed: 7, files: 6)
+        let culprit = try add(tree)
+        let output = try scratch.makeDirectory("out")
+        let packer = ArchivePacker(options: .init(limits: Self.limits))
+        let error = await #expect(throws: PackError.self, "\(name)") {
+            _ = try await packer.pack(tree, key: CacheKey("unsafe"), to: output.appending("a.tar.zst"), logger: logger)
+        }
+        let message = error.map { "\($0)" } ?? ""
+        #expect(message.contains(culprit.prefix(60)), "\(name): \(message)")
+        #expect(message.contains("--skip-unsafe"), "\(name): \(message)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: output.string) == [], "\(name)")
+    }
+
+    @Test(arguments: 0..<unsafe.count)
+    func skippingUnsafeEntriesReportsThemAndTheArchiveRestores(_ index: Int) async throws {
+        let (name, add) = Self.unsafe[index]
+        let scratch = try TemporaryDirectory(prefix: "pack-safety")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, seed: 7, files: 6)
+        let culprit = try add(tree)
+        let archive = scratch.path.appending("a.tar.zst")
+        let summary = try await ArchivePacker(options: .init(limits: Self.limits, skipUnsafeEntries: true))
+            .packWithSummary(tree, key: CacheKey("unsafe"), to: archive, logger: logger)
+        #expect(summary.skippedUnsafe.map(\.path) == [culprit], "\(name)")
+        let restored = scratch.path.appending("restored")
+        _ = try await ArchiveUnpacker(options: .init(limits: Self.limits)).unpack(file: archive, replacing: restored, logger: logger)
+        var withoutCulprit = try TreeSnapshot(of: tree)
+        withoutCulprit.entries = withoutCulprit.entries.filter { !$0.key.hasPrefix(culprit) }
+        #expect(try TreeSnapshot(of: restored).differences(from: withoutCulprit) == [], "\(name)")
+    }
+
+    /// publish and write-back pack through the same packer: they must refuse too, and
+    /// leave the tier without the key.
+    @Test func publishRefusesATreeWithAnAbsoluteSymlink() async throws {
+        let scratch = try TemporaryDirectory(prefix: "pack-safety")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, seed: 8, files: 4)
+        try FileManager.default.createSymbolicLink(atPath: tree.appending("global").string, withDestinationPath: "/usr/lib/node_modules/global")
+        let sink = DirectorySource(root: scratch.path.appending("cache"))
+        let key = try CacheKey("published")
+        let result = await CachePublisher(packer: ArchivePacker())
+            .publish(tree, as: key, to: [sink], scratch: try scratch.makeDirectory("scratch"), logger: logger)
+        let record = try #require(result.records.first)
+        #expect(record.outcome == .failed)
+        #expect(record.error?.contains("'global'") == true, "\(String(describing: record.error))")
+        #expect(try await !sink.contains(key, logger: logger))
+    }
+}
+
+/// Sparse files are refused by name, never restored as GNU tar's internal map file.
+@Suite struct SparseArchiveTests {
+    let logger = Logger(label: "test")
+
+    @Test(arguments: ["0.0", "0.1", "1.0"])
+    func aPaxSparseFileFromGNUTarIsRefusedWithItsName(_ version: String) async throws {
+        let scratch = try TemporaryDirectory(prefix: "sparse")
+        defer { scratch.remove() }
+        let tree = try scratch.makeDirectory("tree")
+        let image = tree.appending("disk.img").string
+        let make = try await Fixtures.run([
+            "sh", "-c", "truncate -s 100M '\(image)' && printf data | dd of='\(image)' bs=1 seek=50000000 conv=notrunc 2>/dev/null",
+        ])
+        #expect(make.status == 0, "\(make.stderr)")
+        let archive = scratch.path.appending("sparse.tar")
+        let tar = try await Fixtures.run([
+            "tar", "--sparse", "--sparse-version=\(version)", "--format=pax", "-cf", archive.string, "-C", tree.string, ".",
+        ])
+        #expect(tar.status == 0, "\(tar.stderr)")
+        let destination = scratch.path.appending("node_modules")
+        try SampleTree.write(to: destination, seed: 2, files: 3)
+        let before = try TreeSnapshot(of: destination)
+
+        let error = await #expect(throws: CacheTierError.self) {
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        }
+        #expect(error?.message.contains("sparse") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("disk.img") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("\n") == false)
+        #expect(try TreeSnapshot(of: destination).differences(from: before) == [])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).sorted() == ["node_modules", "sparse.tar", "tree"])
+    }
+}
+
+/// Names are bytes on Linux: one that is not UTF-8 (a Latin-1 `café.js` from an old
+/// tool) is packed, restored and removed exactly, never dropped or turned into U+FFFD.
+@Suite struct ByteNameTests {
+    let logger = Logger(label: "test")
+    /// `café.js` in Latin-1: 0xE9 alone is not UTF-8.
+    static let latin1File: [UInt8] = Array("caf".utf8) + [0xE9] + Array(".js".utf8)
+    /// `Müll` in Latin-1, as a directory.
+    static let latin1Directory: [UInt8] = [0x4D, 0xFC, 0x6C, 0x6C]
+
+    /// A tree with a Latin-1 file at the top, and a Latin-1 directory holding another and a
+    /// symlink to it, besides ordinary files.
+    static func writeTree(_ root: FilePath) throws {
+        try SampleTree.write(to: root, seed: 12, files: 3)
+        try RawNames.write(root, latin1File, contents: "top\n")
+        try RawNames.makeDirectory(root, latin1Directory)
+        try RawNames.write(root, latin1Directory + [0x2F] + latin1File, contents: "inside\n")
+        try RawNames.symlink(root, latin1Directory + Array("/link".utf8), target: latin1File)
+    }
+
+    static func expectTree(_ root: FilePath) throws {
+        let top = try RawNames.list(root)
+        #expect(top.contains(latin1File), "\(top.map(RawNames.show))")
+        #expect(top.contains(latin1Directory), "\(top.map(RawNames.show))")
+        #expect(!top.contains { String(validating: $0, as: UTF8.self)?.contains("\u{FFFD}") == true })
+        #expect(try RawNames.read(root, latin1File) == "top\n")
+        #expect(try RawNames.read(root, latin1Directory + [0x2F] + latin1File) == "inside\n")
+        #expect(try RawNames.readLink(root, latin1Directory + Array("/link".utf8)) == latin1File)
+        #expect(try RawNames.list(root.appending("pkg-12-0")) .isEmpty == false)
+    }
+
+    @Test func weRestoreExactlyTheBytesGNUTarPacks() async throws {
+        let scratch = try TemporaryDirectory(prefix: "names")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try Self.writeTree(tree)
+        for format in ["gnu", "pax"] {
+            let archive = scratch.path.appending("gnu-\(format).tar.zst")
+            let tar = try await Fixtures.run(["tar", "--zstd", "--format=\(format)", "-cf", archive.string, "-C", tree.string, "."])
+            #expect(tar.status == 0, "\(tar.stderr)")
+            let restored = scratch.path.appending("restored-\(format)")
+            _ = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
+            try Self.expectTree(restored)
+        }
+    }
+
+    @Test func gnuTarRestoresExactlyTheBytesWePack() async throws {
+        let scratch = try TemporaryDirectory(prefix: "names")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try Self.writeTree(tree)
+        let archive = scratch.path.appending("ours.tar.zst")
+        let summary = try await ArchivePacker().packWithSummary(tree, key: CacheKey("names"), to: archive, logger: logger)
+        #expect(summary.skipped.isEmpty)
+        let out = try scratch.makeDirectory("gnu")
+        let untar = try await Fixtures.run(["tar", "--zstd", "-xf", archive.string, "-C", out.string])
+        #expect(untar.status == 0, "\(untar.stderr)")
+        // GNU tar 1.34 does not know POSIX's hdrcharset (it writes such names raw, unmarked)
+        // and says so; that is the only thing it may say.
+        let warnings = untar.stderr.split(separator: "\n").filter { !$0.contains("unknown extended header keyword 'hdrcharset'") }
+        #expect(warnings.isEmpty, "GNU tar warned: \(untar.stderr)")
+        try Self.expectTree(out)
+        // And back through our own unpack.
+        let restored = scratch.path.appending("restored")
+        let unpacked = try await ArchiveUnpacker().unpack(file: archive, replacing: restored, logger: logger)
+        #expect(unpacked.entries == summary.manifest.entryCount)
+        try Self.expectTree(restored)
+    }
+
+    @Test func aDestinationHoldingSuchNamesIsReplacedCleanly() async throws {
+        let scratch = try TemporaryDirectory(prefix: "names")
+        defer { scratch.remove() }
+        let work = try scratch.makeDirectory("work")
+        let destination = work.appending("node_modules")
+        try Self.writeTree(destination)
+        try RawNames.write(destination, Self.latin1Directory + [0x2F] + [0xFF, 0xFE], contents: "junk\n")
+        let source = scratch.path.appending("source")
+        try SampleTree.write(to: source, seed: 13, files: 4)
+        let archive = scratch.path.appending("new.tar.zst")
+        _ = try await ArchivePacker().pack(source, key: CacheKey("new"), to: archive, logger: logger)
+
+        _ = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: source)) == [])
+        #expect(try RawNames.list(work) == [Array("node_modules".utf8)], "the old tree was left behind")
+    }
+}
+
+/// File system calls on names given as bytes, for names Foundation cannot spell.
+enum RawNames {
+    static func cPath(_ root: FilePath, _ relative: [UInt8]) -> [CChar] {
+        (Array(root.string.utf8) + [0x2F] + relative).map { CChar(bitPattern: $0) } + [0]
+    }
+
+    static func show(_ name: [UInt8]) -> String {
+        name.map { $0 < 0x80 ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16) }.joined()
+    }
+
+    static func write(_ root: FilePath, _ relative: [UInt8], contents: String) throws {
+        let descriptor = open(cPath(root, relative), O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard descriptor >= 0 else { throw FixtureError("cannot create \(show(relative)): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        let bytes = Array(contents.utf8)
+        guard Glibc.write(descriptor, bytes, bytes.count) == bytes.count else { throw FixtureError("cannot write \(show(relative))") }
+    }
+
+    static func makeDirectory(_ root: FilePath, _ relative: [UInt8]) throws {
+        guard mkdir(cPath(root, relative), 0o755) == 0 else { throw FixtureError("cannot create \(show(relative))") }
+    }
+
+    static func symlink(_ root: FilePath, _ relative: [UInt8], target: [UInt8]) throws {
+        let target = target.map { CChar(bitPattern: $0) } + [0]
+        guard Glibc.symlink(target, cPath(root, relative)) == 0 else { throw FixtureError("cannot link \(show(relative))") }
+    }
+
+    static func read(_ root: FilePath, _ relative: [UInt8]) throws -> String {
+        let descriptor = open(cPath(root, relative), O_RDONLY)
+        guard descriptor >= 0 else { throw FixtureError("cannot open \(show(relative)): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = Glibc.read(descriptor, &buffer, buffer.count)
+        return String(decoding: buffer[..<max(0, count)], as: UTF8.self)
+    }
+
+    static func readLink(_ root: FilePath, _ relative: [UInt8]) throws -> [UInt8] {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink(cPath(root, relative), &buffer, buffer.count)
+        guard count >= 0 else { throw FixtureError("cannot read the link \(show(relative))") }
+        return buffer[..<count].map { UInt8(bitPattern: $0) }
+    }
+
+    /// The names in a directory, as the kernel gives them.
+    static func list(_ directory: FilePath) throws -> [[UInt8]] {
+        guard let stream = opendir(directory.string) else { throw FixtureError("cannot list \(directory)") }
+        defer { closedir(stream) }
+        var names: [[UInt8]] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+            if name != [0x2E] && name != [0x2E, 0x2E] { names.append(name) }
+        }
+        return names.sorted { $0.lexicographicallyPrecedes($1) }
     }
 }

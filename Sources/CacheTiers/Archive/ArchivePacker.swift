@@ -22,10 +22,22 @@ public struct ArchivePacker: CachePacker {
         /// A modification time (seconds since 1970) stamped on every entry, for
         /// byte-identical archives of trees whose mtimes differ.
         public var fixedModificationTime: Int64?
+        /// The limits the archive must fit, as unpack applies them (the defaults are the
+        /// unpack defaults): a longer path is refused like an unsafe symlink.
+        public var limits: ExtractionLimits
+        /// Leave out, and report in ``Summary/skippedUnsafe``, the entries a restore
+        /// would refuse (absolute symlinks, symlinks climbing out of the tree, paths over
+        /// the limit), instead of failing the pack on the first one.
+        public var skipUnsafeEntries: Bool
 
-        public init(deterministic: Bool = false, fixedModificationTime: Int64? = nil) {
+        public init(
+            deterministic: Bool = false, fixedModificationTime: Int64? = nil, limits: ExtractionLimits = .init(),
+            skipUnsafeEntries: Bool = false
+        ) {
             self.deterministic = deterministic
             self.fixedModificationTime = fixedModificationTime
+            self.limits = limits
+            self.skipUnsafeEntries = skipUnsafeEntries
         }
     }
 
@@ -44,7 +56,16 @@ public struct ArchivePacker: CachePacker {
         public var manifest: CacheManifest
         /// Paths skipped because they are sockets, FIFOs or devices.
         public var skipped: [String]
+        /// Entries left out because a restore would refuse them (with
+        /// ``Options/skipUnsafeEntries``); a directory left out takes its contents along.
+        public var skippedUnsafe: [SkippedEntry]
         public var duration: Duration
+    }
+
+    /// An entry left out of the archive, and why.
+    public struct SkippedEntry: Sendable, Hashable, Codable {
+        public var path: String
+        public var reason: String
     }
 
     public func pack(_ directory: FilePath, key: CacheKey, to archive: FilePath, logger: Logger) async throws
@@ -99,7 +120,16 @@ public struct ArchivePacker: CachePacker {
                 metadata: ["count": "\(result.skipped.count)", "first": "\(result.skipped[0])"]
             )
         }
-        return Summary(manifest: manifest, skipped: result.skipped, duration: ContinuousClock.now - started)
+        if !result.skippedUnsafe.isEmpty {
+            logger.warning(
+                "skipped entries a restore would refuse",
+                metadata: ["count": "\(result.skippedUnsafe.count)", "first": "\(result.skippedUnsafe[0].reason)"]
+            )
+        }
+        return Summary(
+            manifest: manifest, skipped: result.skipped, skippedUnsafe: result.skippedUnsafe,
+            duration: ContinuousClock.now - started
+        )
     }
 }
 

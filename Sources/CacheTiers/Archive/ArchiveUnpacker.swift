@@ -63,7 +63,7 @@ public struct ArchiveUnpacker: Sendable {
                     throw CacheTierError(.transient, "cannot read the archive \(archive): \(String(cString: strerror(errno)))")
                 }
                 if count == 0 { break }
-                // The session copies what it keeps before it suspends, so one buffer serves every read.
+                // The session is done with the bytes when write returns, so one buffer serves every read.
                 try await session.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
             }
             return try await session.finish()

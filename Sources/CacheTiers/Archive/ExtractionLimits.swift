@@ -1,6 +1,8 @@
-/// Caps that stop a hostile or broken archive (a decompression bomb) early.
+/// Caps that stop a hostile or broken archive (a decompression bomb) early. Pack
+/// applies the same caps, so it never writes an archive that a restore refuses.
 public struct ExtractionLimits: Sendable, Hashable {
-    /// The most file content bytes an archive may unpack to.
+    /// The most bytes an archive may unpack to: file contents, and what is decompressed
+    /// all the same, data attached to directory and symlink entries and extended headers.
     public var maxTotalBytes: Int64
     /// The most entries (files, directories, links) an archive may hold.
     public var maxEntries: Int

@@ -24,7 +24,7 @@ import Darwin
 /// called from one thread.
 final class FileWriterPool: @unchecked Sendable {
     struct Job {
-        var relative: String
+        var relative: PathBytes
         var contents: [UInt8]
         var mode: UInt32
         var modificationTime: Int64
@@ -37,8 +37,8 @@ final class FileWriterPool: @unchecked Sendable {
     private var lastSubmitted = 0
     /// Paths submitted and maybe not yet written, with their last job's sequence, and the
     /// same in submission order for pruning: as long as the queue, not the archive.
-    private var submittedPaths: [String: Int] = [:]
-    private var submissionOrder: [(sequence: Int, relative: String)] = []
+    private var submittedPaths: [PathBytes: Int] = [:]
+    private var submissionOrder: [(sequence: Int, relative: PathBytes)] = []
     private var submissionOrderHead = 0
 
     // Guarded by `condition`.
@@ -59,7 +59,7 @@ final class FileWriterPool: @unchecked Sendable {
     /// Every job up to this sequence number is written.
     private let completed = Atomic<Int>(0)
 
-    private let root: String
+    private let root: PathBytes
     private let umaskBits: UInt32
     private let maxQueuedJobs = 256
     private let maxQueuedBytes = 8 << 20
@@ -67,7 +67,7 @@ final class FileWriterPool: @unchecked Sendable {
     /// once per small file costs more than writing it.
     private let batchSize = 32
 
-    init(root: String, umaskBits: UInt32, threads: Int) {
+    init(root: PathBytes, umaskBits: UInt32, threads: Int) {
         self.root = root
         self.umaskBits = umaskBits
         running = threads
@@ -84,7 +84,7 @@ final class FileWriterPool: @unchecked Sendable {
     /// Queues a file. Jobs go to the workers in batches; call ``flush()`` before waiting
     /// on anything else.
     /// - Throws: the first failure of any worker.
-    func submit(relative: String, contents: [UInt8], mode: UInt32, modificationTime: Int64) throws(ExtractionError) {
+    func submit(relative: PathBytes, contents: [UInt8], mode: UInt32, modificationTime: Int64) throws(ExtractionError) {
         lastSubmitted += 1
         outbox.append(Job(relative: relative, contents: contents, mode: mode, modificationTime: modificationTime, sequence: lastSubmitted))
         outboxBytes += contents.count
@@ -99,7 +99,7 @@ final class FileWriterPool: @unchecked Sendable {
     var lastSubmittedSequence: Int { lastSubmitted }
 
     /// Whether a job for `relative` is queued or being written.
-    func isInFlight(_ relative: String) -> Bool {
+    func isInFlight(_ relative: PathBytes) -> Bool {
         guard let sequence = submittedPaths[relative] else { return false }
         return sequence > completedThrough
     }
@@ -227,7 +227,7 @@ final class FileWriterPool: @unchecked Sendable {
     }
 
     private func write(_ job: Job) throws(ExtractionError) {
-        let full = root + "/" + job.relative
+        let full = job.relative.cString(under: root)
         let permissions = mode_t(job.mode & 0o777)
         let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
         var descriptor = open(full, flags, permissions)

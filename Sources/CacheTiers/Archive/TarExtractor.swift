@@ -15,6 +15,9 @@ import Darwin
 /// dropped. Ownership is never applied. Directory modes and times are set at the end,
 /// deepest first, like GNU tar does.
 ///
+/// Paths are bytes from end to end (``PathBytes``): a name that is not UTF-8 is
+/// restored exactly as the archive holds it.
+///
 /// Not thread-safe: one thread feeds it.
 final class TarExtractor {
     private enum Phase {
@@ -32,21 +35,22 @@ final class TarExtractor {
     }
 
     private struct PendingFile {
-        var path: String
+        var path: PathBytes
         var mode: UInt32
         var modificationTime: Int64
     }
 
-    private let root: String
+    private let root: PathBytes
     private let limits: ExtractionLimits
+    private let rules: EntryRules
     private let umaskBits: UInt32
 
     private var phase = Phase.header
     private var headerBuffer: [UInt8] = []
     private var metadataBuffer: [UInt8] = []
-    private var pendingPax: [String: String] = [:]
-    private var pendingLongName: String?
-    private var pendingLongLink: String?
+    private var pendingPax: [String: [UInt8]] = [:]
+    private var pendingLongName: [UInt8]?
+    private var pendingLongLink: [UInt8]?
     private var currentFile: PendingFile?
     private var fileBuffer: [UInt8] = []
     /// Writes small files on other threads; nil to write everything on this one.
@@ -59,10 +63,10 @@ final class TarExtractor {
     /// are never replaced during an extraction, so its prefixes stay proven; anything
     /// else is checked on disk, where a symlink cannot pass for a directory. Memory stays
     /// flat however many entries the archive holds.
-    private var lastVerifiedParent = ""
+    private var lastVerifiedParent: PathBytes = ""
 
     private struct PendingDirectory {
-        var path: String
+        var path: PathBytes
         var mode: UInt32
         var modificationTime: Int64
     }
@@ -81,7 +85,21 @@ final class TarExtractor {
     /// The mode mkdir gives a directory here (0o755 less the umask).
     private var createdDirectoryMode: UInt32 { 0o755 & ~umaskBits }
     /// Directories whose mode was set to something other than ``createdDirectoryMode``.
-    private var directoriesWithOtherModes: Set<String> = []
+    private var directoriesWithOtherModes: Set<PathBytes> = []
+
+    /// What counts against ``ExtractionLimits/maxTotalBytes``: file contents, and the
+    /// bytes that are decompressed all the same, data attached to directories and
+    /// symlinks (skipped) and extended headers.
+    private var countedBytes: Int64 = 0
+    /// Extended headers (pax, GNU long names) read since the last entry, header blocks included.
+    private var pendingMetadataBytes: Int64 = 0
+    /// Bytes after the end-of-archive marker.
+    private var trailingBytes: Int64 = 0
+    /// What may follow the end-of-archive marker: GNU tar pads to its record size
+    /// (10 KiB by default).
+    static let maximumTrailingBytes: Int64 = 1 << 20
+    /// What the extended headers of one entry may add up to.
+    static let maximumMetadataBytes: Int64 = 1 << 20
 
     private(set) var summary = UnpackSummary()
     /// Offset in the tar stream of the next byte to consume.
@@ -91,8 +109,9 @@ final class TarExtractor {
     ///   - root: an existing, empty directory.
     ///   - writerThreads: extra threads that write small files; 0 writes on the caller's.
     init(root: String, limits: ExtractionLimits, writerThreads: Int = 0) {
-        self.root = root.hasSuffix("/") ? String(root.dropLast()) : root
+        self.root = PathBytes(root.hasSuffix("/") ? String(root.dropLast()) : root)
         self.limits = limits
+        self.rules = EntryRules(limits: limits)
         let umaskBits = currentUmask()
         self.umaskBits = umaskBits
         self.pool = writerThreads > 0 ? FileWriterPool(root: self.root, umaskBits: umaskBits, threads: writerThreads) : nil
@@ -180,9 +199,17 @@ final class TarExtractor {
                 phase = Int64(take) == remaining ? .header : .skip(remaining: remaining - Int64(take))
 
             case .ended:
-                // GNU tar pads archives with zero blocks to a record size; the rest is ignored.
+                // GNU tar pads archives with zero blocks to a record size; the rest is
+                // ignored, up to a bound: endless zeros would be a bomb of another shape.
                 offset += Int64(rest.count)
+                trailingBytes += Int64(rest.count)
                 rest = rest[rest.endIndex...]
+                guard trailingBytes <= Self.maximumTrailingBytes else {
+                    throw .limit(
+                        "the archive goes on for more than \(Self.maximumTrailingBytes >> 20) MiB after its end-of-archive marker (a decompression bomb?)",
+                        offset: offset
+                    )
+                }
             }
         }
         // The caller may now wait for more input: let the pool write what it holds.
@@ -224,7 +251,7 @@ final class TarExtractor {
             readOnlyDirectories.append(directory)
             return
         }
-        let full = root + "/" + directory.path
+        let full = directory.path.cString(under: root)
         // Directories are made with the mode most archives hold; chmod only the others,
         // one set to another mode by an earlier entry of the same name, and the root,
         // which was made by someone else.
@@ -249,31 +276,26 @@ final class TarExtractor {
 
     /// The parent of `relative` when it is a directory whose archived time is already in
     /// place (not the current pending one, and not the root).
-    private func revisitedParent(of relative: String) -> String? {
-        guard let slash = relative.utf8.lastIndex(of: UInt8(ascii: "/")) else { return nil }
-        let parent = String(relative[..<slash])
+    private func revisitedParent(of relative: PathBytes) -> PathBytes? {
+        guard let parent = relative.parent else { return nil }
         return openDirectories.last?.path == parent ? nil : parent
     }
 
-    private func modificationTime(of relative: String) -> timespec? {
+    private func modificationTime(of relative: PathBytes) -> timespec? {
         var info = stat()
-        guard lstat(root + "/" + relative, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return nil }
+        guard lstat(relative.cString(under: root), &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return nil }
         return info.st_mtim
     }
 
-    private func restoreModificationTime(_ time: timespec, of relative: String) {
+    private func restoreModificationTime(_ time: timespec, of relative: PathBytes) {
         var times = [time, time]
-        _ = utimensat(AT_FDCWD, root + "/" + relative, &times, AT_SYMLINK_NOFOLLOW)
+        _ = utimensat(AT_FDCWD, relative.cString(under: root), &times, AT_SYMLINK_NOFOLLOW)
     }
 
     /// Applies the pending directories that `relative` is not inside: the stream has left them.
-    private func leaveDirectories(notContaining relative: String) throws(ExtractionError) {
+    private func leaveDirectories(notContaining relative: PathBytes) throws(ExtractionError) {
         while let last = openDirectories.last {
-            if relative.utf8.count > last.path.utf8.count, relative.hasPrefix(last.path),
-                relative.utf8[relative.utf8.index(relative.utf8.startIndex, offsetBy: last.path.utf8.count)] == UInt8(ascii: "/")
-            {
-                return
-            }
+            if relative.isInside(last.path) { return }
             openDirectories.removeLast()
             if let pool {
                 awaitingDirectories.append((last, pool.lastSubmittedSequence))
@@ -319,9 +341,14 @@ final class TarExtractor {
         let padding = { (size: Int64) in Int((512 - size % 512) % 512) }
         switch raw.typeflag {
         case UInt8(ascii: "x"), UInt8(ascii: "g"), UInt8(ascii: "L"), UInt8(ascii: "K"):
-            guard raw.size <= 1 << 20 else {
+            guard raw.size <= Self.maximumMetadataBytes else {
                 throw .corrupt("an extended header of \(raw.size) bytes is larger than any real path needs", offset: offset)
             }
+            pendingMetadataBytes += Int64(TarHeaderEncoder.blockSize) + raw.size
+            guard pendingMetadataBytes <= Self.maximumMetadataBytes else {
+                throw .corrupt("the extended headers of one entry add up to more than any real entry needs", offset: offset)
+            }
+            try countOtherBytes(raw.size)
             let kind: MetadataKind =
                 switch raw.typeflag {
                 case UInt8(ascii: "x"): .pax
@@ -348,7 +375,10 @@ final class TarExtractor {
         case UInt8(ascii: "6"):
             throw .unsafe("the archive holds a FIFO entry (\(displayName(raw))); cache archives never do", offset: offset)
         case UInt8(ascii: "S"):
-            throw .corrupt("the archive holds a GNU sparse file (\(displayName(raw))), which is not supported", offset: offset)
+            throw .unsafe(
+                "the archive holds a GNU sparse file (\(displayName(raw))), which is not supported: repack it without tar --sparse",
+                offset: offset
+            )
         default:
             throw .corrupt(
                 "the archive holds an entry of unknown type '\(Character(Unicode.Scalar(raw.typeflag)))' (\(displayName(raw)))",
@@ -356,29 +386,48 @@ final class TarExtractor {
             )
         }
 
-        var path = pendingPax["path"] ?? pendingLongName ?? String(decoding: raw.name, as: UTF8.self)
-        var linkTarget = pendingPax["linkpath"] ?? pendingLongLink ?? String(decoding: raw.linkName, as: UTF8.self)
+        // GNU tar's pax sparse formats (0.0, 0.1, 1.0) look like a plain file holding the
+        // sparse map; restoring it as such would give the wrong file.
+        if kind == .file, pendingPax.keys.contains(where: { $0.hasPrefix("GNU.sparse.") }) {
+            let name = pendingPax["GNU.sparse.name"].map { EntryRules.display($0) } ?? displayName(raw)
+            throw .unsafe(
+                "the archive holds a sparse file (\(name), GNU tar --sparse in pax format), which is not supported: repack it without --sparse",
+                offset: offset
+            )
+        }
+        // Names are taken as bytes, whatever `hdrcharset` says: they are restored as
+        // the archive holds them, as GNU tar does.
+        var path = PathBytes(pendingPax["path"] ?? pendingLongName ?? raw.name)
+        var linkTarget = PathBytes(pendingPax["linkpath"] ?? pendingLongLink ?? raw.linkName)
         var size = raw.size
         var mtime = raw.modificationTime
-        if let value = pendingPax["size"] {
+        if let bytes = pendingPax["size"] {
+            let value = String(decoding: bytes, as: UTF8.self)
             guard let parsed = Int64(value), parsed >= 0 else { throw .corrupt("a pax size '\(value)' is not a size", offset: offset) }
             size = parsed
         }
-        if let value = pendingPax["mtime"], let parsed = Double(value) {
+        if let bytes = pendingPax["mtime"], let parsed = Double(String(decoding: bytes, as: UTF8.self)), parsed.isFinite,
+            abs(parsed) < 1e17
+        {
             mtime = Int64(parsed.rounded(.down))
         }
         pendingPax = [:]
         pendingLongName = nil
         pendingLongLink = nil
-        if kind == .directory, path.hasSuffix("/") { path.removeLast() }
+        pendingMetadataBytes = 0
+        if kind == .directory, path.hasSuffix(PathBytes.slash) { path.bytes.removeLast() }
         if path.isEmpty, kind == .directory { path = "." }
 
         summary.entries += 1
-        guard summary.entries <= limits.maxEntries else {
-            throw .limit("the archive holds more than \(limits.maxEntries) entries, the configured limit", offset: offset)
+        do {
+            try rules.checkEntryCount(summary.entries)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
 
         let dataSize = kind == .file ? size : (kind == .hardLink ? 0 : size)
+        // Skipped, but decompressed all the same: it counts like file contents.
+        if kind == .directory || kind == .symlink { try countOtherBytes(dataSize) }
         let relative = try sanitize(path)
         if let relative { try leaveDirectories(notContaining: relative) }
         try applyWrittenDirectories()
@@ -403,18 +452,17 @@ final class TarExtractor {
                 try makeDirectory(relative, mode: raw.mode, mtime: mtime)
             } else {
                 // The archive's `./`: the root's own mode and time, applied last, as GNU tar does.
-                rootDirectory = PendingDirectory(path: "", mode: raw.mode & 0o777, modificationTime: mtime)
+                rootDirectory = PendingDirectory(path: PathBytes([]), mode: raw.mode & 0o777, modificationTime: mtime)
             }
             phase = dataSize > 0 ? .skip(remaining: dataSize + Int64(padding(dataSize))) : .header
         case .file:
             guard let relative else { throw .unsafe("a file entry names the archive's root directory", offset: offset) }
-            summary.uncompressedBytes += size
-            guard summary.uncompressedBytes <= limits.maxTotalBytes else {
-                throw .limit(
-                    "the archive unpacks to more than \(limits.maxTotalBytes) bytes, the configured limit (a decompression bomb?)",
-                    offset: offset
-                )
+            do {
+                try rules.addBytes(size, to: &countedBytes)
+            } catch {
+                throw ExtractionError(error, offset: offset)
             }
+            summary.uncompressedBytes += size
             summary.files += 1
             if pool != nil, revisited == nil, size <= Int64(FileWriterPool.maximumFileSize) {
                 try prepareParent(of: relative)
@@ -443,10 +491,18 @@ final class TarExtractor {
             phase = dataSize > 0 ? .skip(remaining: dataSize + Int64(padding(dataSize))) : .header
         case .hardLink:
             guard let relative else { throw .unsafe("a hard link entry names the archive's root directory", offset: offset) }
-            while linkTarget.hasSuffix("/") { linkTarget.removeLast() }
+            while linkTarget.hasSuffix(PathBytes.slash) { linkTarget.bytes.removeLast() }
             try makeHardLink(relative, target: linkTarget)
             summary.hardLinks += 1
             phase = .header
+        }
+    }
+
+    private func countOtherBytes(_ count: Int64) throws(ExtractionError) {
+        do {
+            try rules.addBytes(count, to: &countedBytes)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
     }
 
@@ -461,56 +517,56 @@ final class TarExtractor {
         case .globalPax:
             break  // global defaults carry nothing CacheTiers applies
         case .longName:
-            pendingLongName = String(decoding: metadataBuffer.prefix { $0 != 0 }, as: UTF8.self)
+            pendingLongName = Array(metadataBuffer.prefix { $0 != 0 })
         case .longLink:
-            pendingLongLink = String(decoding: metadataBuffer.prefix { $0 != 0 }, as: UTF8.self)
+            pendingLongLink = Array(metadataBuffer.prefix { $0 != 0 })
         }
         metadataBuffer.removeAll(keepingCapacity: true)
     }
 
     private func displayName(_ raw: RawTarHeader) -> String {
-        pendingPax["path"] ?? pendingLongName ?? String(decoding: raw.name, as: UTF8.self)
+        EntryRules.display(pendingPax["path"] ?? pendingLongName ?? raw.name)
     }
 
     // MARK: paths
 
     /// The path relative to the root with `.` and empty components removed; nil for the root itself.
-    private func sanitize(_ path: String) throws(ExtractionError) -> String? {
-        if path.hasPrefix("/") {
+    private func sanitize(_ path: PathBytes) throws(ExtractionError) -> PathBytes? {
+        if path.hasPrefix(PathBytes.slash) {
             throw .unsafe("the entry '\(path)' has an absolute path; archives must hold relative paths", offset: offset)
         }
-        let relative: String
+        let relative: PathBytes
         if isCanonical(path) {
             relative = path
         } else {
-            var components: [Substring] = []
-            for component in path.split(separator: "/", omittingEmptySubsequences: true) where component != "." {
-                if component == ".." {
+            var components: [ArraySlice<UInt8>] = []
+            for component in path.bytes.split(separator: PathBytes.slash, omittingEmptySubsequences: true)
+            where !component.elementsEqual([UInt8(ascii: ".")]) {
+                if component.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) {
                     throw .unsafe("the entry '\(path)' has a '..' component that could escape the destination", offset: offset)
                 }
                 components.append(component)
             }
             if components.isEmpty { return nil }
-            relative = components.joined(separator: "/")
+            relative = PathBytes(Array(components.joined(separator: [PathBytes.slash])))
         }
-        if relative.utf8.contains(0) {
+        if relative.bytes.contains(0) {
             throw .unsafe("the entry '\(path)' has a NUL byte in its path", offset: offset)
         }
-        guard relative.utf8.count <= limits.maxPathLength else {
-            throw .limit(
-                "the entry path '\(relative.prefix(80))…' is \(relative.utf8.count) bytes; the limit is \(limits.maxPathLength)",
-                offset: offset
-            )
+        do {
+            try rules.checkPathLength(relative.bytes)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
         return relative
     }
 
     /// Whether `path` has no empty, `.` or `..` component (the common case, checked without allocating).
-    private func isCanonical(_ path: String) -> Bool {
+    private func isCanonical(_ path: PathBytes) -> Bool {
         var componentLength = 0
         var dots = 0
-        for byte in path.utf8 {
-            if byte == UInt8(ascii: "/") {
+        for byte in path.bytes {
+            if byte == PathBytes.slash {
                 if componentLength == 0 || componentLength == dots { return false }
                 componentLength = 0
                 dots = 0
@@ -524,32 +580,28 @@ final class TarExtractor {
 
     /// Makes sure every ancestor of `relative` is a real directory, creating missing
     /// ones, so nothing is ever written through a symlink or below a file.
-    private func prepareParent(of relative: String) throws(ExtractionError) {
-        guard let slash = relative.utf8.lastIndex(of: UInt8(ascii: "/")) else { return }
-        let parent = String(relative[..<slash])
+    private func prepareParent(of relative: PathBytes) throws(ExtractionError) {
+        guard let parent = relative.parent else { return }
         if parent == lastVerifiedParent { return }
-        // The prefix shared with the last proven parent is proven already. Paths are
-        // compared as UTF-8 bytes: `/` never occurs inside a multi-byte sequence.
-        let bytes = parent.utf8
-        let proven = commonDirectoryPrefixLength(parent, lastVerifiedParent)
-        var start = bytes.index(bytes.startIndex, offsetBy: proven == 0 ? 0 : min(proven + 1, bytes.count))
-        while start < bytes.endIndex {
-            let next = bytes[start...].firstIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
-            try ensureDirectory(String(parent[..<next]), for: relative)
-            if next == bytes.endIndex { break }
-            start = bytes.index(after: next)
+        // The prefix shared with the last proven parent is proven already.
+        let bytes = parent.bytes
+        let proven = commonDirectoryPrefixLength(bytes, lastVerifiedParent.bytes)
+        var start = proven == 0 ? 0 : min(proven + 1, bytes.count)
+        while start < bytes.count {
+            let next = bytes[start...].firstIndex(of: PathBytes.slash) ?? bytes.count
+            try ensureDirectory(PathBytes(Array(bytes[..<next])), for: relative)
+            if next == bytes.count { break }
+            start = next + 1
         }
         lastVerifiedParent = parent
     }
 
-    /// The length in UTF-8 bytes of the longest common prefix of two paths that ends at
-    /// a component boundary.
-    private func commonDirectoryPrefixLength(_ a: String, _ b: String) -> Int {
-        var a = a
-        var b = b
-        return a.withUTF8 { a in
-            b.withUTF8 { b in
-                let slash = UInt8(ascii: "/")
+    /// The length in bytes of the longest common prefix of two paths that ends at a
+    /// component boundary.
+    private func commonDirectoryPrefixLength(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        a.withUnsafeBufferPointer { a in
+            b.withUnsafeBufferPointer { b in
+                let slash = PathBytes.slash
                 var index = 0
                 var boundary = 0
                 let shorter = min(a.count, b.count)
@@ -565,8 +617,8 @@ final class TarExtractor {
     }
 
     /// Creates `ancestor` as a directory, or proves on disk that it is one.
-    private func ensureDirectory(_ ancestor: String, for relative: String) throws(ExtractionError) {
-        if mkdir(root + "/" + ancestor, 0o755) == 0 {
+    private func ensureDirectory(_ ancestor: PathBytes, for relative: PathBytes) throws(ExtractionError) {
+        if mkdir(ancestor.cString(under: root), 0o755) == 0 {
             summary.directories += 1
             return
         }
@@ -583,33 +635,34 @@ final class TarExtractor {
     }
 
     /// The file type bits of what is at `relative` (not following a symlink), or 0.
-    private func kind(of relative: String) -> mode_t {
+    private func kind(of relative: PathBytes) -> mode_t {
         var info = stat()
-        guard lstat(root + "/" + relative, &info) == 0 else { return 0 }
+        guard lstat(relative.cString(under: root), &info) == 0 else { return 0 }
         return info.st_mode & S_IFMT
     }
 
     /// Removes an earlier entry at `relative` (archives may repeat a path); never a directory.
-    private func removeEarlierEntry(_ relative: String) throws(ExtractionError) {
+    private func removeEarlierEntry(_ relative: PathBytes) throws(ExtractionError) {
         if kind(of: relative) == S_IFDIR {
             throw .unsafe("the entry '\(relative)' would replace a directory of the same name", offset: offset)
         }
-        if unlink(root + "/" + relative) != 0 && errno != ENOENT {
+        if unlink(relative.cString(under: root)) != 0 && errno != ENOENT {
             throw .io("cannot replace \(relative)", errno: errno)
         }
     }
 
     // MARK: entries
 
-    private func makeDirectory(_ relative: String, mode: UInt32, mtime: Int64) throws(ExtractionError) {
+    private func makeDirectory(_ relative: PathBytes, mode: UInt32, mtime: Int64) throws(ExtractionError) {
         try prepareParent(of: relative)
-        if mkdir(root + "/" + relative, 0o755) == 0 {
+        let full = relative.cString(under: root)
+        if mkdir(full, 0o755) == 0 {
             summary.directories += 1
         } else {
             guard errno == EEXIST else { throw .io("cannot create the directory \(relative)", errno: errno) }
             if kind(of: relative) != S_IFDIR {
                 // An earlier file or symlink of the same name: a directory replaces it.
-                guard unlink(root + "/" + relative) == 0, mkdir(root + "/" + relative, 0o755) == 0 else {
+                guard unlink(full) == 0, mkdir(full, 0o755) == 0 else {
                     throw .io("cannot replace \(relative) with a directory", errno: errno)
                 }
                 summary.directories += 1
@@ -621,14 +674,15 @@ final class TarExtractor {
         openDirectories.append(PendingDirectory(path: relative, mode: mode & 0o777, modificationTime: mtime))
     }
 
-    private func createFile(_ relative: String, mode: UInt32) throws(ExtractionError) -> Int32 {
+    private func createFile(_ relative: PathBytes, mode: UInt32) throws(ExtractionError) -> Int32 {
         try prepareParent(of: relative)
         let permissions = mode_t(mode & 0o777)
         let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
-        var descriptor = open(root + "/" + relative, flags, permissions)
+        let full = relative.cString(under: root)
+        var descriptor = open(full, flags, permissions)
         if descriptor < 0 && errno == EEXIST {
             try removeEarlierEntry(relative)
-            descriptor = open(root + "/" + relative, flags, permissions)
+            descriptor = open(full, flags, permissions)
         }
         guard descriptor >= 0 else { throw .io("cannot create \(relative)", errno: errno) }
         return descriptor
@@ -651,67 +705,48 @@ final class TarExtractor {
         }
     }
 
-    private func makeSymlink(_ relative: String, target: String) throws(ExtractionError) {
+    private func makeSymlink(_ relative: PathBytes, target: PathBytes) throws(ExtractionError) {
         try checkSymlinkTarget(relative, target)
         try prepareParent(of: relative)
-        if symlink(target, root + "/" + relative) != 0 {
+        let full = relative.cString(under: root)
+        let target = target.cString
+        if symlink(target, full) != 0 {
             guard errno == EEXIST else { throw .io("cannot create the symlink \(relative)", errno: errno) }
             try removeEarlierEntry(relative)
-            guard symlink(target, root + "/" + relative) == 0 else {
+            guard symlink(target, full) == 0 else {
                 throw .io("cannot create the symlink \(relative)", errno: errno)
             }
         }
     }
 
-    /// Accepts relative targets whose `..` components all lead (`../pkg/bin/x`) and do
-    /// not climb above the root. Every accepted link then resolves inside the tree,
-    /// whatever other links it passes through, since no path climbs after descending.
-    private func checkSymlinkTarget(_ relative: String, _ target: String) throws(ExtractionError) {
-        guard !target.isEmpty else { throw .unsafe("the symlink '\(relative)' has an empty target", offset: offset) }
-        if target.hasPrefix("/") {
-            throw .unsafe("the symlink '\(relative)' points to the absolute path '\(target)', outside the tree", offset: offset)
-        }
-        let depth = relative.split(separator: "/").count - 1
-        var climbs = 0
-        var descended = false
-        for component in target.split(separator: "/", omittingEmptySubsequences: true) {
-            if component == "." { continue }
-            if component == ".." {
-                if descended {
-                    throw .unsafe(
-                        "the symlink '\(relative)' -> '\(target)' has '..' after a name; only leading '..' are accepted",
-                        offset: offset
-                    )
-                }
-                climbs += 1
-                if climbs > depth {
-                    throw .unsafe("the symlink '\(relative)' -> '\(target)' points outside the tree", offset: offset)
-                }
-            } else {
-                descended = true
-            }
+    private func checkSymlinkTarget(_ relative: PathBytes, _ target: PathBytes) throws(ExtractionError) {
+        do {
+            try rules.checkSymlink(relative.bytes, target: target.bytes)
+        } catch {
+            throw ExtractionError(error, offset: offset)
         }
     }
 
-    private func makeHardLink(_ relative: String, target: String) throws(ExtractionError) {
+    private func makeHardLink(_ relative: PathBytes, target: PathBytes) throws(ExtractionError) {
         let rejection = ExtractionError.unsafe(
             "the hard link '\(relative)' points to '\(target)', which is not a file extracted earlier from this archive",
             offset: offset
         )
-        guard target.utf8.first != UInt8(ascii: "/"), let source = try? sanitize(target) else { throw rejection }
+        guard !target.hasPrefix(PathBytes.slash), let source = try? sanitize(target) else { throw rejection }
         // Every parent of the source must be a real directory, so link(2) follows no symlink.
-        var components = source.split(separator: "/").dropLast()[...]
-        var ancestor = ""
-        while let component = components.popFirst() {
-            ancestor = ancestor.isEmpty ? String(component) : ancestor + "/" + component
+        var ancestor: PathBytes = ""
+        for component in source.bytes.split(separator: PathBytes.slash).dropLast() {
+            ancestor = ancestor.appending(PathBytes(component))
             guard kind(of: ancestor) == S_IFDIR else { throw rejection }
         }
         guard kind(of: source) == S_IFREG else { throw rejection }
         try prepareParent(of: relative)
-        if link(root + "/" + source, root + "/" + relative) != 0 {
+        let from = source.cString(under: root)
+        let to = relative.cString(under: root)
+        if link(from, to) != 0 {
             guard errno == EEXIST else { throw .io("cannot create the hard link \(relative)", errno: errno) }
             try removeEarlierEntry(relative)
-            guard link(root + "/" + source, root + "/" + relative) == 0 else {
+            guard link(from, to) == 0 else {
                 throw .io("cannot create the hard link \(relative)", errno: errno)
             }
         }
@@ -723,7 +758,7 @@ final class TarExtractor {
             let result = write(descriptor, bytes.baseAddress! + written, bytes.count - written)
             if result < 0 {
                 if errno == EINTR { continue }
-                throw .io("cannot write \(currentFile?.path ?? "a file")", errno: errno)
+                throw .io("cannot write \(currentFile.map { $0.path.description } ?? "a file")", errno: errno)
             }
             written += result
         }
@@ -745,6 +780,15 @@ enum ExtractionError: Error, CustomStringConvertible {
         switch self {
         case .corrupt(let message, _), .unsafe(let message, _), .limit(let message, _): message
         case .io(let message, let code): "\(message): \(String(cString: strerror(code)))"
+        }
+    }
+}
+
+extension ExtractionError {
+    init(_ violation: EntryRules.Violation, offset: Int64) {
+        switch violation.kind {
+        case .unsafe: self = .unsafe(violation.message, offset: offset)
+        case .limit: self = .limit(violation.message, offset: offset)
         }
     }
 }

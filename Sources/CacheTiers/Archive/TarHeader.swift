@@ -8,12 +8,12 @@ enum TarEntryKind: Sendable, Equatable {
 
 /// One entry's metadata, as written to or read from a tar header.
 struct TarEntry: Sendable, Equatable {
-    var path: String
+    var path: PathBytes
     var kind: TarEntryKind
     var mode: UInt32
     var size: Int64
     var modificationTime: Int64
-    var linkTarget: String = ""
+    var linkTarget: PathBytes = ""
     var userID: UInt32 = 0
     var groupID: UInt32 = 0
 }
@@ -21,21 +21,27 @@ struct TarEntry: Sendable, Equatable {
 /// Encodes POSIX ustar headers, adding a pax extended header whenever a field does
 /// not fit: long or non-ASCII paths and link targets, sizes of 8 GiB and more,
 /// out-of-range times. GNU tar, bsdtar and Python's tarfile all read the result.
+///
+/// Paths are bytes: one that is not UTF-8 goes into the pax header as it is, with
+/// `hdrcharset=BINARY`, which tells readers not to decode it (POSIX pax).
 enum TarHeaderEncoder {
     static let blockSize = 512
 
     /// Appends the header block(s) for `entry` to `out`.
     static func append(_ entry: TarEntry, to out: inout [UInt8]) {
-        var pax: [(String, String)] = []
-        let pathBytes = Array(entry.path.utf8)
-        let linkBytes = Array(entry.linkTarget.utf8)
+        var pax: [(String, [UInt8])] = []
+        let pathBytes = entry.path.bytes
+        let linkBytes = entry.linkTarget.bytes
         let split = splitForUstar(pathBytes)
-        if split == nil || !isASCII(pathBytes) { pax.append(("path", entry.path)) }
-        if linkBytes.count > 100 || !isASCII(linkBytes) { pax.append(("linkpath", entry.linkTarget)) }
+        if split == nil || !isASCII(pathBytes) { pax.append(("path", pathBytes)) }
+        if linkBytes.count > 100 || !isASCII(linkBytes) { pax.append(("linkpath", linkBytes)) }
+        if pax.contains(where: { String(validating: $0.1, as: UTF8.self) == nil }) {
+            pax.insert(("hdrcharset", Array("BINARY".utf8)), at: 0)
+        }
         let maxOctal11: Int64 = 0o77777777777
-        if entry.size > maxOctal11 { pax.append(("size", String(entry.size))) }
+        if entry.size > maxOctal11 { pax.append(("size", Array(String(entry.size).utf8))) }
         if entry.modificationTime < 0 || entry.modificationTime > maxOctal11 {
-            pax.append(("mtime", String(entry.modificationTime)))
+            pax.append(("mtime", Array(String(entry.modificationTime).utf8)))
         }
 
         if !pax.isEmpty {
@@ -96,8 +102,8 @@ enum TarHeaderEncoder {
     }
 
     /// `"<length> key=value\n"`, where length counts the whole record including itself.
-    private static func paxRecord(_ key: String, _ value: String) -> [UInt8] {
-        let body = Array(" \(key)=\(value)\n".utf8)
+    private static func paxRecord(_ key: String, _ value: [UInt8]) -> [UInt8] {
+        let body = Array(" \(key)=".utf8) + value + [UInt8(ascii: "\n")]
         var length = body.count + 1
         while String(length).utf8.count + body.count != length { length += 1 }
         return Array(String(length).utf8) + body
@@ -243,10 +249,12 @@ struct TarFormatError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Parses pax extended header records (`"<len> key=value\n"`).
+/// Parses pax extended header records (`"<len> key=value\n"`). Values stay bytes:
+/// `path` and `linkpath` are names, which need not be UTF-8 (`hdrcharset=BINARY`, or a
+/// writer that did not say).
 enum PaxRecords {
-    static func parse(_ data: [UInt8]) throws(TarFormatError) -> [String: String] {
-        var result: [String: String] = [:]
+    static func parse(_ data: [UInt8]) throws(TarFormatError) -> [String: [UInt8]] {
+        var result: [String: [UInt8]] = [:]
         var index = 0
         while index < data.count {
             if data[index] == 0 { break }  // trailing padding
@@ -262,7 +270,7 @@ enum PaxRecords {
                 throw TarFormatError("a pax extended header record has no '=': the archive is corrupt")
             }
             let key = String(decoding: record[record.startIndex..<equals], as: UTF8.self)
-            let value = String(decoding: record[(equals + 1)...], as: UTF8.self)
+            let value = Array(record[(equals + 1)...])
             result[key] = value
             index += length
         }

@@ -21,6 +21,7 @@ final class TarPackWriter {
         var uncompressedBytes: Int64
         var entries: Int
         var skipped: [String]
+        var skippedUnsafe: [ArchivePacker.SkippedEntry]
     }
 
     private struct Inode: Hashable {
@@ -41,13 +42,16 @@ final class TarPackWriter {
     private var uncompressedBytes: Int64 = 0
     private var entries = 0
     private var skipped: [String] = []
-    private var linkedInodes: [Inode: String] = [:]
+    private var skippedUnsafe: [ArchivePacker.SkippedEntry] = []
+    private let rules: EntryRules
+    private var linkedInodes: [Inode: PathBytes] = [:]
 
     static let bufferSize = 1 << 20
 
     init(root: String, options: ArchivePacker.Options, encoder: any StreamEncoder, output: Int32, cancellation: CancellationFlag?) {
         self.root = root.hasSuffix("/") && root.count > 1 ? String(root.dropLast()) : root
         self.options = options
+        self.rules = EntryRules(limits: options.limits)
         self.encoder = encoder
         self.output = output
         self.cancellation = cancellation
@@ -65,7 +69,7 @@ final class TarPackWriter {
             if errno == ENOTDIR { throw PackError.notADirectory(root) }
             throw PackError.io("cannot open \(root)", errno: errno)
         }
-        try walk(rootDescriptor, "")
+        try walk(rootDescriptor, PathBytes([]))
         // End of archive: two zero blocks.
         header.removeAll(keepingCapacity: true)
         header.append(contentsOf: repeatElement(0, count: 2 * TarHeaderEncoder.blockSize))
@@ -74,25 +78,27 @@ final class TarPackWriter {
         try encoder.finish { try emit($0) }
         return Result(
             archiveSHA256: hasher.finalize().hexString, archiveBytes: archiveBytes,
-            uncompressedBytes: uncompressedBytes, entries: entries, skipped: skipped
+            uncompressedBytes: uncompressedBytes, entries: entries, skipped: skipped,
+            skippedUnsafe: skippedUnsafe
         )
     }
 
     /// Archives the entries of the open directory `descriptor` (which it closes), named
     /// relative to the root. Everything is opened relative to its directory, so the
     /// kernel never walks a long path twice.
-    private func walk(_ descriptor: Int32, _ relative: String) throws {
+    private func walk(_ descriptor: Int32, _ relative: PathBytes) throws {
         if cancellation?.isCancelled == true {
             close(descriptor)
             throw CancellationError()
         }
         guard let handle = fdopendir(descriptor) else {
             close(descriptor)
-            throw PackError.io("cannot list \(relative.isEmpty ? root : relative)", errno: errno)
+            throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: errno)
         }
         defer { closedir(handle) }
-        for name in try listDirectory(handle, relative) {
-            let path = relative.isEmpty ? name : relative + "/" + name
+        for component in try listDirectory(handle, relative) {
+            let path = relative.appending(component)
+            let name = component.cString
             var info = stat()
             guard fstatat(descriptor, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
                 throw PackError.io("cannot read \(path)", errno: errno)
@@ -102,10 +108,19 @@ final class TarPackWriter {
                 path: path, kind: .file, mode: UInt32(info.st_mode & 0o7777), size: 0, modificationTime: mtime,
                 userID: options.deterministic ? 0 : info.st_uid, groupID: options.deterministic ? 0 : info.st_gid
             )
-            switch info.st_mode & S_IFMT {
+            let type = info.st_mode & S_IFMT
+            if type == S_IFDIR || type == S_IFREG || type == S_IFLNK {
+                do {
+                    try rules.checkPathLength(path.bytes)
+                } catch {
+                    try refuse(path, error)
+                    continue
+                }
+            }
+            switch type {
             case S_IFDIR:
                 entry.kind = .directory
-                entry.path = path + "/"
+                entry.path = PathBytes(path.bytes + [PathBytes.slash])
                 try appendHeader(entry)
                 let child = openat(descriptor, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 guard child >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
@@ -125,44 +140,69 @@ final class TarPackWriter {
                 guard file >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
                 defer { close(file) }
                 try appendContents(of: file, path: path, size: entry.size)
-                uncompressedBytes += entry.size
+                try checkUnchanged(file, path: path, since: info)
+                try check { () throws(EntryRules.Violation) in try rules.addBytes(entry.size, to: &uncompressedBytes) }
             case S_IFLNK:
                 entry.kind = .symlink
                 entry.linkTarget = try readLink(descriptor, name, path: path)
+                do {
+                    try rules.checkSymlink(path.bytes, target: entry.linkTarget.bytes)
+                } catch {
+                    try refuse(path, error)
+                    continue
+                }
                 try appendHeader(entry)
             default:
-                skipped.append(path)
+                skipped.append(path.description)
             }
         }
     }
 
-    private func listDirectory(_ handle: OpaquePointer, _ relative: String) throws -> [String] {
-        var names: [String] = []
+    /// The names in a directory as the kernel gives them, bytes that need not be UTF-8,
+    /// in byte order.
+    private func listDirectory(_ handle: OpaquePointer, _ relative: PathBytes) throws -> [PathBytes] {
+        var names: [PathBytes] = []
         errno = 0
         while let entry = readdir(handle) {
-            let name = withUnsafePointer(to: &entry.pointee.d_name) { pointer in
-                pointer.withMemoryRebound(to: CChar.self, capacity: 256) { String(validatingCString: $0) ?? "" }
-            }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { PathBytes($0.prefix { $0 != 0 }) }
             if name != "." && name != ".." && !name.isEmpty { names.append(name) }
         }
-        if errno != 0 { throw PackError.io("cannot list \(relative.isEmpty ? root : relative)", errno: errno) }
-        return names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        if errno != 0 { throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: errno) }
+        return names.sorted()
     }
 
-    private func readLink(_ directory: Int32, _ name: String, path: String) throws -> String {
+    private func readLink(_ directory: Int32, _ name: [CChar], path: PathBytes) throws -> PathBytes {
         var target = [UInt8](repeating: 0, count: 4096)
         let length = target.withUnsafeMutableBytes {
             readlinkat(directory, name, $0.baseAddress!.assumingMemoryBound(to: CChar.self), 4096)
         }
         guard length >= 0 else { throw PackError.io("cannot read the symlink \(path)", errno: errno) }
-        return String(decoding: target[..<length], as: UTF8.self)
+        return PathBytes(target[..<length])
     }
 
     private func appendHeader(_ entry: TarEntry) throws {
+        entries += 1
+        try check { () throws(EntryRules.Violation) in try rules.checkEntryCount(entries) }
         header.removeAll(keepingCapacity: true)
         TarHeaderEncoder.append(entry, to: &header)
         try append(header)
-        entries += 1
+    }
+
+    /// An entry every restore would refuse: skipped and reported when the options say
+    /// so, otherwise the end of the pack.
+    private func refuse(_ path: PathBytes, _ violation: EntryRules.Violation) throws {
+        guard options.skipUnsafeEntries else { throw PackError.unsafe(violation.message) }
+        skippedUnsafe.append(ArchivePacker.SkippedEntry(path: path.description, reason: violation.message))
+    }
+
+    /// A rule about the whole archive (its size, its entry count), which skipping an
+    /// entry does not fix.
+    private func check(_ rule: () throws(EntryRules.Violation) -> Void) throws {
+        do {
+            try rule()
+        } catch {
+            throw PackError.tooLarge(error.message)
+        }
     }
 
     private func append(_ bytes: [UInt8]) throws {
@@ -179,7 +219,7 @@ final class TarPackWriter {
     }
 
     /// Reads the file straight into the tar buffer, then pads to a block boundary.
-    private func appendContents(of descriptor: Int32, path: String, size: Int64) throws {
+    private func appendContents(of descriptor: Int32, path: PathBytes, size: Int64) throws {
         var remaining = size
         while remaining > 0 {
             if fill == buffer.count { try flush() }
@@ -189,7 +229,7 @@ final class TarPackWriter {
                 if errno == EINTR { continue }
                 throw PackError.io("cannot read \(path)", errno: errno)
             }
-            if got == 0 { throw PackError.changed(path) }
+            if got == 0 { throw PackError.changed(path.description, detail: "it shrank to \(size - remaining) bytes") }
             fill += got
             remaining -= Int64(got)
         }
@@ -198,6 +238,21 @@ final class TarPackWriter {
             if buffer.count - fill < padding { try flush() }
             (buffer.baseAddress! + fill).initializeMemory(as: UInt8.self, repeating: 0, count: padding)
             fill += padding
+        }
+    }
+
+    /// Fails when the file read is not the one stat'ed, or was written to while read: the
+    /// archive would hold a copy of it that never existed (a prefix of a growing file).
+    private func checkUnchanged(_ descriptor: Int32, path: PathBytes, since before: stat) throws {
+        var after = stat()
+        guard fstat(descriptor, &after) == 0 else { throw PackError.io("cannot read \(path)", errno: errno) }
+        if after.st_size != before.st_size {
+            throw PackError.changed(path.description, detail: "its size went from \(before.st_size) to \(after.st_size) bytes")
+        }
+        if after.st_ino != before.st_ino || after.st_dev != before.st_dev
+            || after.st_mtim.tv_sec != before.st_mtim.tv_sec || after.st_mtim.tv_nsec != before.st_mtim.tv_nsec
+        {
+            throw PackError.changed(path.description, detail: "it was modified or replaced")
         }
     }
 
@@ -226,14 +281,24 @@ final class TarPackWriter {
 /// Why packing failed.
 public enum PackError: Error, CustomStringConvertible {
     case notADirectory(String)
-    case changed(String)
+    /// A file changed while it was read, so its copy would be neither the old nor the new file.
+    case changed(String, detail: String)
+    /// An entry every restore would refuse (an absolute symlink, one that climbs out of
+    /// the tree, a path over the extraction limit).
+    case unsafe(String)
+    /// The tree exceeds the extraction limits as a whole.
+    case tooLarge(String)
     case io(String, errno: Int32)
 
     public var description: String {
         switch self {
         case .notADirectory(let path): "\(path) is not a directory; pack takes the directory to archive"
-        case .changed(let path): "\(path) shrank while it was being packed; pack a tree nothing is writing to"
+        case .changed(let path, let detail):
+            "\(path) changed while it was being packed (\(detail)); pack a tree nothing is writing to"
         case .io(let message, let code): "\(message): \(String(cString: strerror(code)))"
+        case .unsafe(let message):
+            "\(message): every restore would refuse this archive; change the entry, or skip such entries (pack --skip-unsafe)"
+        case .tooLarge(let message): "\(message): every restore would refuse this archive"
         }
     }
 }

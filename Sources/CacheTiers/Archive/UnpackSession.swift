@@ -13,8 +13,11 @@ import SystemPackage
 /// cancelled, call ``cancel()``; the staging directory then holds a partial tree that
 /// the caller removes (a ``TierChain`` does this itself).
 ///
-/// Memory stays bounded whatever the archive's size: at most ``queueCapacity``
-/// decompressed chunks of about 1 MiB wait for the writer thread.
+/// Memory stays bounded whatever the archive's size or compression ratio: bytes are
+/// decoded one 1 MiB chunk at a time, each handed to the writer thread before the next
+/// is decoded, and at most ``queueCapacity`` chunks wait for it (see the memory bound in
+/// Documentation/Archives.md). The bytes passed to ``write(_:)`` are read before it
+/// returns and not kept.
 public final class UnpackSession {
     public struct Options: Sendable {
         public var limits: ExtractionLimits
@@ -55,6 +58,9 @@ public final class UnpackSession {
     private var format: CompressionFormat?
     private var detection: [UInt8] = []
     private var pending: [UInt8] = []
+    /// Full chunks decoded and not yet handed to the writer: at most two, since a step
+    /// stops once the current chunk is full.
+    private var ready: [[UInt8]] = []
     private var received: Int64 = 0
     private var done = false
 
@@ -92,36 +98,31 @@ public final class UnpackSession {
     /// - Throws: a ``CacheTierError`` (corrupt, fatal for a full disk) as soon as the
     ///   problem is found.
     public func write(_ bytes: some ContiguousBytes) async throws {
-        var ready: [[UInt8]] = []
-        try bytes.withUnsafeBytes { buffer in
-            try ingest(buffer, into: &ready)
-        }
-        for chunk in ready {
-            try await send(chunk)
-        }
+        try await ingest { body in try bytes.withUnsafeBytes(body) }
     }
 
     /// Hashes, decompresses and hands on the next bytes of the archive, as they come
     /// from a network client.
     public func write(_ buffer: ByteBuffer) async throws {
-        var ready: [[UInt8]] = []
-        try buffer.withUnsafeReadableBytes { bytes in
-            try ingest(bytes, into: &ready)
-        }
-        for chunk in ready {
-            try await send(chunk)
-        }
+        try await ingest { body in try buffer.withUnsafeReadableBytes(body) }
     }
 
-    private func ingest(_ buffer: UnsafeRawBufferPointer, into ready: inout [[UInt8]]) throws {
+    /// Hashes the input that `withInput` lends, then decodes it one chunk of output at a
+    /// time, handing each full chunk to the writer (waiting while its queue is full)
+    /// before decoding more: a small archive that decompresses to gigabytes holds no
+    /// more memory than any other.
+    private func ingest(_ withInput: (_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int) async throws {
         precondition(!done, "write(_:) after finish() or cancel()")
-        guard !buffer.isEmpty else { return }
-        hasher.update(bufferPointer: buffer)
-        received += Int64(buffer.count)
-        progress?.advance(by: buffer.count)
-
+        let count = try withInput { buffer in
+            guard !buffer.isEmpty else { return 0 }
+            hasher.update(bufferPointer: buffer)
+            received += Int64(buffer.count)
+            progress?.advance(by: buffer.count)
+            if decoder == nil { detection.append(contentsOf: buffer) }
+            return buffer.count
+        }
+        guard count > 0 else { return }
         if decoder == nil {
-            detection.append(contentsOf: buffer)
             guard detection.count >= CompressionFormat.detectionLength else { return }
             do {
                 let format = try detection.withUnsafeBytes { try CompressionFormat.detect($0) }
@@ -130,17 +131,38 @@ public final class UnpackSession {
             } catch let error as CompressionError {
                 throw CacheTierError(.corrupt, error.message, underlying: error, offset: 0)
             }
+            // Everything so far, this input included, is in `detection`.
             let first = detection
             detection = []
-            try first.withUnsafeBytes { try decode($0, into: &ready) }
+            try await decode(count: first.count) { body in try first.withUnsafeBytes(body) }
         } else {
-            try decode(buffer, into: &ready)
+            try await decode(count: count, withInput)
         }
     }
 
-    private func decode(_ buffer: UnsafeRawBufferPointer, into ready: inout [[UInt8]]) throws {
+    /// Decodes the `count` bytes `withInput` lends in bounded steps.
+    private func decode(count: Int, _ withInput: (_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int) async throws {
+        var used = 0
+        var hasMoreOutput = false
+        while used < count || hasMoreOutput {
+            var step = DecodeStep(consumed: 0, hasMoreOutput: false)
+            _ = try withInput { buffer in
+                step = try decodeStep(UnsafeRawBufferPointer(rebasing: buffer[used...]))
+                return 0
+            }
+            used += step.consumed
+            hasMoreOutput = step.hasMoreOutput
+            while !ready.isEmpty {
+                try await send(ready.removeFirst())
+            }
+        }
+    }
+
+    /// Decodes until the current chunk is full (or the input is used up), and moves full
+    /// chunks to `ready`.
+    private func decodeStep(_ input: UnsafeRawBufferPointer) throws -> DecodeStep {
         do {
-            try decoder!.decode(buffer) { output in
+            return try decoder!.decode(input, budget: Self.chunkSize - pending.count) { output in
                 var rest = output[...]
                 while !rest.isEmpty {
                     let take = min(Self.chunkSize - pending.count, rest.count)

@@ -26,9 +26,40 @@ public protocol StreamDecoder: AnyObject {
     /// Decompresses `input`, passing decompressed bytes to `output` as they come.
     /// - Throws: ``CompressionError`` for malformed input, with the offset in the stream.
     func decode(_ input: UnsafeRawBufferPointer, output: (UnsafeRawBufferPointer) throws -> Void) throws
+    /// Decompresses from the start of `input` until at least `budget` bytes came out or
+    /// no more can come without more input, so a few compressed bytes never turn into
+    /// gigabytes at once.
+    /// - Returns: how many bytes of `input` it used, and whether it stopped for the
+    ///   budget with output still to come (call again, with the rest of the input or
+    ///   none).
+    func decode(_ input: UnsafeRawBufferPointer, budget: Int, output: (UnsafeRawBufferPointer) throws -> Void) throws
+        -> DecodeStep
     /// Checks that the stream ended where a stream may end.
     /// - Throws: ``CompressionError`` when the input stopped in the middle of a frame.
     func finish() throws
+}
+
+/// What one bounded ``StreamDecoder/decode(_:budget:output:)`` call did.
+public struct DecodeStep: Sendable, Hashable {
+    /// Bytes of the input used.
+    public var consumed: Int
+    /// Whether output is still to come from the input used so far.
+    public var hasMoreOutput: Bool
+
+    public init(consumed: Int, hasMoreOutput: Bool) {
+        self.consumed = consumed
+        self.hasMoreOutput = hasMoreOutput
+    }
+}
+
+extension StreamDecoder {
+    /// For decoders that cannot stop early: decodes all of `input` (unbounded).
+    public func decode(_ input: UnsafeRawBufferPointer, budget: Int, output: (UnsafeRawBufferPointer) throws -> Void) throws
+        -> DecodeStep
+    {
+        try decode(input, output: output)
+        return DecodeStep(consumed: input.count, hasMoreOutput: false)
+    }
 }
 
 /// A failure of a codec, with the library's own message.
@@ -103,6 +134,14 @@ final class IdentityCoder: StreamEncoder, StreamDecoder {
 
     func decode(_ input: UnsafeRawBufferPointer, output: (UnsafeRawBufferPointer) throws -> Void) throws {
         if !input.isEmpty { try output(input) }
+    }
+
+    func decode(_ input: UnsafeRawBufferPointer, budget: Int, output: (UnsafeRawBufferPointer) throws -> Void) throws
+        -> DecodeStep
+    {
+        let take = min(input.count, max(1, budget))
+        if take > 0 { try output(UnsafeRawBufferPointer(rebasing: input[..<take])) }
+        return DecodeStep(consumed: take, hasMoreOutput: false)
     }
 
     func finish() throws {}

@@ -122,6 +122,8 @@ final class ZstdDecoder: StreamDecoder {
     /// libzstd's last hint: 0 exactly when the input so far ends on a frame boundary.
     private var pending = 0
     private var sawInput = false
+    /// The last call filled the output buffer: libzstd may hold more output.
+    private var outputFull = false
 
     init() throws(CompressionError) {
         guard let context = ZSTD_createDCtx() else { throw CompressionError("zstd could not allocate a decompression context") }
@@ -135,11 +137,18 @@ final class ZstdDecoder: StreamDecoder {
     }
 
     func decode(_ input: UnsafeRawBufferPointer, output: (UnsafeRawBufferPointer) throws -> Void) throws {
-        guard !input.isEmpty else { return }
-        sawInput = true
+        _ = try decode(input, budget: .max, output: output)
+    }
+
+    func decode(_ input: UnsafeRawBufferPointer, budget: Int, output: (UnsafeRawBufferPointer) throws -> Void) throws
+        -> DecodeStep
+    {
+        if !input.isEmpty { sawInput = true }
         var source = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
-        var outputFull = false
+        var produced = 0
+        // A full output buffer may mean more output without more input.
         while source.pos < source.size || outputFull {
+            if produced >= budget { return DecodeStep(consumed: source.pos, hasMoreOutput: outputFull) }
             var target = ZSTD_outBuffer(dst: buffer.baseAddress, size: buffer.count, pos: 0)
             let before = source.pos
             pending = try check(
@@ -147,8 +156,10 @@ final class ZstdDecoder: StreamDecoder {
             )
             consumed += Int64(source.pos - before)
             outputFull = target.pos == target.size
+            produced += target.pos
             if target.pos > 0 { try output(UnsafeRawBufferPointer(rebasing: buffer[..<target.pos])) }
         }
+        return DecodeStep(consumed: source.pos, hasMoreOutput: false)
     }
 
     func finish() throws {

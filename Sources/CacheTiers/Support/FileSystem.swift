@@ -70,11 +70,11 @@ enum FileSystem {
             throw Errno(rawValue: code)
         }
         defer { closedir(stream) }
-        var subdirectories: [String] = []
+        var subdirectories: [[CChar]] = []
         var madeWritable = false
         /// unlinkat; in a read-only directory (from the archive) it makes the directory
         /// ours to empty and tries once more. False when the entry is a directory.
-        func remove(_ name: String, flags: Int32) throws -> Bool {
+        func remove(_ name: [CChar], flags: Int32) throws -> Bool {
             while unlinkat(directory, name, flags) != 0 {
                 switch errno {
                 case ENOENT:
@@ -91,10 +91,12 @@ enum FileSystem {
             return true
         }
         while let entry = readdir(stream) {
+            // The name's bytes as they are: a name that is not UTF-8 must be removed
+            // too, not turned into U+FFFD and missed.
             let name = withUnsafeBytes(of: entry.pointee.d_name) { bytes in
-                String(cString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self))
+                Array(bytes.prefix { $0 != 0 }.map { CChar(bitPattern: $0) }) + [0]
             }
-            if name == "." || name == ".." { continue }
+            if name == [0x2E, 0] || name == [0x2E, 0x2E, 0] { continue }
             // Without a d_type (some filesystems), unlinkat says EISDIR for a directory.
             let isDirectory = entry.pointee.d_type == UInt8(DT_DIR)
             if isDirectory {

@@ -90,6 +90,42 @@ enum Fixtures {
         return try await run([binary] + arguments, in: directory)
     }
 
+    struct MeasuredRun {
+        var status: Int32
+        var stderr: String
+        /// The child's peak resident set size (`ru_maxrss` from wait4), in bytes.
+        var peakMemory: Int64
+    }
+
+    /// Runs the `cachetiers` command and measures its peak resident memory, as the kernel
+    /// accounts it for the child (wait4's `ru_maxrss`, what `/usr/bin/time -v` reports).
+    ///
+    /// A small Python process forks and execs the command: a child spawned straight
+    /// from this test process (vfork semantics) would be charged this process's own peak
+    /// at exec. The fork charges the child the few MiB Python holds, at most.
+    static func cliMeasuringMemory(_ arguments: [String]) async throws -> MeasuredRun {
+        let binary = cliPath
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw FixtureError("the cachetiers binary is not at \(binary); run `swift build` first")
+        }
+        let script = """
+            import os, sys
+            pid = os.fork()
+            if pid == 0:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+                os.execv(sys.argv[1], sys.argv[1:])
+            _, status, usage = os.wait4(pid, 0)
+            print(usage.ru_maxrss)
+            code = os.waitstatus_to_exitcode(status)
+            sys.exit(code if code >= 0 else 128 - code)
+            """
+        let result = try await run(["python3", "-c", script, binary] + arguments)
+        guard let kibibytes = Int64(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw FixtureError("could not measure \(arguments): \(result.stdout) \(result.stderr)")
+        }
+        return MeasuredRun(status: result.status, stderr: result.stderr, peakMemory: kibibytes * 1024)
+    }
+
     /// Runs `body` on a thread of its own. Tests run in parallel on Swift's cooperative
     /// pool, two threads here: a test blocked on a child process there starves the
     /// others, and a chain under test on a manual clock then misses its deadline for
