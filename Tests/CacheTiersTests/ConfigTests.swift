@@ -6,7 +6,7 @@ import Testing
 /// The config file contract: the spec's example parses, paths resolve against the
 /// file's folder, and every mistake names its field.
 @Suite struct ConfigTests {
-    /// The example from ../shared/spec/cli-and-config.md, verbatim.
+    /// The example from Documentation/Contract.md, verbatim.
     static let specExample = #"""
         {
           "key": { "prefix": "node-modules", "files": ["package-lock.json"], "platform": true, "salt": "" },

@@ -2,7 +2,7 @@ import Foundation
 import SystemPackage
 
 /// The JSON config file of `cachetiers restore`, `key` and `publish --config`, as
-/// ../shared/spec/cli-and-config.md defines it. Services can load the same file and
+/// Documentation/Contract.md defines it. Services can load the same file and
 /// build the same chain with ``makeChain(logger:observer:metricsFactory:)``.
 ///
 /// Relative paths resolve against the folder holding the file. Unknown fields, wrong
