@@ -27,6 +27,18 @@ import Testing
         return (project, tree)
     }
 
+    /// Starts `cachetiers restore` with a report file, reading its stderr as it goes.
+    func startRestore(_ project: Project, report: FilePath) throws -> (Process, Thread.PendingRead) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
+        process.arguments = ["restore", "--config", project.config.string, "--report", report.string]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return (process, Thread.detachedRead(stderr.fileHandleForReading))
+    }
+
     /// Everything under `folder`, to compare before and after.
     func snapshot(_ folder: FilePath) throws -> TreeSnapshot { try TreeSnapshot(of: folder) }
 
@@ -168,14 +180,7 @@ import Testing
             writeBack: ["enabled": true, "wait": false, "timeoutSeconds": 600, "stallSeconds": 600]
         )
         let report = project.folder.appending("boot.json")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
-        process.arguments = ["restore", "--config", project.config.string, "--report", report.string]
-        let stderr = Pipe()
-        process.standardError = stderr
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let pending = Thread.detachedRead(stderr.fileHandleForReading)
+        let (process, pending) = try startRestore(project, report: report)
         // The write-back waits on the silent master for up to 600 s; the report must not.
         var early: RestoreReport?
         for _ in 0..<600 {
@@ -212,14 +217,7 @@ import Testing
             writeBack: ["enabled": false]
         )
         let report = project.folder.appending("boot.json")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
-        process.arguments = ["restore", "--config", project.config.string, "--report", report.string]
-        let stderr = Pipe()
-        process.standardError = stderr
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let pending = Thread.detachedRead(stderr.fileHandleForReading)
+        let (process, pending) = try startRestore(project, report: report)
         // Wait until the attempt has started, as the progress lines on the pipe say.
         for _ in 0..<200 {
             if let staged = try? FileManager.default.contentsOfDirectory(atPath: project.folder.string),
