@@ -58,23 +58,36 @@ struct PathBytes: Hashable, Comparable, Sendable, CustomStringConvertible, Expre
     func hasPrefix(_ prefix: UInt8) -> Bool { bytes.first == prefix }
     func hasSuffix(_ suffix: UInt8) -> Bool { bytes.last == suffix }
 
+    /// Hashes the bytes in one go, not byte by byte: paths are the keys of the writer
+    /// pool's table of files in flight.
+    func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
     /// NUL-terminated, for a system call.
     var cString: [CChar] {
-        var result = [CChar]()
-        result.reserveCapacity(bytes.count + 1)
-        for byte in bytes { result.append(CChar(bitPattern: byte)) }
-        result.append(0)
-        return result
+        Self.cString(bytes.count + 1) { raw in
+            bytes.withUnsafeBytes { raw.copyMemory(from: $0) }
+        }
     }
 
     /// `root/self`, NUL-terminated, for a system call.
     func cString(under root: PathBytes) -> [CChar] {
-        var result = [CChar]()
-        result.reserveCapacity(root.bytes.count + 1 + bytes.count + 1)
-        for byte in root.bytes { result.append(CChar(bitPattern: byte)) }
-        result.append(CChar(bitPattern: Self.slash))
-        for byte in bytes { result.append(CChar(bitPattern: byte)) }
-        result.append(0)
-        return result
+        let rootCount = root.bytes.count
+        return Self.cString(rootCount + 1 + bytes.count + 1) { raw in
+            root.bytes.withUnsafeBytes { raw.copyMemory(from: $0) }
+            raw[rootCount] = Self.slash
+            bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: raw[(rootCount + 1)...]).copyMemory(from: $0) }
+        }
+    }
+
+    /// `count` bytes filled by `fill` (which leaves the last one), then a NUL.
+    private static func cString(_ count: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> [CChar] {
+        [CChar](unsafeUninitializedCapacity: count) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            fill(raw)
+            raw[count - 1] = 0
+            initialized = count
+        }
     }
 }

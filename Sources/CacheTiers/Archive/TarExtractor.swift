@@ -41,7 +41,6 @@ final class TarExtractor {
     }
 
     private let root: PathBytes
-    private let limits: ExtractionLimits
     private let rules: EntryRules
     private let umaskBits: UInt32
 
@@ -110,7 +109,6 @@ final class TarExtractor {
     ///   - writerThreads: extra threads that write small files; 0 writes on the caller's.
     init(root: String, limits: ExtractionLimits, writerThreads: Int = 0) {
         self.root = PathBytes(root.hasSuffix("/") ? String(root.dropLast()) : root)
-        self.limits = limits
         self.rules = EntryRules(limits: limits)
         let umaskBits = currentUmask()
         self.umaskBits = umaskBits
