@@ -66,9 +66,17 @@ struct UnpackCommand: AsyncParsableCommand {
             options: .init(expectedSHA256: expectedSHA, expectedSize: expectedSize, writerThreads: writerThreads)
         )
         let summary: UnpackSummary
+        // SIGINT or SIGTERM cancel the unpack, so its staging folder is removed.
+        let unpack = Task { [file, into] in try await unpacker.unpack(file: FilePath(file), replacing: FilePath(into), logger: logger) }
+        let interrupts = Interrupts(describe: { "\(into) is left as it was" }) { unpack.cancel() }
         do {
-            summary = try await unpacker.unpack(file: FilePath(file), replacing: FilePath(into), logger: logger)
+            summary = try await unpack.value
+            interrupts.stop()
         } catch {
+            interrupts.stop()
+            if let signal = interrupts.interruptedBy {
+                throw CommandFailure("unpack stopped by \(signal); \(into) is unchanged")
+            }
             throw CommandFailure("unpack: \(error); \(into) is unchanged")
         }
         let seconds = (ContinuousClock.now - started).inSeconds

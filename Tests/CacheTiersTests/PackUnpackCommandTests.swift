@@ -231,6 +231,43 @@ import Testing
         #expect(run.peakMemory < bound, "peak RSS \(run.peakMemory >> 20) MiB, bound \(bound >> 20) MiB")
     }
 
+    /// Files just under the writer pool's per-file limit: a worker's batch of 32 of them
+    /// once weighed 32 MiB outside the queue's bound (78 MiB peak against 66).
+    @Test func manyFilesJustUnderAMiBRestoreWithinTheMemoryBound() async throws {
+        let scratch = try TemporaryDirectory(prefix: "mib")
+        defer { scratch.remove() }
+        let tree = try scratch.makeDirectory("tree")
+        var random = SystemRandomNumberGenerator()
+        let contents = Data((0..<((1 << 20) - 1)).map { _ in UInt8.random(in: 0...255, using: &random) })
+        for index in 0..<300 {
+            try contents.write(to: URL(fileURLWithPath: tree.appending("f\(index).bin").string))
+        }
+        let archive = scratch.path.appending("mib.tar.zst").string
+        let pack = try await Fixtures.cli(["pack", tree.string, "--output", archive])
+        #expect(pack.status == 0, "\(pack.stderr)")
+        let run = try await Fixtures.cliMeasuringMemory(["unpack", archive, "--into", scratch.path.appending("restored").string])
+        #expect(run.status == 0, "\(run.stderr)")
+        let bound = try Self.memoryBound(of: archive)
+        #expect(run.peakMemory < bound, "peak RSS \(run.peakMemory >> 20) MiB, bound \(bound >> 20) MiB")
+    }
+
+    @Test func anInterruptedUnpackLeavesNoStagingAndTheNextOneSweepsOld() async throws {
+        let scratch = try TemporaryDirectory(prefix: "interrupted")
+        defer { scratch.remove() }
+        let tree = try scratch.makeDirectory("tree")
+        try SampleTree.write(to: tree, seed: 4, files: 10)
+        let archive = scratch.path.appending("a.tar.zst").string
+        #expect(try await Fixtures.cli(["pack", tree.string, "--output", archive]).status == 0)
+        // The remains of an unpack killed with SIGKILL, by a process that is gone.
+        let dead = try Fixtures.processIDOfAFinishedProcess()
+        let leftover = scratch.path.appending(".restored.staging-\(dead)@\(Fixtures.hostName)-abc123")
+        try SampleTree.write(to: leftover, seed: 5, files: 5)
+        let result = try await Fixtures.cli(["unpack", archive, "--into", scratch.path.appending("restored").string])
+        #expect(result.status == 0, "\(result.stderr)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).sorted()
+        #expect(names == ["a.tar.zst", "a.tar.zst.manifest.json", "restored", "tree"], "the dead unpack's tree was swept: \(names)")
+    }
+
     @Test(arguments: [
         ["unpack", "x.tar.zst"],
         ["pack", "dir"],

@@ -57,6 +57,7 @@ public struct ArchiveUnpacker: Sendable {
         defer { buffer.deallocate() }
         do {
             while true {
+                try Task.checkCancellation()
                 let count = read(descriptor, buffer.baseAddress, buffer.count)
                 if count < 0 {
                     if errno == EINTR { continue }
@@ -87,6 +88,8 @@ public struct ArchiveUnpacker: Sendable {
         -> UnpackSummary
     {
         let staging = try DestinationStaging(destination: destination, protecting: Self.protectedPaths(for: archive))
+        // Before anything is written: an unpack or restore killed earlier may have left whole trees.
+        await staging.sweepLeftovers(logger: logger)
         let directory = try staging.makeStagingDirectory()
         do {
             let summary = try await unpack(file: archive, into: directory)

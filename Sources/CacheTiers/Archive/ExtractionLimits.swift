@@ -9,7 +9,7 @@ public struct ExtractionLimits: Sendable, Hashable {
     /// The longest entry path accepted, in bytes.
     public var maxPathLength: Int
 
-    public init(maxTotalBytes: Int64 = 64 << 30, maxEntries: Int = 5_000_000, maxPathLength: Int = 4096) {
+    public init(maxTotalBytes: Int64 = 64 << 30, maxEntries: Int = 5_000_000, maxPathLength: Int = 4095) {
         self.maxTotalBytes = maxTotalBytes
         self.maxEntries = maxEntries
         self.maxPathLength = maxPathLength

@@ -62,7 +62,7 @@ final class FileWriterPool: @unchecked Sendable {
     private let root: PathBytes
     private let umaskBits: UInt32
     private let maxQueuedJobs = 256
-    private let maxQueuedBytes = 8 << 20
+    private let maxQueuedBytes = 4 << 20
     /// Jobs gathered before they are handed over (and an idle worker woken): meeting
     /// once per small file costs more than writing it.
     private let batchSize = 32
@@ -196,7 +196,18 @@ final class FileWriterPool: @unchecked Sendable {
             if stopping || failure != nil { break }
             // Take a share of the queue, so other workers get some too.
             let available = queue.count - head
-            let take = min(available, max(1, min(batchSize, available / max(1, running))))
+            var take = min(available, max(1, min(batchSize, available / max(1, running))))
+            // And at most about 1 MiB of contents: a batch is memory held outside the
+            // queue's bound, and files just under `maximumFileSize` would make a batch of
+            // 32 weigh 32 MiB.
+            var batchBytes = 0
+            for (offset, job) in queue[head..<head + take].enumerated() {
+                batchBytes += job.contents.count
+                if batchBytes >= Self.maximumFileSize {
+                    take = offset + 1
+                    break
+                }
+            }
             batch.append(contentsOf: queue[head..<head + take])
             for position in head..<head + take { queue[position].contents = [] }
             head += take
