@@ -12,7 +12,7 @@ one run, alternating ours and stock so both see the same machine state:
 
 Figures are medians of --runs runs (page cache warm for both sides). Usage:
 
-  swift build -c release --product cachetiers --product cachetiers-bench
+  swift build -c release
   python3 Benchmarks/archive_benchmark.py                 # 40,000 files, about 600 MB
   python3 Benchmarks/archive_benchmark.py --files 4000    # a quick run
 """
@@ -53,7 +53,7 @@ def main():
 
     for tool in (OURS, BENCH):
         if not os.access(tool, os.X_OK):
-            sys.exit("benchmark: build first: swift build -c release --product cachetiers --product cachetiers-bench")
+            sys.exit("benchmark: build first: swift build -c release")
     os.makedirs(a.work, exist_ok=True)
 
     def make_corpus(root, files, seed):

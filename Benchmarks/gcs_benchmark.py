@@ -11,7 +11,7 @@ run, medians of --runs, alternating sides:
   shaped     every connection limited to --rate bytes/s by the fault-injecting proxy
              (a link where one TCP stream is the bottleneck): one stream vs 4 segments
 
-  swift build -c release --product cachetiers --product cachetiers-bench
+  swift build -c release
   python3 Benchmarks/gcs_benchmark.py              # --files 4000 for a quick run
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, time, urllib.request

@@ -14,7 +14,7 @@ DependencyCorpus tree (cachetiers-bench corpus), then measures in one run, media
   concurrent  --concurrent restores at once from the one server (smaller corpus):
               all must succeed; aggregate throughput and the server's peak RSS
 
-  swift build -c release --product cachetiers --product cachetiers-bench
+  swift build -c release
   python3 Benchmarks/peer_benchmark.py               # --files 4000 for a quick run
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, time
@@ -36,7 +36,7 @@ def require_builds():
     """Exits with the build command unless the release binaries are there."""
     for tool in (OURS, BENCH):
         if not os.access(tool, os.X_OK):
-            sys.exit("benchmark: build first: swift build -c release --product cachetiers --product cachetiers-bench")
+            sys.exit("benchmark: build first: swift build -c release")
 
 
 def corpus(work, files, seed):
