@@ -36,6 +36,9 @@ struct DemoCommand: AsyncParsableCommand {
         }
         let workspace = scratch.appending("workspace")
         try DemoWorkspace.write(to: workspace, packages: packages)
+        // The fresh install is real npm ci (offline, on tarballs of the workspace's
+        // packages) where npm is on PATH, a copy of vendor/ where it is not.
+        let installer = try await DemoWorkspace.prepareInstall(in: workspace, packages: packages)
 
         var serverLogger = logger
         serverLogger.logLevel = .error
@@ -44,11 +47,12 @@ struct DemoCommand: AsyncParsableCommand {
         var stopped = false
         do {
             let configFile = workspace.appending("cachetiers.json")
-            try DemoWorkspace.writeConfig(to: configFile, peer: peerURL)
+            try DemoWorkspace.writeConfig(to: configFile, peer: peerURL, install: installer.command)
             let settings = try CacheTiersConfig.load(from: configFile)
             let key = try settings.cacheKey()
             print("CacheTiers demo: workspace \(workspace)")
-            print("  cache master listening on \(peerURL); key \(key)\n")
+            print("  cache master listening on \(peerURL); key \(key)")
+            print("  fresh install: \(installer.description)\n")
 
             // The tree a fresh install produces, published the way a finished VM would.
             let archive = scratch.appending("published.tar.zst")
@@ -75,7 +79,7 @@ struct DemoCommand: AsyncParsableCommand {
                 throw CommandFailure("demo: expected the restores to be served by \(expected.joined(separator: ", ")), got \(served.joined(separator: ", "))")
             }
             let tree = try DemoWorkspace.fileCount(settings.destination)
-            print("\nnode_modules holds \(tree) files; the peer served restore 1, the fresh install restore 2")
+            print("\nnode_modules holds \(tree) files; the peer served restore 1, the fresh install (\(installer.name)) restore 2")
             print("(and wrote it back to the local tier), the local tier restore 3.")
         } catch {
             if !stopped { await server.stop() }
@@ -156,9 +160,82 @@ enum DemoWorkspace {
         try write("{ \"lockfileVersion\": 3, \"packages\": { \(dependencies.joined(separator: ", ")) } }\n", to: workspace.appending("package-lock.json"))
     }
 
+    /// How the demo's fresh install runs.
+    struct Installer {
+        /// `npm` or `copy`.
+        var name: String
+        var command: [String]
+        var description: String
+    }
+
+    /// With npm on PATH: packs every package of `vendor/` into `tarballs/` (GNU tar,
+    /// the layout `npm pack` makes, far faster than 60 runs of it), points package.json
+    /// at them as `file:` dependencies, and has npm write the lockfile, so the fresh
+    /// install is `npm ci --offline`. Without npm: a copy of vendor/, and the demo says so.
+    static func prepareInstall(in workspace: FilePath, packages: Int) async throws -> Installer {
+        let copy = Installer(
+            name: "copy", command: ["/bin/sh", "-c", "mkdir -p node_modules && cp -R vendor/. node_modules/"],
+            description: "a copy of vendor/ (npm is not on PATH; install it to see npm ci here)"
+        )
+        guard let npmVersion = try? await run(["npm", "--version"], in: workspace), npmVersion.status == 0 else { return copy }
+        let tarballs = workspace.appending("tarballs")
+        try FileManager.default.createDirectory(atPath: tarballs.string, withIntermediateDirectories: true)
+        var dependencies: [String] = []
+        for index in 0..<packages {
+            let name = "demo-package-\(index)"
+            let version = "1.\(index % 7).\(index % 3)"
+            let tarball = "tarballs/\(name)-\(version).tgz"
+            let packed = try await run(
+                ["tar", "-czf", tarball, "-C", "vendor", "--transform", "s,^\(name),package,", name], in: workspace
+            )
+            guard packed.status == 0 else { throw CommandFailure("demo: cannot pack \(name) for npm: \(packed.output)") }
+            dependencies.append("\"\(name)\": \"file:\(tarball)\"")
+        }
+        try write(
+            "{\n  \"name\": \"demo-workspace\",\n  \"version\": \"1.0.0\",\n  \"private\": true,\n  \"dependencies\": {\n    \(dependencies.joined(separator: ",\n    "))\n  }\n}\n",
+            to: workspace.appending("package.json")
+        )
+        try? FileManager.default.removeItem(atPath: workspace.appending("package-lock.json").string)
+        let locked = try await run(
+            ["npm", "install", "--package-lock-only", "--offline", "--no-audit", "--no-fund", "--loglevel=error"], in: workspace
+        )
+        guard locked.status == 0 else { throw CommandFailure("demo: npm could not write the lockfile: \(locked.output)") }
+        let version = npmVersion.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        return Installer(
+            name: "npm", command: ["npm", "ci", "--offline", "--no-audit", "--no-fund", "--loglevel=error"],
+            description: "npm ci --offline (npm \(version), on tarballs of the workspace's \(packages) packages)"
+        )
+    }
+
+    /// Runs a program to completion off the cooperative pool; its stdout and stderr together.
+    private static func run(_ arguments: [String], in directory: FilePath) async throws -> (status: Int32, output: String) {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                process.arguments = arguments
+                process.currentDirectoryURL = URL(fileURLWithPath: directory.string)
+                let pipe = Pipe()
+                process.standardOutput = pipe
+                process.standardError = pipe
+                process.standardInput = FileHandle.nullDevice
+                do {
+                    try process.run()
+                    let output = pipe.fileHandleForReading.readDataToEndOfFile()
+                    process.waitUntilExit()
+                    continuation.resume(returning: (process.terminationStatus, String(decoding: output, as: UTF8.self)))
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }.start()
+        }
+    }
+
     /// The config a VM of this workspace would use: the cache master, a local directory
-    /// tier, and a "fresh install" that copies vendor/ into node_modules.
-    static func writeConfig(to file: FilePath, peer: String) throws {
+    /// tier, and the fresh install.
+    static func writeConfig(to file: FilePath, peer: String, install: [String]) throws {
+        let command = "[" + install.map { "\"\($0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\""))\"" }
+            .joined(separator: ", ") + "]"
         let config = """
             {
               "key": { "prefix": "demo-node-modules", "files": ["package-lock.json"], "platform": true },
@@ -169,8 +246,8 @@ enum DemoWorkspace {
                   "connectTimeoutSeconds": 1, "timeoutSeconds": 30, "maxAttempts": 1 },
                 { "kind": "directory", "name": "local", "path": "../local-cache" },
                 { "kind": "install", "name": "fresh-install",
-                  "command": ["/bin/sh", "-c", "mkdir -p node_modules && cp -R vendor/. node_modules/"],
-                  "produces": "node_modules", "timeoutSeconds": 60 }
+                  "command": \(command),
+                  "produces": "node_modules", "timeoutSeconds": 120 }
               ],
               "writeBack": { "enabled": true, "wait": true }
             }

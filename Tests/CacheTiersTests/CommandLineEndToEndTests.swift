@@ -294,5 +294,8 @@ import Testing
         for expected in ["cache-master", "fresh-install", "local", "write-back published", "hit"] {
             #expect(result.stdout.contains(expected), "\(expected) in:\n\(result.stdout)")
         }
+        // npm is on every machine .ci/setup prepared: the fresh install is real npm ci.
+        #expect(result.stdout.contains("fresh install: npm ci --offline (npm "), "\(result.stdout)")
+        #expect(result.stdout.contains("the fresh install (npm) restore 2"), "\(result.stdout)")
     }
 }
