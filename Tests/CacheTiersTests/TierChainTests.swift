@@ -393,6 +393,38 @@ import Testing
         #expect(h.events.contains { if case .hedgeStarted(tier: "gcs", after: "peer") = $0 { true } else { false } })
     }
 
+    /// A source that ignores cancellation: it waits until it is cancelled, then restores
+    /// anyway, as a source that cannot stop mid-write would.
+    struct StubbornSource: CacheSource {
+        let name: String
+        var traits: CacheSourceTraits { .download }
+
+        func restore(_ request: RestoreRequest, into staging: FilePath, progress: TransferProgress, logger: Logger) async throws
+            -> SourceRestoreOutcome
+        {
+            while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
+            try Data("stubborn".utf8).write(to: URL(fileURLWithPath: staging.appending("from.txt").string))
+            return .restored(RestoreDetails(bytesTransferred: 1))
+        }
+    }
+
+    @Test func aLoserThatRestoresAnywayHasItsTreeRemoved() async throws {
+        let h = try ChainHarness()
+        let peer = StubbornSource(name: "peer")
+        let gcs = ScriptedSource("gcs", steps: [.restore(files: ["from.txt": "gcs"])])
+        let chain = h.chain(
+            [.init(peer, policy: policy()), .init(gcs, policy: policy())],
+            configuration: h.configuration(hedging: .init(delay: .seconds(3)))
+        )
+        let restore = Task { try await h.restore(chain) }
+        try await h.clock.waitForSleepers(2)  // peer's timeout, the hedge timer
+        h.clock.advance(by: .seconds(3))
+        let report = try await restore.value
+        #expect(report.servedBy == "gcs")
+        #expect(h.fileInDestination("from.txt") == "gcs")
+        #expect(try h.leftovers().isEmpty, "the loser's restored tree is removed, not left beside the destination")
+    }
+
     @Test func aTierThatIsMovingBytesIsNotHedged() async throws {
         let h = try ChainHarness()
         let peer = ScriptedSource("peer", steps: [.trickle(bytes: 10, every: .seconds(1), times: 5, then: .restore())], clock: h.clock)

@@ -32,8 +32,9 @@ extension RestoreRun {
             var secondaryStarted = false
             var primaryResult: TierRunResult?
             var secondaryResult: TierRunResult?
+            var decided: TierRunResult?
 
-            while let event = await group.next() {
+            race: while let event = await group.next() {
                 switch event {
                 case .timerStopped:
                     continue
@@ -51,21 +52,40 @@ extension RestoreRun {
                 case .primary(let result):
                     primaryResult = result
                     if result.endsRace || !secondaryStarted {
-                        group.cancelAll()
-                        return (result, secondaryStarted)
+                        decided = result
+                        break race
                     }
-                    if let secondaryResult { return (secondaryResult, true) }
+                    if let secondaryResult {
+                        decided = secondaryResult
+                        break race
+                    }
                 case .secondary(let result):
                     secondaryResult = result
                     if result.endsRace {
-                        group.cancelAll()
-                        return (result, true)
+                        decided = result
+                        break race
                     }
-                    if let primaryResult { return (primaryResult, true) }
+                    if let primaryResult {
+                        decided = primaryResult
+                        break race
+                    }
                 }
             }
-            // Both finished without a winner (only reachable through cancellation).
-            return (primaryResult ?? secondaryResult ?? .cancelled, secondaryStarted)
+            // The loser is cancelled, but it may restore all the same (it ignored the
+            // cancellation, or finished in the same instant): its staged tree is nobody's
+            // and goes now. The sweep of leftovers spares this process's own folders, so
+            // in a long-running service nothing else would ever remove it.
+            group.cancelAll()
+            while let event = await group.next() {
+                switch event {
+                case .primary(.restored(let path, _, _)), .secondary(.restored(let path, _, _)):
+                    await staging.discard(path, logger: logger)
+                default:
+                    break
+                }
+            }
+            // Without a decision, both finished without a winner (only through cancellation).
+            return (decided ?? primaryResult ?? secondaryResult ?? .cancelled, secondaryStarted)
         }
     }
 }
