@@ -39,7 +39,7 @@ struct PackCommand: AsyncParsableCommand {
 
     @Flag(
         name: .long,
-        help: "Leave out, and report, entries every restore would refuse (absolute symlinks, symlinks leaving DIR, paths over 4096 bytes) instead of failing."
+        help: "Leave out, and report, entries every restore would refuse (absolute symlinks, symlinks leaving DIR, paths over 4095 bytes) instead of failing."
     )
     var skipUnsafe = false
 

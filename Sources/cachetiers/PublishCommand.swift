@@ -29,6 +29,9 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "zstd level: \(ZstdCodec.levelRange) (default: the config's, else 1).")
     var level: Int?
 
+    @Flag(name: .long, help: "Leave out, and report, entries every restore would refuse instead of failing (as pack --skip-unsafe).")
+    var skipUnsafe = false
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -87,6 +90,7 @@ struct PublishCommand: AsyncParsableCommand {
             await shutdown()
             throw CommandFailure("publish: cannot create a scratch folder: \(error.localizedDescription)")
         }
+        packer.options.skipUnsafeEntries = skipUnsafe
         let result = await CachePublisher(packer: packer, limits: limits)
             .publish(FilePath(directory), as: cacheKey, to: sinks, scratch: scratch, logger: logger)
         await shutdown()

@@ -117,6 +117,21 @@ import Testing
         #expect(try snapshot(tree).differences(from: before) == [], "no partial archive inside the tree")
     }
 
+    @Test func publishRefusesAnUnsafeEntryAndSkipsItWhenAsked() async throws {
+        try await PeerHarness.with { peer in
+            let tree = peer.scratch.path.appending("tree")
+            try SampleTree.write(to: tree, files: 5)
+            try FileManager.default.createSymbolicLink(atPath: tree.appending("linked").string, withDestinationPath: "/home/dev/src/linked")
+            let refused = try await Fixtures.cli(["publish", tree.string, "--key", "unsafe", "--peer", peer.url])
+            #expect(refused.status == 1, "\(refused.stderr)")
+            #expect(refused.stderr.contains("linked"), "names the entry: \(refused.stderr)")
+            #expect(try await peer.send(.GET, "/v1/caches/unsafe").status == 404, "nothing published")
+            let skipped = try await Fixtures.cli(["publish", tree.string, "--key", "unsafe", "--peer", peer.url, "--skip-unsafe"])
+            #expect(skipped.status == 0, "\(skipped.stderr)")
+            #expect(try await peer.send(.GET, "/v1/caches/unsafe").status == 200)
+        }
+    }
+
     @Test func aReportPathThatCannotBeWrittenIsAUsageErrorBeforeAnyTierRuns() async throws {
         let scratch = try TemporaryDirectory(prefix: "report")
         defer { scratch.remove() }
