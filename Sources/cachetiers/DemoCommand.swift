@@ -62,7 +62,7 @@ struct DemoCommand: AsyncParsableCommand {
             try await publisher.shutdown()
             print("published \(formatBytes(manifest.archiveSize)) (\(manifest.entryCount) entries) to the cache master: \(published.rawValue)\n")
 
-            var table = DemoTable()
+            var table = DemoTable(installNote: installer.name == "npm" ? "npm ci --offline" : "a copy of vendor/ (npm not on PATH)")
             let first = try await restore(settings, key: key, logger: logger)
             table.add(step: "1 peer up", first)
             await server.stop()
@@ -108,6 +108,12 @@ struct DemoCommand: AsyncParsableCommand {
 /// The table the demo prints: one row per attempt.
 struct DemoTable {
     private var rows: [[String]] = [["restore", "tier", "outcome", "bytes", "seconds", "note"]]
+    /// What the fresh install ran, for its row.
+    let installNote: String
+
+    init(installNote: String) {
+        self.installNote = installNote
+    }
 
     mutating func add(step: String, _ report: RestoreReport) {
         for (index, attempt) in report.attempts.enumerated() {
@@ -115,6 +121,7 @@ struct DemoTable {
             var note = attempt.error.map { String($0.split(separator: "\n").first ?? "") } ?? ""
             if note.hasPrefix("\(attempt.tier): ") { note.removeFirst(attempt.tier.count + 2) }
             if note.count > 72 { note = String(note.prefix(71)) + "…" }
+            if attempt.tier == "fresh-install", note.isEmpty { note = installNote }
             rows.append([
                 index == 0 ? step : "", attempt.tier, attempt.outcome.rawValue,
                 attempt.bytes > 0 ? formatBytes(attempt.bytes) : "-", String(format: "%.2f", attempt.durationSeconds), note,

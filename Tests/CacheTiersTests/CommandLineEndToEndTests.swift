@@ -297,5 +297,7 @@ import Testing
         // npm is on every machine .ci/setup prepared: the fresh install is real npm ci.
         #expect(result.stdout.contains("fresh install: npm ci --offline (npm "), "\(result.stdout)")
         #expect(result.stdout.contains("the fresh install (npm) restore 2"), "\(result.stdout)")
+        let installRow = result.stdout.split(separator: "\n").first { $0.contains("fresh-install") && $0.contains("hit") }
+        #expect(installRow?.hasSuffix("npm ci --offline") == true, "the table says which package manager ran: \(installRow ?? "")")
     }
 }
