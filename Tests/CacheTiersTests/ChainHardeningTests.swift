@@ -37,7 +37,9 @@ import Testing
             let proxy = try FaultInjectingProxy(upstreamPort: peer.port, fault: .trickle(afterBytes: 4000, interval: .milliseconds(50)))
             defer { proxy.stop() }
             let source = VMPeerSource(configuration: .init(peers: [proxy.url]))
-            let policy = TierChain.TierPolicy(timeout: .seconds(120), stallTimeout: .seconds(1), retry: .init(maxAttempts: 3))
+            // A 3 s window: long enough that the headers and first bytes arrive within it
+            // on a busy machine, so what cuts the attempt is the floor, not silence.
+            let policy = TierChain.TierPolicy(timeout: .seconds(120), stallTimeout: .seconds(3), retry: .init(maxAttempts: 3))
             let report = try await chain([.init(source, policy: policy), .init(local)])
                 .restore(key, into: peer.scratch.path.appending("restored"))
             try await source.shutdown()
