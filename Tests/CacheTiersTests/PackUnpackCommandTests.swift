@@ -219,16 +219,23 @@ import Testing
         let tree = try scratch.makeDirectory("tree")
         try SampleTree.write(to: tree, seed: 9, files: 3)
         #expect(try await Fixtures.run(["truncate", "-s", "1G", tree.appending("zeros.bin").string]).status == 0)
-        let archive = scratch.path.appending("big.tar.zst").string
+        let destination = try await Self.packAndUnpackWithinTheMemoryBound(tree, in: scratch)
+        #expect(try Self.size(of: destination + "/zeros.bin") == 1 << 30)
+    }
+
+    /// Packs `tree` with the real command, unpacks it measuring the child's peak RSS,
+    /// and expects success within 64 MiB plus the archive's window.
+    /// - Returns: the restored folder.
+    static func packAndUnpackWithinTheMemoryBound(_ tree: FilePath, in scratch: TemporaryDirectory) async throws -> String {
+        let archive = scratch.path.appending("packed.tar.zst").string
         let pack = try await Fixtures.cli(["pack", tree.string, "--output", archive])
         #expect(pack.status == 0, "\(pack.stderr)")
         let destination = scratch.path.appending("restored").string
-
         let run = try await Fixtures.cliMeasuringMemory(["unpack", archive, "--into", destination])
         #expect(run.status == 0, "\(run.stderr)")
-        #expect(try Self.size(of: destination + "/zeros.bin") == 1 << 30)
-        let bound = try Self.memoryBound(of: archive)
+        let bound = try memoryBound(of: archive)
         #expect(run.peakMemory < bound, "peak RSS \(run.peakMemory >> 20) MiB, bound \(bound >> 20) MiB")
+        return destination
     }
 
     /// Files just under the writer pool's per-file limit: a worker's batch of 32 of them
@@ -242,16 +249,10 @@ import Testing
         for index in 0..<300 {
             try contents.write(to: URL(fileURLWithPath: tree.appending("f\(index).bin").string))
         }
-        let archive = scratch.path.appending("mib.tar.zst").string
-        let pack = try await Fixtures.cli(["pack", tree.string, "--output", archive])
-        #expect(pack.status == 0, "\(pack.stderr)")
-        let run = try await Fixtures.cliMeasuringMemory(["unpack", archive, "--into", scratch.path.appending("restored").string])
-        #expect(run.status == 0, "\(run.stderr)")
-        let bound = try Self.memoryBound(of: archive)
-        #expect(run.peakMemory < bound, "peak RSS \(run.peakMemory >> 20) MiB, bound \(bound >> 20) MiB")
+        _ = try await Self.packAndUnpackWithinTheMemoryBound(tree, in: scratch)
     }
 
-    @Test func anInterruptedUnpackLeavesNoStagingAndTheNextOneSweepsOld() async throws {
+    @Test func theNextUnpackSweepsTheStagingOfAKilledOne() async throws {
         let scratch = try TemporaryDirectory(prefix: "interrupted")
         defer { scratch.remove() }
         let tree = try scratch.makeDirectory("tree")
@@ -266,6 +267,44 @@ import Testing
         #expect(result.status == 0, "\(result.stderr)")
         let names = try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).sorted()
         #expect(names == ["a.tar.zst", "a.tar.zst.manifest.json", "restored", "tree"], "the dead unpack's tree was swept: \(names)")
+    }
+
+    @Test func sigtermStopsAnUnpackAndRemovesItsStaging() async throws {
+        let scratch = try TemporaryDirectory(prefix: "sigterm")
+        defer { scratch.remove() }
+        let tree = try await Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 300, seed: 8)
+        let archive = scratch.path.appending("a.tar.zst").string
+        #expect(try await Fixtures.cli(["pack", tree.string, "--output", archive]).status == 0)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: archive))
+        // The archive comes through a FIFO the test feeds: the unpack is mid-stream
+        // for as long as the test wants.
+        let fifo = scratch.path.appending("stream.tar.zst").string
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
+        process.arguments = ["unpack", fifo, "--into", scratch.path.appending("restored").string]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let pending = Thread.detachedRead(stderr.fileHandleForReading)
+        let writer = try await Fixtures.offThePool { try FileHandle(forWritingTo: URL(fileURLWithPath: fifo)) }
+        try writer.write(contentsOf: bytes.prefix(bytes.count / 2))
+        func staged() throws -> Bool {
+            try FileManager.default.contentsOfDirectory(atPath: scratch.path.string).contains { $0.hasPrefix(".restored.staging-") }
+        }
+        for _ in 0..<400 where try !staged() { try await Task.sleep(for: .milliseconds(25)) }
+        #expect(try staged(), "the unpack is under way")
+        process.terminate()
+        // More bytes, so a read blocked on the FIFO returns and sees the cancellation.
+        try? writer.write(contentsOf: bytes.dropFirst(bytes.count / 2).prefix(64 << 10))
+        try? writer.close()
+        let output = String(decoding: try await Fixtures.offThePool { pending.wait() }, as: UTF8.self)
+        try await Fixtures.offThePool { process.waitUntilExit() }
+        #expect(process.terminationStatus == 1, "\(output)")
+        #expect(output.contains("unpack stopped by SIGTERM"), "\(output)")
+        #expect(try !staged(), "no staging folder left behind")
+        #expect(!FileManager.default.fileExists(atPath: scratch.path.appending("restored").string))
     }
 
     @Test(arguments: [
