@@ -1,9 +1,10 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
+// Linux only (Debian and Ubuntu, glibc): the archive engine and promotion use Linux
+// calls (renameat2, st_mtim, Glibc's I/O), so no Apple platform is claimed.
 let package = Package(
     name: "CacheTiers",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "CacheTiers", targets: ["CacheTiers"]),
         .library(name: "CacheTiersServer", targets: ["CacheTiersServer"]),
@@ -29,7 +30,7 @@ let package = Package(
         .systemLibrary(
             name: "CZstd",
             pkgConfig: "libzstd",
-            providers: [.apt(["libzstd-dev"]), .brew(["zstd"])]
+            providers: [.apt(["libzstd-dev"])]
         ),
         // Linux calls that Glibc's Swift overlay does not surface (renameat2).
         .target(name: "CCacheTiersShims"),

@@ -86,8 +86,13 @@ import Testing
         let chain = h.chain([.init(peer, policy: policy(timeout: .seconds(10))), .init(gcs, policy: policy())])
         let restore = Task { try await h.restore(chain) }
         try await h.clock.waitForSleeper(until: .init(offset: .seconds(10)))
+        // A task woken by `advance` may not have run when the next line looks, so the
+        // proof that nothing fires early is the clock's own state: no timer is due before
+        // 10 s, and after 9 s the timeout is still armed.
+        #expect(h.clock.deadlines.first == .init(offset: .seconds(10)), "no timer is armed before the tier's timeout")
         h.clock.advance(by: .seconds(9))
-        #expect(gcs.attempts == 0, "the timeout must not fire early")
+        #expect(h.clock.deadlines.contains(.init(offset: .seconds(10))), "the timeout is still armed after 9 s")
+        #expect(gcs.attempts == 0)
         h.clock.advance(by: .seconds(1))
         let report = try await restore.value
         #expect(report.outcomes == ["peer:timeout", "gcs:hit"])
@@ -152,8 +157,12 @@ import Testing
         )
         let restore = Task { try await h.restore(chain) }
         try await h.clock.waitForSleeper(until: .init(offset: .seconds(1)))
+        // The clock's state, not the attempt count (a woken task may not have run yet),
+        // proves the retry waits: after 999 ms the backoff still sleeps until 1 s.
+        #expect(h.clock.deadlines == [.init(offset: .seconds(1))], "the backoff is the only timer, due at 1 s")
         h.clock.advance(by: .milliseconds(999))
-        #expect(peer.attempts == 1, "no retry before the backoff elapses")
+        #expect(h.clock.deadlines == [.init(offset: .seconds(1))], "the backoff still sleeps after 999 ms")
+        #expect(peer.attempts == 1)
         h.clock.advance(by: .milliseconds(1))
         try await peer.waitForAttempts(2)
         try await h.clock.waitForSleeper(until: .init(offset: .seconds(3)))
@@ -291,6 +300,22 @@ import Testing
         _ = await expectFailure { try await second.restore(second.chain([.init(b, policy: policy(attempts: 3))])) }
         #expect(a.attempts == 3)
         #expect(b.attempts == 1, "the first chain spent the shared budget")
+    }
+
+    @Test func withoutABudgetOfItsOwnEachChainHasOneNoOtherChainSpends() async throws {
+        let h = try ChainHarness()
+        func chain(_ source: ScriptedSource) -> TierChain {
+            var configuration = h.configuration()
+            configuration.retryBudget = nil
+            return h.chain([.init(source, policy: policy(attempts: 3, initialDelay: .zero))], configuration: configuration)
+        }
+        let spender = chain(ScriptedSource("peer", steps: [.fail(.transient)]))
+        let bystander = chain(ScriptedSource("peer", steps: [.restore()]))
+        let full = bystander.retryBudget.available
+        _ = await expectFailure { try await h.restore(spender) }
+        #expect(spender.retryBudget.available == full - 2, "the two retries came out of the spender's own budget")
+        #expect(bystander.retryBudget.available == full, "another chain's retries cost this one nothing")
+        #expect(h.budget.available == full, "nor do they touch a budget the chain was not given")
     }
 
     // MARK: 5. circuit breaker
@@ -452,7 +477,10 @@ import Testing
         )
         let restore = Task { try await h.restore(chain) }
         try await h.clock.waitForSleeper(until: .init(offset: .seconds(20)))  // the peer's timeout
+        // No hedge timer at 3 s: the peer's timeout is the only thing that can start the install.
+        #expect(h.clock.deadlines == [.init(offset: .seconds(20))], "no hedge is armed towards a fresh install")
         h.clock.advance(by: .seconds(10))
+        #expect(h.clock.deadlines == [.init(offset: .seconds(20))])
         #expect(install.attempts == 0, "past the hedge delay, still no install")
         h.clock.advance(by: .seconds(10))
         #expect(try await restore.value.outcomes == ["peer:timeout", "install:hit"])

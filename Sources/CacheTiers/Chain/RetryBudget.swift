@@ -6,6 +6,10 @@ import Synchronization
 /// tokens, up to the capacity. When the bucket is empty, the chain moves to the next
 /// tier instead of retrying, so an outage does not multiply into a retry storm from
 /// every VM at once (gRPC's retry throttling, the AWS SDKs' retry quota).
+///
+/// Each ``TierChain`` has its own unless its configuration brings one. There is no
+/// process-wide default: a library that restores through its own chain must not spend
+/// its host application's retries, nor a test's chain another test's.
 public final class RetryBudget: Sendable {
     public struct Configuration: Sendable, Hashable {
         /// Tokens when full, and at start.
@@ -21,9 +25,6 @@ public final class RetryBudget: Sendable {
             self.refundPerSuccess = refundPerSuccess
         }
     }
-
-    /// The budget shared by every chain in the process that does not bring its own.
-    public static let processWide = RetryBudget()
 
     public let configuration: Configuration
     private let tokens: Mutex<Double>

@@ -44,7 +44,7 @@ extension RestoreRun {
             switch outcome {
             case .restored(let details, let bytes):
                 breaker.record(.success, for: permit)
-                configuration.retryBudget.recordSuccess()
+                chain.retryBudget.recordSuccess()
                 finish(tier.name, attempt, .hit, duration, bytes, nil)
                 return .restored(staging: stagingPath, details: details, tierIndex: index)
 
@@ -82,8 +82,8 @@ extension RestoreRun {
                     logger.info("no time left for a retry", metadata: ["tier": "\(tier.name)"])
                     return .exhausted
                 }
-                guard configuration.retryBudget.withdrawRetry() else {
-                    skip(tier.name, attempt: attempt + 1, because: "the process's retry budget is spent; moving on instead of retrying")
+                guard chain.retryBudget.withdrawRetry() else {
+                    skip(tier.name, attempt: attempt + 1, because: "the chain's retry budget is spent; moving on instead of retrying")
                     return .exhausted
                 }
                 logger.debug("retrying after backoff", metadata: ["tier": "\(tier.name)", "delay": "\(delay.humanReadable)"])

@@ -65,8 +65,10 @@ extension TierChain {
         /// Start the next tier in parallel when a tier has made no progress after a delay.
         public var hedging: Hedging?
         public var writeBack: WriteBack
-        /// The retry budget; by default shared by every chain in the process.
-        public var retryBudget: RetryBudget
+        /// The retry budget of every restore through the chain; `nil` (the default) gives
+        /// the chain a budget of its own. Pass one ``RetryBudget`` to several chains to
+        /// cap their retries together.
+        public var retryBudget: RetryBudget?
         /// Where counters and timers go; `nil` for the process's bootstrapped factory.
         public var metricsFactory: (any MetricsFactory)?
         /// Called for every ``RestoreEvent``, on the task where it happens; keep it fast.
@@ -81,7 +83,7 @@ extension TierChain {
             deadline: Duration = .seconds(600),
             hedging: Hedging? = nil,
             writeBack: WriteBack = .init(),
-            retryBudget: RetryBudget = .processWide,
+            retryBudget: RetryBudget? = nil,
             metricsFactory: (any MetricsFactory)? = nil,
             observer: (@Sendable (RestoreEvent) -> Void)? = nil,
             random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }

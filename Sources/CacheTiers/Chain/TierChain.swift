@@ -19,6 +19,8 @@ public final class TierChain: Sendable {
 
     let clock: ChainClock
     let breakers: [CircuitBreaker]
+    /// The configuration's budget, or the chain's own.
+    public let retryBudget: RetryBudget
     let logger: Logger
     let metrics: ChainMetrics
     private let flights = SingleFlight<String, RestoreReport>()
@@ -39,6 +41,7 @@ public final class TierChain: Sendable {
         self.configuration = configuration
         let chainClock = ChainClock(clock)
         self.clock = chainClock
+        self.retryBudget = configuration.retryBudget ?? RetryBudget()
         self.breakers = tiers.map { CircuitBreaker(configuration: $0.policy.circuitBreaker, now: chainClock.now) }
         self.logger = logger
         self.metrics = ChainMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
