@@ -1,4 +1,4 @@
-import CacheTiers
+@testable import CacheTiers
 import CacheTiersTesting
 import Crypto
 import Foundation

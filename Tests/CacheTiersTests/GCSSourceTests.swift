@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CacheTiers
+@testable import CacheTiers
 import CacheTiersTesting
 import Foundation
 import Logging

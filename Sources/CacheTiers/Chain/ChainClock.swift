@@ -15,7 +15,7 @@ struct ChainClock: Sendable {
 
 extension Duration {
     /// The duration in seconds as a `Double`, for reports, logs and APIs that take seconds.
-    public var inSeconds: Double {
+    package var inSeconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
     }

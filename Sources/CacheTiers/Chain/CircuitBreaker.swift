@@ -50,12 +50,12 @@ public final class CircuitBreaker: Sendable {
     }
 
     /// Permission to make one call; report its result with ``CircuitBreaker/record(_:for:)``.
-    public struct Permit: Sendable, Hashable {
+    struct Permit: Sendable, Hashable {
         let isProbe: Bool
     }
 
     /// How a call through the breaker ended.
-    public enum CallResult: Sendable, Hashable {
+    enum CallResult: Sendable, Hashable {
         case success
         case failure
         /// Ended with no verdict on the tier's health (cancelled by the caller, lost a hedge).
@@ -72,10 +72,9 @@ public final class CircuitBreaker: Sendable {
     private let now: @Sendable () -> Duration
     private let storage = Mutex(Storage())
 
-    /// Creates a breaker measuring its break interval on `clock`.
-    ///
-    /// A ``TierChain`` makes one per tier; create one yourself to guard other calls.
-    public convenience init(configuration: Configuration, clock: some Clock<Duration> = ContinuousClock()) {
+    /// Creates a breaker measuring its break interval on `clock`. A ``TierChain`` makes
+    /// one per tier (``TierChain/circuitBreaker(forTier:)`` shows it).
+    convenience init(configuration: Configuration, clock: some Clock<Duration> = ContinuousClock()) {
         self.init(configuration: configuration, now: ChainClock(clock).now)
     }
 
@@ -89,7 +88,7 @@ public final class CircuitBreaker: Sendable {
     }
 
     /// Asks to make a call; `nil` when the tier must be skipped.
-    public func acquire() -> Permit? {
+    func acquire() -> Permit? {
         let time = now()
         return storage.withLock { storage in
             switch storage.state {
@@ -105,7 +104,7 @@ public final class CircuitBreaker: Sendable {
     }
 
     /// Reports how a permitted call ended. Every permit must be reported exactly once.
-    public func record(_ result: CallResult, for permit: Permit) {
+    func record(_ result: CallResult, for permit: Permit) {
         let time = now()
         storage.withLock { storage in
             if permit.isProbe {

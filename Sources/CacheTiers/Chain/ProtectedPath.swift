@@ -39,7 +39,7 @@ public struct ProtectedPath: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether `path` is `folder` or inside it, once `..`, `.` and symbolic links are
     /// resolved as far as both exist.
-    public static func isInside(_ path: FilePath, _ folder: FilePath) -> Bool {
+    package static func isInside(_ path: FilePath, _ folder: FilePath) -> Bool {
         FileSystem.resolved(path).starts(with: FileSystem.resolved(folder))
     }
 
