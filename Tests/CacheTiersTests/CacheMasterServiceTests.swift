@@ -20,7 +20,7 @@ import Testing
         }
     }
 
-    @Test func runsInAHostServiceGroupAndClosesItsPortOnGracefulShutdown() async throws {
+    @Test(.timeLimit(.minutes(1))) func runsInAHostServiceGroupAndClosesItsPortOnGracefulShutdown() async throws {
         let scratch = try TemporaryDirectory(prefix: "service")
         defer { scratch.remove() }
         let (urls, announce) = AsyncStream.makeStream(of: String.self)
