@@ -52,7 +52,7 @@ let package = Package(
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ]
         ),
-        // The cache master (TIER 1 server), apart so a service that only restores links no server.
+        // The cache master (the peer tier's server), apart so a service that only restores links no server.
         .target(
             name: "CacheTiersServer",
             dependencies: [
@@ -87,6 +87,8 @@ let package = Package(
                 "CacheTiers",
                 "CacheTiersServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // `serve` runs the cache master in a ServiceGroup.
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -115,6 +117,8 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
+                // The cache master in a ServiceGroup beside another service.
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             exclude: ["Support/gcs_interop.py", "Support/make_wheels.py"]
         ),

@@ -14,9 +14,12 @@ import SystemPackage
 /// a directory tier and the cache master can share one folder. The API is documented in
 /// `Documentation/CacheMasterAPI.md`.
 ///
-/// Start it in-process with ``start()`` (tests, the demo, examples) and stop it with
-/// ``stop()``, or let ``run()`` serve until SIGINT or SIGTERM (`cachetiers serve`).
-public final class CacheMasterServer: Sendable {
+/// It is a service-lifecycle `Service`: put it in a `ServiceGroup` beside the host
+/// application's other services, and ``run()`` serves until the group shuts down
+/// gracefully (`cachetiers serve` runs it so, with SIGTERM and SIGINT as the signals).
+/// Or start it in-process with ``start()`` (tests, the demo, examples) and stop it with
+/// ``stop()``.
+public final class CacheMasterServer: Service, Sendable {
     public struct Configuration: Sendable {
         /// The folder holding the archives; created if missing.
         public var root: FilePath
@@ -41,8 +44,9 @@ public final class CacheMasterServer: Sendable {
         /// closes (new ones wait in the listen backlog), so no client can exhaust the
         /// process's file descriptors.
         public var maxConnections: Int
-        /// At start, files left without their pair are only moved aside once this old:
-        /// a younger one may still be being written (see ``ArchiveStore``).
+        /// At start, files left without their pair are only moved aside once this old: a
+        /// younger one may still be being written. A create-only PUT also replaces an
+        /// archive that has stood this long without its manifest.
         public var orphanGracePeriod: Duration
 
         public init(
@@ -73,45 +77,78 @@ public final class CacheMasterServer: Sendable {
     public let configuration: Configuration
     let logger: Logger
     let metrics: ServerMetrics
-    let store: ArchiveStore
+    let folder: ArchiveFolder
     let transfers: TransferLimiter
+    private let onServerRunning: @Sendable (String) async -> Void
 
     private struct Running {
         var group: ServiceGroup
         var task: Task<Void, any Error>
     }
 
+    /// The group ``start()`` runs the server in, until ``stop()``.
     private let running = Mutex<Running?>(nil)
+    /// Told the address once the server listens, for ``start()``.
+    private let listeningObserver = Mutex<(@Sendable (String) -> Void)?>(nil)
 
-    public init(configuration: Configuration, logger: Logger) {
+    /// - Parameter onServerRunning: called with the base URL (`http://127.0.0.1:41234`)
+    ///   once ``run()`` listens.
+    public init(
+        configuration: Configuration,
+        logger: Logger,
+        onServerRunning: @escaping @Sendable (_ url: String) async -> Void = { _ in }
+    ) {
         self.configuration = configuration
         self.logger = logger
         self.metrics = ServerMetrics()
-        self.store = ArchiveStore(root: configuration.root)
+        self.folder = ArchiveFolder(root: configuration.root)
         self.transfers = TransferLimiter(limit: configuration.maxConcurrentTransfers)
+        self.onServerRunning = onServerRunning
     }
 
-    /// Starts serving in the background.
+    /// Serves until the service group it runs in shuts down gracefully, or the task is
+    /// cancelled: first clears what a crash left half-published in the folder (see
+    /// `Documentation/CacheMasterAPI.md`), then listens; on shutdown it stops accepting,
+    /// lets in-flight requests finish, and returns.
+    public func run() async throws {
+        do {
+            try folder.prepare(gracePeriod: configuration.orphanGracePeriod, logger: logger)
+        } catch {
+            throw CacheMasterError(error.description)
+        }
+        let host = urlHost
+        let application = makeApplication { port in
+            let url = "http://\(host):\(port)"
+            self.listeningObserver.withLock { $0 }?(url)
+            await self.onServerRunning(url)
+        }
+        // Hummingbird runs its server in a service group of its own, which follows the
+        // graceful shutdown of the group this service runs in.
+        try await application.run()
+    }
+
+    /// Starts serving in the background, in a service group of its own.
     /// - Returns: the base URL it listens on, e.g. `http://127.0.0.1:41234`.
     public func start() async throws -> String {
-        try store.prepare(gracePeriod: configuration.orphanGracePeriod, logger: logger)
-        let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
-        let application = makeApplication { port in continuation.yield(port) }
-        let group = ServiceGroup(
-            configuration: .init(services: [application], gracefulShutdownSignals: [], logger: logger)
-        )
-        let task = Task { try await group.run() }
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self)
+        listeningObserver.withLock { observer in observer = { url in continuation.yield(url) } }
+        let group = ServiceGroup(configuration: .init(services: [self], gracefulShutdownSignals: [], logger: logger))
+        let task = Task {
+            defer { continuation.finish() }
+            try await group.run()
+        }
         running.withLock { $0 = Running(group: group, task: task) }
 
-        for await port in stream {
-            return "http://\(urlHost):\(port)"
+        for await url in stream {
+            return url
         }
         // The stream ends only if the server stopped before it bound.
         _ = try await task.value
         throw CacheMasterError("the cache master stopped before it started listening")
     }
 
-    /// Stops serving: in-flight transfers finish or are cut, uploads leave nothing behind.
+    /// Stops what ``start()`` started: in-flight transfers finish or are cut, uploads
+    /// leave nothing behind.
     public func stop() async {
         guard let current = running.withLock({ state -> Running? in
             defer { state = nil }
@@ -121,22 +158,11 @@ public final class CacheMasterServer: Sendable {
         _ = try? await current.task.value
     }
 
-    /// Serves until SIGINT or SIGTERM, printing `listening on http://HOST:PORT` first.
-    public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
-        try store.prepare(gracePeriod: configuration.orphanGracePeriod, logger: logger)
-        let host = urlHost
-        let application = makeApplication { port in onListening("http://\(host):\(port)") }
-        let group = ServiceGroup(
-            configuration: .init(services: [application], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        )
-        try await group.run()
-    }
-
     private var urlHost: String {
         configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
     }
 
-    private func makeApplication(onPort: @escaping @Sendable (Int) -> Void) -> some ApplicationProtocol {
+    private func makeApplication(onPort: @escaping @Sendable (Int) async -> Void) -> some ApplicationProtocol {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: MetricsMiddleware(metrics: metrics))
         router.add(middleware: OneLineErrorMiddleware())
@@ -158,7 +184,7 @@ public final class CacheMasterServer: Sendable {
                 serverName: "cachetiers/\(CacheTiersVersion.current)",
                 availableConnectionsDelegate: MaximumAvailableConnections(max(1, configuration.maxConnections), logger: logger)
             ),
-            onServerRunning: { channel in onPort(channel.localAddress?.port ?? 0) },
+            onServerRunning: { channel in await onPort(channel.localAddress?.port ?? 0) },
             logger: logger
         )
     }

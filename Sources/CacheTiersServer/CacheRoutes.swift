@@ -13,7 +13,7 @@ extension HTTPField.Name {
 struct CacheRoutes: Sendable {
     let server: CacheMasterServer
 
-    var store: ArchiveStore { server.store }
+    var folder: ArchiveFolder { server.folder }
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("/healthz") { _, _ in "ok\n" }
@@ -43,7 +43,7 @@ struct CacheRoutes: Sendable {
         let key = try key(context)
         let manifest: CacheManifest?
         do {
-            manifest = try store.manifest(for: key)
+            manifest = try folder.manifest(for: key)
         } catch {
             throw HTTPError(.internalServerError, message: "the manifest of \(key) is unreadable: \(error)\n")
         }
@@ -65,8 +65,14 @@ struct CacheRoutes: Sendable {
 
     private func download(_ request: Request, _ context: BasicRequestContext, includeBody: Bool) async throws -> Response {
         let key = try key(context)
-        let archive: ArchiveStore.OpenArchive
-        switch try store.open(key) {
+        let archive: ArchiveFolder.OpenArchive
+        let lookup: ArchiveFolder.Lookup
+        do {
+            lookup = try folder.lookup(key)
+        } catch {
+            throw HTTPError(.internalServerError, message: "the archive of \(key) cannot be opened: \(error)\n")
+        }
+        switch lookup {
         case .missing:
             throw HTTPError(.notFound, message: "no cache for \(key)\n")
         case .changing:
@@ -128,7 +134,7 @@ struct CacheRoutes: Sendable {
             var offset = range.lowerBound
             while offset < range.upperBound {
                 let length = Int(min(Int64(chunkSize), range.upperBound - offset))
-                let chunk = try await ArchiveStore.read(archive, offset: offset, length: length, allocator: allocator)
+                let chunk = try await archive.read(at: offset, length: length, allocator: allocator)
                 try await writer.write(chunk)
                 metrics.bytesServed.increment(by: Int64(length))
                 offset += Int64(length)
@@ -156,15 +162,15 @@ struct CacheRoutes: Sendable {
             throw HTTPError(.badRequest, message: "X-CacheTiers-Manifest is not a usable manifest: \(problem)\n")
         }
         let createOnly = request.headers[.ifNoneMatch] == "*"
-        if createOnly, FileManager.default.fileExists(atPath: store.archivePath(key).string) {
+        if createOnly, folder.contains(key) {
             throw HTTPError(.preconditionFailed, message: "\(key) is already published\n")
         }
         guard server.transfers.acquire() else { throw busy() }
         defer { server.transfers.release() }
 
-        let upload: ArchiveStore.Upload
+        let upload: ArchiveFolder.Publication
         do {
-            upload = try store.beginUpload(key)
+            upload = try folder.beginPublication(of: key, logger: server.logger)
         } catch {
             throw HTTPError(.internalServerError, message: "\(error)\n")
         }
@@ -175,20 +181,15 @@ struct CacheRoutes: Sendable {
                 throw HTTPError(.badRequest, message: "the upload is longer than the manifest's \(manifest.archiveSize) bytes\n")
             }
         }
-        guard upload.size == manifest.archiveSize else {
-            throw HTTPError(
-                .badRequest, message: "the upload is \(upload.size) bytes but the manifest says \(manifest.archiveSize)\n"
-            )
+        if let mismatch = upload.mismatch(with: manifest) {
+            throw HTTPError(.badRequest, message: "the upload \(mismatch)\n")
         }
-        let digest = upload.sha256
-        guard digest == manifest.archiveSHA256 else {
-            throw HTTPError(
-                .badRequest, message: "the upload's SHA-256 is \(digest) but the manifest says \(manifest.archiveSHA256)\n"
-            )
-        }
-        let outcome: ArchiveStore.CommitOutcome
+        let outcome: ArchiveFolder.PublishOutcome
         do {
-            outcome = try store.commit(upload, manifest: manifest, createOnly: createOnly)
+            outcome = try folder.commit(
+                upload, manifest: manifest, mode: createOnly ? .createOnly(orphanAge: server.configuration.orphanGracePeriod) : .replace,
+                logger: server.logger
+            )
         } catch {
             throw HTTPError(.internalServerError, message: "\(error)\n")
         }
@@ -197,10 +198,10 @@ struct CacheRoutes: Sendable {
             throw HTTPError(.preconditionFailed, message: "\(key) is already published\n")
         case .created:
             server.logger.info("published", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])
-            return Response(status: .created, headers: [.eTag: "\"\(digest)\""])
+            return Response(status: .created, headers: [.eTag: "\"\(manifest.archiveSHA256)\""])
         case .replaced:
             server.logger.info("replaced", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])
-            return Response(status: .ok, headers: [.eTag: "\"\(digest)\""])
+            return Response(status: .ok, headers: [.eTag: "\"\(manifest.archiveSHA256)\""])
         }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CacheTiers
 import CacheTiersServer
 import Foundation
+import ServiceLifecycle
 import SystemPackage
 
 struct ServeCommand: AsyncParsableCommand {
@@ -55,13 +56,17 @@ struct ServeCommand: AsyncParsableCommand {
                 root: FilePath(root), host: host, port: port, token: token, maxConcurrentTransfers: maxTransfers,
                 idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), maxConnections: maxConnections
             ),
-            logger: logger
-        )
-        do {
-            try await server.run { url in
+            logger: logger,
+            onServerRunning: { url in
                 // The first line an operator's script waits for; written unbuffered.
                 FileHandle.standardOutput.write(Data("listening on \(url)\n".utf8))
             }
+        )
+        let group = ServiceGroup(
+            configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        do {
+            try await group.run()
         } catch {
             throw CommandFailure("serve: \(error)")
         }

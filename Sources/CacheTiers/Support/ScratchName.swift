@@ -9,9 +9,10 @@ import Musl
 import Darwin
 #endif
 
-/// Names of the hidden scratch folders CacheTiers makes beside a path
-/// (`.node_modules.staging-4711@vm-12-k3j5h`), and the sweep that removes those of a
-/// process that died without removing them (SIGKILL, OOM kill, power loss).
+/// Names of the hidden scratch folders and files CacheTiers makes beside a path
+/// (`.node_modules.staging-4711@vm-12-k3j5h`, `.KEY.tar.zst.partial-4711@vm-12-x8f2q` in
+/// an ``ArchiveFolder``), and the sweep that removes those of a process that died without
+/// removing them (SIGKILL, OOM kill, power loss).
 ///
 /// A name records the process and host that made it, so a sweep touches only leftovers
 /// of processes on this host that no longer exist: never those of a restore still
@@ -73,12 +74,24 @@ enum ScratchName {
     /// or nil for a name in another format (not CacheTiers', or an older version's: left
     /// alone).
     static func owner(of rest: Substring) -> Owner? {
+        split(rest)?.owner
+    }
+
+    /// A whole name, `.BASE.PURPOSE-PID@HOST-RANDOM`, as `BASE.PURPOSE` and its owner,
+    /// or nil for a name in another format. (`BASE` and `PURPOSE` may both hold dots;
+    /// whoever knows its purposes tells them apart.)
+    static func parse(_ name: String) -> (stem: Substring, owner: Owner)? {
+        guard name.hasPrefix(".") else { return nil }
+        return split(name.dropFirst())
+    }
+
+    private static func split(_ rest: Substring) -> (stem: Substring, owner: Owner)? {
         guard let at = rest.lastIndex(of: "@"), let pidStart = rest[..<at].lastIndex(of: "-"),
             pidStart > rest.startIndex,  // a purpose comes first
             let processID = pid_t(rest[rest.index(after: pidStart)..<at]), processID > 0,
             let randomStart = rest.lastIndex(of: "-"), randomStart > at
         else { return nil }
-        return Owner(processID: processID, host: String(rest[rest.index(after: at)..<randomStart]))
+        return (rest[..<pidStart], Owner(processID: processID, host: String(rest[rest.index(after: at)..<randomStart])))
     }
 
     static let hostName: String = {

@@ -15,11 +15,13 @@ import Darwin
 /// ROOT/KEY.tar.zst` writes, so a directory can be seeded by hand. An archive is
 /// served only with its manifest, and verified against it while it unpacks.
 ///
-/// Publishing is create-only and atomic: the archive is written to a temporary file in
-/// the same directory and linked into place (`link(2)` fails if the name exists), then
-/// its manifest is renamed beside it. A publish killed between the two leaves an
-/// archive without a manifest; once it is ``orphanAge`` old the next publish of the key
-/// replaces it.
+/// Publishing is create-only and atomic (an ``ArchiveFolder``, as the cache master's):
+/// the archive is copied to a scratch file in the same directory, checked against its
+/// manifest's size and SHA-256, flushed and linked into place (`link(2)` fails if the
+/// name exists), then its manifest is renamed beside it, under the folder's `flock(2)`,
+/// so a cache master sharing the directory never serves half of it. A publish killed
+/// between the two leaves an archive without a manifest; once it is ``orphanAge`` old
+/// the next publish of the key replaces it.
 public struct DirectorySource: CacheSource, CacheSink {
     public let name: String
     public let root: FilePath
@@ -31,20 +33,23 @@ public struct DirectorySource: CacheSource, CacheSink {
     /// renames the manifest microseconds after linking the archive.
     public var orphanAge: Duration = .seconds(60)
 
+    private let folder: ArchiveFolder
+
     public init(name: String = "directory", root: FilePath, limits: ExtractionLimits = .init()) {
         self.name = name
         self.root = root
         self.limits = limits
+        self.folder = ArchiveFolder(root: root)
     }
 
     /// Where the archive for `key` lives.
     public func archivePath(for key: CacheKey) -> FilePath {
-        root.appending("\(key.rawValue).tar.zst")
+        folder.archivePath(for: key)
     }
 
     /// Where the manifest for `key` lives.
     public func manifestPath(for key: CacheKey) -> FilePath {
-        root.appending("\(key.rawValue).tar.zst.manifest.json")
+        folder.manifestPath(for: key)
     }
 
     public func restore(
@@ -76,99 +81,32 @@ public struct DirectorySource: CacheSource, CacheSink {
     }
 
     private func readManifest(for key: CacheKey) throws -> CacheManifest? {
-        let path = manifestPath(for: key)
-        guard let data = FileManager.default.contents(atPath: path.string) else { return nil }
-        let manifest: CacheManifest
         do {
-            manifest = try CacheManifest(jsonData: data)
+            return try folder.manifest(for: key)
         } catch {
-            throw CacheTierError(
-                .corrupt, tier: name, "the manifest \(path) is not valid JSON of a cache manifest: \(error); delete it and publish again",
-                underlying: error
-            )
+            throw CacheTierError(.corrupt, tier: name, error.description, underlying: error)
         }
-        if let problem = manifest.problem {
-            throw CacheTierError(.corrupt, tier: name, "the manifest \(path) makes no sense: \(problem); delete it and publish again")
-        }
-        return manifest
     }
 
     public func contains(_ key: CacheKey, logger: Logger) async throws -> Bool {
-        FileSystem.kind(of: archivePath(for: key)) == .regular && FileSystem.kind(of: manifestPath(for: key)) == .regular
+        folder.contains(key)
     }
 
     public func publish(_ archive: PackedArchive, logger: Logger) async throws -> PublishOutcome {
-        let key = archive.key
+        let upload = TransferProgress.upload
+        upload?.touch()
         do {
-            try FileManager.default.createDirectory(atPath: root.string, withIntermediateDirectories: true)
-        } catch {
-            throw CacheTierError(.fatal, tier: name, "cannot create the cache directory \(root): \(error)", underlying: error)
-        }
-        // Copies left by a publish of this key that was killed midway go first.
-        await ScratchName.sweep(in: root, base: key.rawValue, logger: logger)
-        let temporaryArchive = root.appending(ScratchName.make(base: key.rawValue, purpose: "tar.zst.partial"))
-        let temporaryManifest = root.appending(ScratchName.make(base: key.rawValue, purpose: "manifest.partial"))
-        defer {
-            unlink(temporaryArchive.string)
-            unlink(temporaryManifest.string)
-        }
-        do {
-            // Hundreds of MB: copied on a thread of its own, not one of the cooperative pool's.
-            TransferProgress.upload?.touch()
-            try await DedicatedThread.run(name: "cachetiers-copy") { _ in
-                try FileManager.default.copyItem(atPath: archive.file.string, toPath: temporaryArchive.string)
-            }
-            TransferProgress.upload?.advance(by: Int(clamping: archive.manifest.archiveSize))
-            try archive.manifest.jsonData().write(to: URL(fileURLWithPath: temporaryManifest.string))
-        } catch {
-            throw CacheTierError(.transient, tier: name, "cannot write into \(root): \(error)", underlying: error)
-        }
-        var failure = link(temporaryArchive.string, archivePath(for: key).string) == 0 ? 0 : errno
-        if failure == EEXIST && removeOrphanedArchive(for: key, logger: logger) {
-            failure = link(temporaryArchive.string, archivePath(for: key).string) == 0 ? 0 : errno
-        }
-        guard failure == 0 else {
-            if failure == EEXIST { return .exists }
-            throw CacheTierError(
-                .transient, tier: name, "cannot publish into \(root): \(String(cString: strerror(failure)))"
+            let outcome = try await folder.publish(
+                file: archive.file, manifest: archive.manifest, mode: .createOnly(orphanAge: orphanAge), logger: logger,
+                progress: { upload?.advance(by: $0) }
             )
+            return outcome == .exists ? .exists : .published
+        } catch let error as ArchiveFolderError {
+            switch error.kind {
+            case .unusableFolder: throw CacheTierError(.fatal, tier: name, error.description, underlying: error)
+            case .mismatch, .unusableManifest: throw CacheTierError(.corrupt, tier: name, error.description, underlying: error)
+            case .io: throw CacheTierError(.transient, tier: name, error.description, underlying: error)
+            }
         }
-        do {
-            try FileSystem.rename(temporaryManifest, to: manifestPath(for: key))
-        } catch {
-            unlink(archivePath(for: key).string)
-            throw CacheTierError(.transient, tier: name, "cannot publish the manifest into \(root): \(error)", underlying: error)
-        }
-        return .published
-    }
-
-    /// Removes the archive for `key` when it has had no manifest for ``orphanAge``: left
-    /// so, it would be a miss for every restore and `exists` for every publish, for good.
-    /// - Returns: whether it was removed.
-    private func removeOrphanedArchive(for key: CacheKey, logger: Logger) -> Bool {
-        let archive = archivePath(for: key)
-        var info = stat()
-        guard FileSystem.kind(of: manifestPath(for: key)) == nil, lstat(archive.string, &info) == 0 else {
-            return false
-        }
-        // link(2) sets the change time, so it says when the archive was published.
-        let age = time(nil) - info.st_ctim.tv_sec
-        guard age >= Int(orphanAge.components.seconds) else { return false }
-        // Move it aside, then make sure it is the file judged: another publisher may have
-        // repaired and republished the key in between, and that archive goes back.
-        let aside = root.appending(ScratchName.make(base: key.rawValue, purpose: "orphan"))
-        guard (try? FileSystem.rename(archive, to: aside)) != nil else { return false }
-        var moved = stat()
-        guard lstat(aside.string, &moved) == 0, moved.st_ino == info.st_ino, moved.st_dev == info.st_dev else {
-            _ = link(aside.string, archive.string)
-            unlink(aside.string)
-            return false
-        }
-        unlink(aside.string)
-        logger.notice(
-            "removed an archive whose publish was interrupted before its manifest was written",
-            metadata: ["tier": "\(name)", "key": "\(key)", "ageSeconds": "\(age)"]
-        )
-        return true
     }
 }
