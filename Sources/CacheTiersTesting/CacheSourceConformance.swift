@@ -1,6 +1,7 @@
 import CacheTiers
 import Foundation
 import Logging
+import Synchronization
 import SystemPackage
 
 /// Something the conformance suite can test: a source, and a way to put a tree in it.
@@ -31,7 +32,8 @@ extension ConformanceSubject {
 /// It checks that a seeded tree restores identically (files, modes, empty
 /// directories, symlinks, long and non-ASCII names), that an unknown key is a miss and
 /// not an error, that progress is reported, that concurrent restores do not interfere,
-/// that a cancelled restore stops, and, for sinks, that publishing is create-only.
+/// that a restore cancelled while its bytes flow stops there and throws
+/// `CancellationError`, and, for sinks, that publishing is create-only.
 public struct CacheSourceConformance: Sendable {
     public let subject: any ConformanceSubject
     public var logger: Logger
@@ -105,20 +107,41 @@ public struct CacheSourceConformance: Sendable {
             return problems
         }
 
-        await check("stops when cancelled") {
+        // Big and incompressible, so its bytes arrive in many pieces and the
+        // cancellation lands in the middle of the transfer.
+        let large = scratch.path.appending("large-tree")
+        let largeBytes = try Self.writeIncompressibleTree(to: large)
+        let largeKey = try CacheKey("conformance-large-\(UInt32.random(in: 0 ... .max))")
+        try await subject.seed(largeKey, from: large)
+
+        await check("stops when cancelled during the transfer") {
             let staging = try scratch.makeDirectory("cancelled")
-            let task = Task {
-                withUnsafeCurrentTask { $0?.cancel() }
-                return try await source.restore(
-                    RestoreRequest(key: key), into: staging, progress: TransferProgress(), logger: logger
-                )
+            let canceller = Canceller()
+            let progress = TransferProgress(onChange: { snapshot in
+                if snapshot.completed > 0 { canceller.cancel(atByte: snapshot.completed) }
+            })
+            let restore = Task {
+                try await source.restore(RestoreRequest(key: largeKey), into: staging, progress: progress, logger: logger)
             }
-            switch await task.result {
+            canceller.watch(restore)
+            let result = await restore.result
+            guard let cancelledAt = canceller.cancelledAt else {
+                return ["reported no bytes before it returned \(result), so it could not be cancelled during the transfer"]
+            }
+            var problems: [String] = []
+            switch result {
             case .success(let outcome):
-                return ["a restore started in a cancelled task returned \(outcome) instead of throwing"]
+                problems.append("returned \(outcome) after it was cancelled at byte \(cancelledAt), instead of throwing CancellationError")
+            case .failure(let error) where !(error is CancellationError):
+                problems.append("threw \(error) after it was cancelled at byte \(cancelledAt), instead of CancellationError")
             case .failure:
-                return []
+                break
             }
+            let completed = progress.snapshot.completed
+            if completed >= largeBytes {
+                problems.append("went on to transfer \(completed) bytes after it was cancelled at byte \(cancelledAt)")
+            }
+            return problems
         }
 
         if let sink = subject.sink {
@@ -147,6 +170,52 @@ public struct CacheSourceConformance: Sendable {
         if !failures.isEmpty {
             throw ConformanceFailure(source: source.name, failures: failures)
         }
+    }
+}
+
+extension CacheSourceConformance {
+    /// Writes four files of 1 MiB of random bytes; returns their total size.
+    static func writeIncompressibleTree(to root: FilePath) throws -> Int64 {
+        try FileManager.default.createDirectory(atPath: root.string, withIntermediateDirectories: true)
+        var generator = SystemRandomNumberGenerator()
+        let size = 1 << 20
+        var words = [UInt64](repeating: 0, count: size / 8)
+        for index in 0..<4 {
+            for word in words.indices { words[word] = generator.next() }
+            try words.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: root.appending("blob-\(index).bin").string)) }
+        }
+        return Int64(4 * size)
+    }
+}
+
+/// Cancels a restore the first time its progress reports bytes, from whichever task
+/// reports them.
+private final class Canceller: Sendable {
+    private struct State {
+        var task: Task<SourceRestoreOutcome, any Error>?
+        var cancelledAt: Int64?
+    }
+
+    private let state = Mutex(State())
+
+    /// The byte count at which the restore was cancelled, if it was.
+    var cancelledAt: Int64? { state.withLock { $0.cancelledAt } }
+
+    func watch(_ task: Task<SourceRestoreOutcome, any Error>) {
+        let cancelNow = state.withLock { state in
+            state.task = task
+            return state.cancelledAt != nil
+        }
+        if cancelNow { task.cancel() }
+    }
+
+    func cancel(atByte completed: Int64) {
+        let task = state.withLock { state -> Task<SourceRestoreOutcome, any Error>? in
+            guard state.cancelledAt == nil else { return nil }
+            state.cancelledAt = completed
+            return state.task
+        }
+        task?.cancel()
     }
 }
 

@@ -222,10 +222,10 @@ import Testing
         try tar.write(to: archive)
         defer { try? FileManager.default.removeItem(atPath: archive.string) }
 
-        let error = await #expect(throws: CacheTierError.self, "\(name)") {
+        let error = await #expect(throws: UnpackError.self, "\(name)") {
             _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
         }
-        #expect(error?.kind == .corrupt, "\(name): \(String(describing: error))")
+        #expect(error?.kind == .rejected, "\(name): \(String(describing: error))")
         #expect(error?.message.contains("rejected") == true, "\(name): \(String(describing: error))")
         try? FileManager.default.removeItem(atPath: archive.string)
         #expect(try setting.expectUntouched() == [], "\(name)")
@@ -362,7 +362,7 @@ import Testing
         tar.end()
         let archive = setting.scratch.path.appending("bomb.tar.zst")
         try tar.write(to: archive)
-        let error = await #expect(throws: CacheTierError.self) {
+        let error = await #expect(throws: UnpackError.self) {
             _ = try await ArchiveUnpacker(options: .init(limits: limits))
                 .unpack(file: archive, replacing: setting.destination, logger: logger)
         }
@@ -383,7 +383,7 @@ import Testing
         tar.end()
         let archive = setting.scratch.path.appending("attached.tar.zst")
         try tar.write(to: archive)
-        let error = await #expect(throws: CacheTierError.self) {
+        let error = await #expect(throws: UnpackError.self) {
             _ = try await ArchiveUnpacker(options: .init(limits: ExtractionLimits(maxTotalBytes: 1000)))
                 .unpack(file: archive, replacing: setting.destination, logger: logger)
         }
@@ -409,7 +409,7 @@ import Testing
         let (archive, _, bytes) = try await packedArchive(in: setting)
         let cut = Int(Double(bytes.count) * fraction)
         try Data(bytes[..<cut]).write(to: URL(fileURLWithPath: archive.string))
-        let error = await #expect(throws: CacheTierError.self) {
+        let error = await #expect(throws: UnpackError.self) {
             _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
         }
         #expect(error?.kind == .corrupt)
@@ -428,7 +428,7 @@ import Testing
         let index = max(4, Int(Double(bytes.count) * fraction))  // keep the magic number intact
         bytes[index] ^= 0x5A
         try Data(bytes).write(to: URL(fileURLWithPath: archive.string))
-        let error = await #expect(throws: CacheTierError.self) {
+        let error = await #expect(throws: UnpackError.self) {
             _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
         }
         #expect(error?.kind == .corrupt, "\(String(describing: error))")
@@ -441,7 +441,7 @@ import Testing
         defer { setting.scratch.remove() }
         let (archive, manifest, _) = try await packedArchive(in: setting)
         let wrong = String(manifest.archiveSHA256.reversed())
-        let error = await #expect(throws: CacheTierError.self) {
+        let error = await #expect(throws: UnpackError.self) {
             _ = try await ArchiveUnpacker(options: .init(expectedSHA256: wrong))
                 .unpack(file: archive, replacing: setting.destination, logger: logger)
         }
@@ -456,7 +456,7 @@ import Testing
         defer { setting.scratch.remove() }
         let archive = setting.scratch.path.appending("old.tar.gz")
         #expect(try await Fixtures.run(["sh", "-c", "tar -czf '\(archive.string)' -C '\(setting.destination.string)' ."]).status == 0)
-        let error = await #expect(throws: CacheTierError.self) {
+        let error = await #expect(throws: UnpackError.self) {
             _ = try await ArchiveUnpacker().unpack(file: archive, replacing: setting.destination, logger: logger)
         }
         #expect(error?.message.contains("gzip") == true)
@@ -632,7 +632,7 @@ import Testing
         try SampleTree.write(to: destination, seed: 2, files: 3)
         let before = try TreeSnapshot(of: destination)
 
-        let error = await #expect(throws: CacheTierError.self) {
+        let error = await #expect(throws: UnpackError.self) {
             _ = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
         }
         #expect(error?.message.contains("sparse") == true, "\(String(describing: error))")

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import SystemPackage
 
 #if canImport(Glibc)
@@ -9,7 +10,8 @@ import Darwin
 #endif
 
 /// Unpacks archives safely: from a file, or from any async sequence of byte chunks,
-/// into a staging directory, or atomically replacing a destination.
+/// into a staging directory, or atomically replacing a destination. Failures are
+/// ``UnpackError``s, the engine's own; a ``TierChain`` decides what they mean for a restore.
 ///
 /// Accepts zstd (any level, single or multi-frame, as `zstd -T0` writes) and plain
 /// tar, whatever tool wrote them: POSIX/pax and GNU tar formats.
@@ -41,32 +43,14 @@ public struct ArchiveUnpacker: Sendable {
     }
 
     /// Unpacks the archive file at `archive` into `staging`, an existing empty directory.
+    /// - Throws: ``UnpackError`` (a filesystem one when the file cannot be read).
     public func unpack(file archive: FilePath, into staging: FilePath, progress: TransferProgress? = nil)
         async throws -> UnpackSummary
     {
-        let descriptor = open(archive.string, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            let code = errno
-            throw CacheTierError(
-                code == ENOENT ? .miss : .fatal, "cannot open the archive \(archive): \(String(cString: strerror(code)))"
-            )
-        }
-        defer { close(descriptor) }
         let session = UnpackSession(into: staging, options: options, progress: progress)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-        defer { buffer.deallocate() }
         do {
-            while true {
-                try Task.checkCancellation()
-                let count = read(descriptor, buffer.baseAddress, buffer.count)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    throw CacheTierError(.transient, "cannot read the archive \(archive): \(String(cString: strerror(errno)))")
-                }
-                if count == 0 { break }
-                // The session is done with the bytes when write returns, so one buffer serves every read.
-                try await session.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
-            }
+            // The session is done with each buffer when write returns, so one buffer serves every read.
+            try await ArchiveFile(archive).stream(from: 0) { buffer in try await session.write(buffer) }
             return try await session.finish()
         } catch {
             await session.cancel()
@@ -84,20 +68,67 @@ public struct ArchiveUnpacker: Sendable {
 
     /// Unpacks `archive` into a staging directory beside `destination`, then swaps it
     /// in atomically. On any failure the destination is exactly as it was.
+    /// - Throws: ``UnpackError`` for the archive; a fatal ``CacheTierError`` when the
+    ///   destination cannot be staged or replaced.
     public func unpack(file archive: FilePath, replacing destination: FilePath, logger: Logger) async throws
         -> UnpackSummary
     {
         let staging = try DestinationStaging(destination: destination, protecting: Self.protectedPaths(for: archive))
         // Before anything is written: an unpack or restore killed earlier may have left whole trees.
         await staging.sweepLeftovers(logger: logger)
-        let directory = try staging.makeStagingDirectory()
+        let tree = try StagingDirectory(beside: staging, logger: logger)
         do {
-            let summary = try await unpack(file: archive, into: directory)
-            try await staging.promote(directory, logger: logger)
+            let summary = try await unpack(file: archive, into: tree.path)
+            try await tree.promote(logger: logger)
             return summary
         } catch {
-            await staging.discard(directory, logger: logger)
+            await tree.discard(logger: logger)
             throw error
+        }
+    }
+}
+
+/// An archive file read from an offset to its end, one buffer at a time.
+struct ArchiveFile: Sendable {
+    static let bufferSize = 1 << 20
+
+    let path: FilePath
+
+    init(_ path: FilePath) {
+        self.path = path
+    }
+
+    /// Hands the bytes from `offset` on to `deliver`, in order, in one reused buffer of
+    /// 1 MiB: `deliver` must be done with it when it returns.
+    /// - Throws: a filesystem ``UnpackError`` when the file cannot be opened or read
+    ///   (`errno` ENOENT: it is gone), or what `deliver` throws.
+    func stream(from offset: Int64, deliver: (ByteBuffer) async throws -> Void) async throws {
+        let descriptor = open(path.string, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            let code = errno
+            throw UnpackError(.filesystem, "cannot open the archive \(path): \(String(cString: strerror(code)))", errno: code)
+        }
+        defer { close(descriptor) }
+        // Sequential reads from there: the archive may be a pipe (`cachetiers unpack` of a FIFO).
+        if offset > 0, lseek(descriptor, off_t(offset), SEEK_SET) < 0 {
+            let code = errno
+            throw UnpackError(.filesystem, "cannot read the archive \(path): \(String(cString: strerror(code)))", errno: code)
+        }
+        var buffer = ByteBufferAllocator().buffer(capacity: Self.bufferSize)
+        while true {
+            try Task.checkCancellation()
+            buffer.clear()
+            let count = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.bufferSize) { space in
+                while true {
+                    let count = read(descriptor, space.baseAddress, Self.bufferSize)
+                    if count >= 0 { return count }
+                    let code = errno
+                    if code == EINTR { continue }
+                    throw UnpackError(.filesystem, "cannot read the archive \(path): \(String(cString: strerror(code)))", errno: code)
+                }
+            }
+            if count == 0 { return }
+            try await deliver(buffer)
         }
     }
 }

@@ -11,7 +11,8 @@ import SystemPackage
 /// several HTTP responses when a download resumes), then call ``finish()``, which
 /// verifies everything and returns the summary. On any error, or if the task is
 /// cancelled, call ``cancel()``; the staging directory then holds a partial tree that
-/// the caller removes (a ``TierChain`` does this itself).
+/// the caller removes (a ``TierChain`` does this itself). Failures are ``UnpackError``s
+/// (or `CancellationError`): what they mean for a restore is the caller's decision.
 ///
 /// Memory stays bounded whatever the archive's size or compression ratio: bytes are
 /// decoded one 1 MiB chunk at a time, each handed to the writer thread before the next
@@ -95,8 +96,7 @@ public final class UnpackSession {
     public var bytesReceived: Int64 { received }
 
     /// Hashes, decompresses and hands on the next bytes of the archive.
-    /// - Throws: a ``CacheTierError`` (corrupt, fatal for a full disk) as soon as the
-    ///   problem is found.
+    /// - Throws: an ``UnpackError`` as soon as the problem is found.
     public func write(_ bytes: some ContiguousBytes) async throws {
         try await ingest { body in try bytes.withUnsafeBytes(body) }
     }
@@ -129,7 +129,8 @@ public final class UnpackSession {
                 self.format = format
                 decoder = try format.makeDecoder()
             } catch let error as CompressionError {
-                throw CacheTierError(.corrupt, error.message, underlying: error, offset: 0)
+                // Not a format this reads (gzip, say): the message says what it is instead.
+                throw UnpackError(.corrupt, error.message, offset: 0, underlying: error)
             }
             // Everything so far, this input included, is in `detection`.
             let first = detection
@@ -176,7 +177,7 @@ public final class UnpackSession {
                 }
             }
         } catch let error as CompressionError {
-            throw CacheTierError(.corrupt, "the archive is corrupt: \(error.message)", underlying: error, offset: error.offset)
+            throw UnpackError(error)
         }
     }
 
@@ -186,7 +187,7 @@ public final class UnpackSession {
         } catch is CancellationError {
             throw CancellationError()
         } catch {
-            // The writer failed: its error, mapped, is the one to report.
+            // The writer failed: its error, described, is the one to report.
             throw await writerFailure(fallback: error)
         }
     }
@@ -200,7 +201,7 @@ public final class UnpackSession {
             queue.fail(CancellationError())
             _ = try? await writer.value
             let message = received == 0 ? "the archive is empty" : "the archive is only \(received) bytes long"
-            throw CacheTierError(.corrupt, message, offset: received)
+            throw UnpackError(.corrupt, message, offset: received)
         }
         do {
             try decoder!.finish()
@@ -208,7 +209,7 @@ public final class UnpackSession {
             done = true
             queue.fail(error)
             _ = try? await writer.value
-            throw CacheTierError(.corrupt, "the archive is corrupt: \(error.message)", underlying: error, offset: error.offset)
+            throw UnpackError(error)
         }
         if !pending.isEmpty {
             try await send(pending)
@@ -220,19 +221,17 @@ public final class UnpackSession {
         do {
             summary = try await writer.value
         } catch {
-            throw Self.map(error)
+            throw UnpackError.describing(error)
         }
         let digest = hasher.finalize().hexString
         summary.archiveBytes = received
         summary.archiveSHA256 = digest
         summary.format = format?.rawValue ?? ""
         if let expected = options.expectedSize, expected != received {
-            throw CacheTierError(
-                .corrupt, "the archive is \(received) bytes but its manifest says \(expected)", offset: received
-            )
+            throw UnpackError(.corrupt, "the archive is \(received) bytes but its manifest says \(expected)", offset: received)
         }
         if let expected = options.expectedSHA256, expected != digest {
-            throw CacheTierError(
+            throw UnpackError(
                 .corrupt, "the archive's SHA-256 is \(digest) but \(expected) was expected: the bytes were altered in transit or at rest"
             )
         }
@@ -251,27 +250,9 @@ public final class UnpackSession {
     private func writerFailure(fallback: any Error) async -> any Error {
         do {
             _ = try await writer.value
-            return Self.map(fallback)
+            return UnpackError.describing(fallback)
         } catch {
-            return Self.map(error)
-        }
-    }
-
-    static func map(_ error: any Error) -> any Error {
-        switch error {
-        case let error as ExtractionError:
-            switch error {
-            case .corrupt(let message, let offset):
-                return CacheTierError(.corrupt, "the archive is corrupt: \(message)", underlying: error, offset: offset)
-            case .unsafe(let message, let offset), .limit(let message, let offset):
-                return CacheTierError(.corrupt, "the archive was rejected: \(message)", underlying: error, offset: offset)
-            case .io(_, let code) where code == ENOSPC || code == EDQUOT || code == EROFS:
-                return CacheTierError(.fatal, "cannot write the restored tree: \(error)", underlying: error)
-            case .io:
-                return CacheTierError(.transient, "cannot write the restored tree: \(error)", underlying: error)
-            }
-        default:
-            return error
+            return UnpackError.describing(error)
         }
     }
 }

@@ -3,8 +3,9 @@ import Foundation
 import Logging
 import SystemPackage
 
-/// Owns a restore's destination: hands out staging directories beside it and promotes
-/// one by atomic rename, so the destination is always the old tree or the new one.
+/// Owns a restore's destination: hands out staging directories beside it (each owned
+/// by a ``StagingDirectory``) and promotes one by atomic rename, so the destination is
+/// always the old tree or the new one.
 ///
 /// Staging directories are siblings of the destination (`.NAME.staging-PID@HOST-XXXX`),
 /// on the same filesystem, so promotion is a rename and never a copy. Those left by a
@@ -56,8 +57,9 @@ public struct DestinationStaging: Sendable {
         }
     }
 
-    /// Creates an empty staging directory beside the destination.
-    public func makeStagingDirectory(purpose: String = "staging") throws(CacheTierError) -> FilePath {
+    /// Creates an empty staging directory beside the destination; ``StagingDirectory``
+    /// owns it from then on.
+    func makeStagingDirectory(purpose: String = "staging") throws(CacheTierError) -> FilePath {
         let path = parent.appending(ScratchName.make(base: name, purpose: purpose))
         do {
             try FileSystem.makeDirectory(path, mode: 0o755)
@@ -68,7 +70,7 @@ public struct DestinationStaging: Sendable {
     }
 
     /// Replaces the destination with `staging` atomically; the previous tree is removed afterwards.
-    public func promote(_ staging: FilePath, logger: Logger) async throws(CacheTierError) {
+    func promote(_ staging: FilePath, logger: Logger) async throws(CacheTierError) {
         if FileSystem.kind(of: destination) == nil {
             do {
                 try FileSystem.rename(staging, to: destination)
@@ -112,7 +114,7 @@ public struct DestinationStaging: Sendable {
     }
 
     /// Removes a staging directory, on a thread of its own; failures are logged, not thrown.
-    public func discard(_ staging: FilePath, logger: Logger) async {
+    func discard(_ staging: FilePath, logger: Logger) async {
         do {
             try await FileSystem.removeTreeOffThePool(staging)
         } catch {

@@ -20,9 +20,9 @@ extension RestoreRun {
                 return .exhausted
             }
 
-            let stagingPath: FilePath
+            let tree: StagingDirectory
             do {
-                stagingPath = try staging.makeStagingDirectory()
+                tree = try StagingDirectory(beside: staging, logger: logger)
             } catch {
                 breaker.record(.abandoned, for: permit)
                 return .fatal(error)
@@ -34,7 +34,7 @@ extension RestoreRun {
             let outcome = await runAttempt(
                 tier,
                 attempt: attempt,
-                staging: stagingPath,
+                staging: tree.path,
                 limit: limitedByDeadline ? remaining : policy.timeout,
                 limitedByDeadline: limitedByDeadline,
                 activity: activity
@@ -46,22 +46,22 @@ extension RestoreRun {
                 breaker.record(.success, for: permit)
                 chain.retryBudget.recordSuccess()
                 finish(tier.name, attempt, .hit, duration, bytes, nil)
-                return .restored(staging: stagingPath, details: details, tierIndex: index)
+                return .restored(staging: tree, details: details, tierIndex: index)
 
             case .miss(let reason, let bytes):
-                await staging.discard(stagingPath, logger: logger)
+                await tree.discard(logger: logger)
                 breaker.record(.success, for: permit)
                 finish(tier.name, attempt, .miss, duration, bytes, reason)
                 return .exhausted
 
             case .cancelled(let bytes):
-                await staging.discard(stagingPath, logger: logger)
+                await tree.discard(logger: logger)
                 breaker.record(.abandoned, for: permit)
                 finish(tier.name, attempt, .cancelled, duration, bytes, "cancelled before it finished")
                 return .cancelled
 
             case .failed(let error, let bytes):
-                await staging.discard(stagingPath, logger: logger)
+                await tree.discard(logger: logger)
                 breaker.record(error.kind == .fatal ? .abandoned : .failure, for: permit)
                 finish(tier.name, attempt, AttemptRecord.Outcome(error.kind), duration, bytes, error.description)
                 if error.kind == .fatal { return .fatal(error) }
@@ -171,7 +171,7 @@ extension RestoreRun {
             group.addTask {
                 do {
                     return .finished(
-                        .success(try await tier.source.restore(request, into: stagingPath, progress: progress, logger: sourceLogger))
+                        .success(try await restore(request, from: tier, into: stagingPath, progress: progress, logger: sourceLogger))
                     )
                 } catch {
                     return .finished(.failure(error))
@@ -210,17 +210,6 @@ extension RestoreRun {
         let snapshot = progress.snapshot
         switch verdict {
         case .finished(.success(.restored(let details))):
-            // Whatever the tier, a tree is promoted only if its archive is the key's: a
-            // misrouted or confused server must not give this VM another key's tree.
-            if let manifest = details.manifest, manifest.key != key {
-                return .failed(
-                    CacheTierError(
-                        .corrupt, tier: name,
-                        "served the archive of \(manifest.key) when asked for \(key); its tree was discarded"
-                    ),
-                    bytes: snapshot.completed
-                )
-            }
             return .restored(details, bytes: max(details.bytesTransferred, snapshot.completed))
         case .finished(.success(.miss(let reason))):
             return .miss(reason, bytes: snapshot.completed)
@@ -257,6 +246,35 @@ extension RestoreRun {
         case .timerStopped:
             return .cancelled(bytes: snapshot.completed)
         }
+    }
+}
+
+extension RestoreRun {
+    /// One attempt's work: an archive tier's archive goes through the chain's
+    /// ``ArchiveDownload``, on the chain's clock; any other source restores by itself.
+    func restore(
+        _ request: RestoreRequest,
+        from tier: TierChain.Tier,
+        into staging: FilePath,
+        progress: TransferProgress,
+        logger: Logger
+    ) async throws -> SourceRestoreOutcome {
+        guard let archives = tier.source as? any ArchiveSource else {
+            return try await tier.source.restore(request, into: staging, progress: progress, logger: logger)
+        }
+        return try await download(request, from: archives, policy: tier.policy, into: staging, progress: progress, logger: logger)
+    }
+
+    private func download<Source: ArchiveSource>(
+        _ request: RestoreRequest,
+        from source: Source,
+        policy: TierChain.TierPolicy,
+        into staging: FilePath,
+        progress: TransferProgress,
+        logger: Logger
+    ) async throws -> SourceRestoreOutcome {
+        try await ArchiveDownload(source: source, clock: clock, backoff: policy.retry, random: configuration.random)
+            .run(request, into: staging, progress: progress, logger: logger)
     }
 }
 

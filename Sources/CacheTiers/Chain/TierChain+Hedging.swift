@@ -78,8 +78,8 @@ extension RestoreRun {
             group.cancelAll()
             while let event = await group.next() {
                 switch event {
-                case .primary(.restored(let path, _, _)), .secondary(.restored(let path, _, _)):
-                    await staging.discard(path, logger: logger)
+                case .primary(.restored(let tree, _, _)), .secondary(.restored(let tree, _, _)):
+                    await tree.discard(logger: logger)
                 default:
                     break
                 }

@@ -86,8 +86,9 @@ public final class TierChain: Sendable {
 
 /// What running one tier (all its attempts) came to.
 enum TierRunResult: Sendable {
-    /// `staging` holds the verified tree.
-    case restored(staging: FilePath, details: RestoreDetails, tierIndex: Int)
+    /// `staging` holds the verified tree; whoever receives this result owns it and
+    /// promotes or discards it.
+    case restored(staging: StagingDirectory, details: RestoreDetails, tierIndex: Int)
     /// Move on to the next tier.
     case exhausted
     /// Stop the chain.
@@ -143,15 +144,14 @@ struct RestoreRun: Sendable {
             }
 
             switch result {
-            case .restored(let path, let details, let tierIndex):
+            case .restored(let tree, let details, let tierIndex):
                 if Task.isCancelled {
-                    await staging.discard(path, logger: logger)
+                    await tree.discard(logger: logger)
                     break tiers
                 }
                 do {
-                    try await staging.promote(path, logger: logger)
+                    try await tree.promote(logger: logger)
                 } catch {
-                    await staging.discard(path, logger: logger)
                     throw failure(start: start, fatal: error)
                 }
                 return await finishRestored(tierIndex: tierIndex, details: details, start: start)

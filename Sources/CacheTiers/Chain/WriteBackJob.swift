@@ -30,16 +30,16 @@ struct WriteBackJob: Sendable {
         guard let packer = run.configuration.writeBack.packer else {
             return failedAll("no packer is configured for write-back")
         }
-        let scratch: FilePath
+        let scratch: StagingDirectory
         do {
-            scratch = try run.staging.makeStagingDirectory(purpose: "writeback")
+            scratch = try StagingDirectory(beside: run.staging, purpose: "writeback", logger: logger)
         } catch {
             return failedAll("cannot create a scratch directory to pack into: \(error)")
         }
         let records = await CachePublisher(packer: packer, limits: run.configuration.writeBack.limits, clock: run.clock)
-            .publish(run.staging.destination, as: run.key, to: sinks, scratch: scratch, logger: logger)
+            .publish(run.staging.destination, as: run.key, to: sinks, scratch: scratch.path, logger: logger)
             .records
-        await run.staging.discard(scratch, logger: logger)
+        await scratch.discard(logger: logger)
         return records
     }
 }

@@ -6,25 +6,26 @@ import NIOHTTP1
 import Synchronization
 import SystemPackage
 
-/// TIER 2: restore from a Google Cloud Storage bucket through the JSON API, decoding
-/// and extracting while the bytes arrive.
+/// Restores from a Google Cloud Storage bucket through the JSON API, decoding and
+/// extracting while the bytes arrive.
 ///
 /// Objects are named `{prefix}{key}.tar.zst`. The manifest travels in the object's
 /// custom metadata (`cachetiers-manifest`, the manifest JSON on one line: servers may
 /// echo custom metadata as response headers, where a newline breaks the response), so
 /// object and manifest are one atomic write and there is no sidecar to get out of step.
 ///
-/// A restore reads the object's metadata (size, generation, CRC32C, manifest), then
-/// downloads the media pinned to that generation: one stream, or, for objects larger
-/// than two segments and `parallelDownloads > 1`, ranged segments fetched concurrently
-/// and fed to the decoder in order through a bounded reorder buffer. A failed request
-/// (a dropped connection, 408, 429, 5xx) is retried alone from its last byte. The
-/// whole stream is checked against the object's CRC32C and the manifest's SHA-256.
+/// As an ``ArchiveSource`` it finds an archive by reading the object's metadata (size,
+/// generation, CRC32C, manifest), and streams the media pinned to that generation: one
+/// request, or, for objects larger than two segments and `parallelDownloads > 1`,
+/// ranged segments fetched concurrently and fed to the decoder in order through a
+/// bounded reorder buffer. The chain's download resumes a failed stream (a dropped
+/// connection, 408, 429, 5xx) from its last byte, up to `retriesPerRequest` times, and
+/// checks the whole stream against the object's CRC32C and the manifest's SHA-256.
 ///
 /// It is also a ``CacheSink``: `publish` uploads create-only (`ifGenerationMatch=0`).
 ///
 /// It owns an `HTTPClient`; call ``shutdown()`` when done with it.
-public final class GCSSource: CacheSource, CacheSink {
+public final class GCSSource: ArchiveSource, CacheSink {
     /// The custom-metadata field that holds the manifest JSON.
     public static let manifestMetadataKey = "cachetiers-manifest"
 
@@ -42,8 +43,8 @@ public final class GCSSource: CacheSource, CacheSink {
         /// Bytes per ranged request. At most `2 × parallelDownloads` segments are held
         /// in memory ahead of the decoder.
         public var segmentSize: Int
-        /// How many times one request (a download segment, an upload chunk) is retried
-        /// after a dropped connection, 408, 429 or 5xx before the attempt fails.
+        /// How many times one download resumes from its last byte, and one upload chunk
+        /// is retried, after a dropped connection, 408, 429 or 5xx before the attempt fails.
         public var retriesPerRequest: Int
         /// Upload chunk size; a multiple of 256 KiB, as GCS requires. Archives up to one
         /// chunk go up in a single multipart request.
@@ -124,12 +125,18 @@ public final class GCSSource: CacheSource, CacheSink {
 
     // MARK: restore
 
-    public func restore(
-        _ request: RestoreRequest,
-        into staging: FilePath,
-        progress: TransferProgress,
-        logger: Logger
-    ) async throws -> SourceRestoreOutcome {
+    public var maxResumes: Int { configuration.retriesPerRequest }
+    public var limits: ExtractionLimits { configuration.limits }
+
+    /// An object found for a restore: its generation, which every read is pinned to,
+    /// and the requests the restore has made, for the report and its cost.
+    public struct StoredObject: Sendable {
+        let object: GCSObject
+        let requests: RequestCounter
+    }
+
+    /// Reads the object's metadata: size, generation, CRC32C and the manifest.
+    public func findArchive(_ request: RestoreRequest, logger: Logger) async throws -> ArchiveLookup<StoredObject> {
         let requests = RequestCounter()
         let name = objectName(for: request.key)
         guard let object = try await metadata(of: name, requests: requests, logger: logger) else {
@@ -141,54 +148,40 @@ public final class GCSSource: CacheSource, CacheSink {
         } catch {
             throw CacheTierError(.corrupt, "the manifest in the metadata of \(bucketDescription)/\(name) is unreadable: \(error)")
         }
-        if let manifest, manifest.key != request.key {
-            throw CacheTierError(.corrupt, "\(bucketDescription)/\(name) holds the archive of \(manifest.key), not \(request.key)")
-        }
-        progress.setTotal(object.size)
-        let session = UnpackSession(
-            into: staging,
-            options: .init(limits: configuration.limits, expectedSHA256: manifest?.archiveSHA256, expectedSize: object.size),
-            progress: progress
+        return .found(
+            FoundArchive(
+                StoredObject(object: object, requests: requests), origin: "\(bucketDescription)/\(name)", size: object.size,
+                sha256: manifest?.archiveSHA256, crc32c: object.crc32c, manifest: manifest
+            )
         )
-        do {
-            var crc = CRC32C()
-            let segments = segments(of: object.size)
-            if segments.count <= 2 || configuration.parallelDownloads == 1 {
-                try await fetch(object, range: 0..<object.size, requests: requests, logger: logger) { buffer in
-                    crc.update(buffer)
-                    try await session.write(buffer)
-                }
-            } else {
-                try await fetchInParallel(object, segments: segments, requests: requests, progress: progress, logger: logger) {
-                    buffer in
-                    crc.update(buffer)
-                    try await session.write(buffer)
-                }
-            }
-            if let expected = object.crc32c, expected != crc.base64 {
-                throw CacheTierError(
-                    .corrupt,
-                    "\(bucketDescription)/\(name) failed its CRC32C check (object says \(expected), received \(crc.base64))"
-                )
-            }
-            let summary = try await session.finish()
-            let count = requests.value
-            logger.debug(
-                "restored from GCS",
-                metadata: ["object": "\(name)", "requests": "\(count)", "files": "\(summary.files)"]
-            )
-            return .restored(
-                RestoreDetails(
-                    bytesTransferred: summary.archiveBytes,
-                    requests: count,
-                    estimatedCostUSD: estimatedCost(bytes: summary.archiveBytes, requests: count),
-                    manifest: manifest
-                )
-            )
-        } catch {
-            await session.cancel()
-            throw error
+    }
+
+    /// Streams the media from `offset`, pinned to the object's generation: one request,
+    /// or, for more than two segments and `parallelDownloads > 1`, ranged segments
+    /// fetched concurrently and delivered in order.
+    public func streamArchive(
+        _ found: FoundArchive<StoredObject>,
+        from offset: Int64,
+        progress: TransferProgress,
+        logger: Logger,
+        deliver: (ByteBuffer) async throws -> Void
+    ) async throws {
+        let object = found.archive.object
+        let requests = found.archive.requests
+        let segments = segments(of: offset..<object.size)
+        if segments.count <= 2 || configuration.parallelDownloads == 1 {
+            try await fetch(object, range: offset..<object.size, requests: requests, logger: logger, deliver: deliver)
+        } else {
+            try await fetchInParallel(object, segments: segments, requests: requests, progress: progress, logger: logger, deliver: deliver)
         }
+    }
+
+    public func restoreDetails(for found: FoundArchive<StoredObject>, bytesTransferred: Int64, streams: Int) -> RestoreDetails {
+        let count = found.archive.requests.value
+        return RestoreDetails(
+            bytesTransferred: bytesTransferred, requests: count,
+            estimatedCostUSD: estimatedCost(bytes: bytesTransferred, requests: count), manifest: found.manifest
+        )
     }
 
     /// Egress for `bytes` plus the read operations.
@@ -197,9 +190,17 @@ public final class GCSSource: CacheSource, CacheSink {
             + Double(requests) / 1000 * configuration.pricePerThousandReads
     }
 
-    func segments(of size: Int64) -> [Range<Int64>] {
+    /// `range` cut at every multiple of the segment size.
+    func segments(of range: Range<Int64>) -> [Range<Int64>] {
         let step = Int64(configuration.segmentSize)
-        return stride(from: Int64(0), to: size, by: Int(step)).map { $0..<min($0 + step, size) }
+        var segments: [Range<Int64>] = []
+        var start = range.lowerBound
+        while start < range.upperBound {
+            let end = min((start / step + 1) * step, range.upperBound)
+            segments.append(start..<end)
+            start = end
+        }
+        return segments
     }
 
     /// The object's metadata, or nil when there is no such object.
@@ -224,9 +225,9 @@ public final class GCSSource: CacheSource, CacheSink {
         }
     }
 
-    /// Downloads `range` of the object's media, pinned to its generation, handing each
-    /// buffer to `deliver` in order. A dropped connection, 408, 429 or 5xx resumes from
-    /// the last byte delivered, up to `retriesPerRequest` times.
+    /// Downloads `range` of the object's media with one request pinned to its
+    /// generation, handing each buffer to `deliver` in order. A failure ends it: the
+    /// chain's download resumes from the last byte delivered.
     func fetch(
         _ object: GCSObject,
         range: Range<Int64>,
@@ -234,60 +235,35 @@ public final class GCSSource: CacheSource, CacheSink {
         logger: Logger,
         deliver: (ByteBuffer) async throws -> Void
     ) async throws {
-        let base = "\(objectURL(object.name))?alt=media&generation=\(object.generation)&ifGenerationMatch=\(object.generation)"
+        let url = "\(objectURL(object.name))?alt=media&generation=\(object.generation)&ifGenerationMatch=\(object.generation)"
         let what = "downloading \(bucketDescription)/\(object.name)"
-        var position = range.lowerBound
-        var retries = 0
-        while position < range.upperBound {
-            try Task.checkCancellation()
-            let whole = position == 0 && range.upperBound == object.size
-            do {
-                let response = try await send(what: what, requests: requests, logger: logger) {
-                    var request = HTTPClientRequest(url: base)
-                    if !whole { request.headers.add(name: "Range", value: "bytes=\(position)-\(range.upperBound - 1)") }
-                    return request
-                }
-                switch response.status.code {
-                case 200 where whole, 206 where !whole:
-                    if let generation = response.headers.first(name: "X-Goog-Generation"), generation != object.generation {
-                        throw ObjectReplaced(name: object.name)
-                    }
-                case 404, 412:
-                    throw ObjectReplaced(name: object.name)
-                default:
-                    throw await failure(response, what: what)
-                }
-                for try await buffer in response.body {
-                    let wanted = Int(min(Int64(buffer.readableBytes), range.upperBound - position))
-                    do {
-                        try await deliver(wanted == buffer.readableBytes ? buffer : buffer.getSlice(at: buffer.readerIndex, length: wanted)!)
-                    } catch {
-                        // The decoder's verdict, not the network's: never retried.
-                        throw DeliveryFailed(underlying: error)
-                    }
-                    position += Int64(wanted)
-                }
-                if position < range.upperBound {
-                    throw CacheTierError(.transient, "the response ended at byte \(position) of \(range.upperBound)")
-                }
-            } catch let failure as DeliveryFailed {
-                throw failure.underlying
-            } catch let error as ObjectReplaced {
-                throw CacheTierError(
-                    .transient, "\(bucketDescription)/\(error.name) was replaced during the download; the next attempt starts over"
-                )
-            } catch let error where Self.isWorthRetrying(error) && retries < configuration.retriesPerRequest {
-                retries += 1
-                let wait = Self.backoff(retry: retries, error: error)
-                logger.notice(
-                    "GCS request failed; retrying from the last byte",
-                    metadata: [
-                        "object": "\(object.name)", "offset": "\(position)", "retry": "\(retries)",
-                        "wait": "\(wait)", "error": "\(error)",
-                    ]
-                )
-                try await Task.sleep(for: wait)
+        let whole = range.lowerBound == 0 && range.upperBound == object.size
+        let response = try await send(what: what, requests: requests, logger: logger) {
+            var request = HTTPClientRequest(url: url)
+            if !whole { request.headers.add(name: "Range", value: "bytes=\(range.lowerBound)-\(range.upperBound - 1)") }
+            return request
+        }
+        let replaced = ArchiveReplaced(
+            "\(bucketDescription)/\(object.name) was replaced during the download; the next attempt starts over"
+        )
+        switch response.status.code {
+        case 200 where whole, 206 where !whole:
+            if let generation = response.headers.first(name: "X-Goog-Generation"), generation != object.generation {
+                throw replaced
             }
+        case 404, 412:
+            throw replaced
+        default:
+            throw await failure(response, what: what)
+        }
+        var position = range.lowerBound
+        for try await buffer in response.body where position < range.upperBound {
+            let wanted = Int(min(Int64(buffer.readableBytes), range.upperBound - position))
+            try await deliver(wanted == buffer.readableBytes ? buffer : buffer.getSlice(at: buffer.readerIndex, length: wanted)!)
+            position += Int64(wanted)
+        }
+        if position < range.upperBound {
+            throw CacheTierError(.transient, "the response ended at byte \(position) of \(range.upperBound)")
         }
     }
 
@@ -334,9 +310,11 @@ public final class GCSSource: CacheSource, CacheSink {
         }
     }
 
-    /// Whether a failed request is retried on the spot. A Retry-After longer than the
-    /// longest inline backoff (8 s) goes to the chain instead, which honours it within
-    /// the restore's deadline or moves on to the next tier.
+    // MARK: upload retries
+
+    /// Whether a failed upload request is retried on the spot (downloads are resumed by
+    /// the chain's ``ArchiveSource`` download instead). A Retry-After longer than the
+    /// longest inline backoff (8 s) fails the publish.
     static func isWorthRetrying(_ error: any Error) -> Bool {
         if error is CancellationError { return false }
         if let error = error as? CacheTierError {
@@ -419,14 +397,4 @@ final class RequestCounter: Sendable {
 
     func increment() { count.add(1, ordering: .relaxed) }
     var value: Int { count.load(ordering: .relaxed) }
-}
-
-/// The consumer of the bytes failed (the archive is corrupt, say).
-private struct DeliveryFailed: Error {
-    let underlying: any Error
-}
-
-/// A ranged request found another generation of the object.
-private struct ObjectReplaced: Error {
-    let name: String
 }

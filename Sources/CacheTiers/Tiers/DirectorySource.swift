@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import SystemPackage
 
 #if canImport(Glibc)
@@ -13,7 +14,7 @@ import Darwin
 /// The layout is the cache master's: `ROOT/KEY.tar.zst` beside
 /// `ROOT/KEY.tar.zst.manifest.json`, exactly what `cachetiers pack DIR --output
 /// ROOT/KEY.tar.zst` writes, so a directory can be seeded by hand. An archive is
-/// served only with its manifest, and verified against it while it unpacks.
+/// served only with its manifest, and the chain's download verifies it against it.
 ///
 /// Publishing is create-only and atomic (an ``ArchiveFolder``, as the cache master's):
 /// the archive is copied to a scratch file in the same directory, checked against its
@@ -22,7 +23,7 @@ import Darwin
 /// so a cache master sharing the directory never serves half of it. A publish killed
 /// between the two leaves an archive without a manifest; once it is ``orphanAge`` old
 /// the next publish of the key replaces it.
-public struct DirectorySource: CacheSource, CacheSink {
+public struct DirectorySource: ArchiveSource, CacheSink {
     public let name: String
     public let root: FilePath
     public var traits: CacheSourceTraits { .download }
@@ -52,12 +53,8 @@ public struct DirectorySource: CacheSource, CacheSink {
         folder.manifestPath(for: key)
     }
 
-    public func restore(
-        _ request: RestoreRequest,
-        into staging: FilePath,
-        progress: TransferProgress,
-        logger: Logger
-    ) async throws -> SourceRestoreOutcome {
+    /// Finds `KEY.tar.zst` and the manifest beside it; an archive without one is a miss.
+    public func findArchive(_ request: RestoreRequest, logger: Logger) async throws -> ArchiveLookup<FilePath> {
         try Task.checkCancellation()
         let archive = archivePath(for: request.key)
         guard FileSystem.kind(of: archive) == .regular else {
@@ -68,16 +65,20 @@ public struct DirectorySource: CacheSource, CacheSink {
                 "\(archive) has no manifest beside it (a publish in progress, or an interrupted one, which the next publish replaces)"
             )
         }
-        progress.setTotal(manifest.archiveSize)
-        let unpacker = ArchiveUnpacker(
-            options: .init(limits: limits, expectedSHA256: manifest.archiveSHA256, expectedSize: manifest.archiveSize)
+        return .found(
+            FoundArchive(archive, origin: archive.string, size: manifest.archiveSize, sha256: manifest.archiveSHA256, manifest: manifest)
         )
-        do {
-            _ = try await unpacker.unpack(file: archive, into: staging, progress: progress)
-        } catch let error as CacheTierError where error.kind == .miss {
-            return .miss(error.message)  // removed between the check and the open
-        }
-        return .restored(RestoreDetails(bytesTransferred: manifest.archiveSize, requests: 1, manifest: manifest))
+    }
+
+    /// Reads the archive file from `offset`. Removed since it was found, it is a miss.
+    public func streamArchive(
+        _ found: FoundArchive<FilePath>,
+        from offset: Int64,
+        progress: TransferProgress,
+        logger: Logger,
+        deliver: (ByteBuffer) async throws -> Void
+    ) async throws {
+        try await ArchiveFile(found.archive).stream(from: offset, deliver: deliver)
     }
 
     private func readManifest(for key: CacheKey) throws -> CacheManifest? {

@@ -4,22 +4,23 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import Synchronization
 import SystemPackage
 
-/// TIER 1: restore from a peer VM (the cache master) over the private network,
-/// decoding and extracting while the bytes arrive.
+/// Restores from a peer VM (the cache master) over the private network, decoding and
+/// extracting while the bytes arrive.
 ///
-/// The archive streams straight into an ``UnpackSession``, verified against the
-/// SHA-256 the server gives as its ETag; no temporary archive file is written. When a
-/// connection drops mid-transfer the download resumes from the last byte received with
-/// a Range request pinned to that ETag (`If-Match`), feeding the same decoder; a
-/// changed archive restarts cleanly.
+/// As an ``ArchiveSource`` it finds the archive with one `GET` and streams its body
+/// straight into the chain's download, verified against the SHA-256 the server gives
+/// as its ETag; no temporary archive file is written. When a connection drops
+/// mid-transfer the download resumes from the last byte received with a Range request
+/// pinned to that ETag (`If-Match`); a changed archive restarts cleanly.
 ///
 /// It is also a ``CacheSink``: `publish` uploads an archive create-only.
 ///
 /// It owns an `HTTPClient` configured with the connect timeout; call ``shutdown()``
 /// when done with it.
-public final class VMPeerSource: CacheSource, CacheSink {
+public final class VMPeerSource: ArchiveSource, CacheSink {
     public struct Configuration: Sendable {
         /// How several cache masters share the load.
         public enum Selection: Sendable, Hashable {
@@ -114,12 +115,34 @@ public final class VMPeerSource: CacheSource, CacheSink {
 
     // MARK: restore
 
-    public func restore(
-        _ request: RestoreRequest,
-        into staging: FilePath,
-        progress: TransferProgress,
-        logger: Logger
-    ) async throws -> SourceRestoreOutcome {
+    public var maxResumes: Int { configuration.maxResumes }
+    public var limits: ExtractionLimits { configuration.limits }
+
+    /// A peer's answer to `GET /v1/caches/KEY`: the archive's ETag, and its body, which
+    /// the first stream reads (the download starts with the same request that found it).
+    public final class PeerArchive: Sendable {
+        let peer: String
+        let key: CacheKey
+        let etag: String
+        private let firstBody: Mutex<HTTPClientResponse.Body?>
+
+        init(peer: String, key: CacheKey, etag: String, body: HTTPClientResponse.Body) {
+            self.peer = peer
+            self.key = key
+            self.etag = etag
+            self.firstBody = Mutex(body)
+        }
+
+        /// The body of the answer that found the archive, once.
+        func takeFirstBody() -> HTTPClientResponse.Body? {
+            firstBody.withLock { body in
+                defer { body = nil }
+                return body
+            }
+        }
+    }
+
+    public func findArchive(_ request: RestoreRequest, logger: Logger) async throws -> ArchiveLookup<PeerArchive> {
         var misses: [String] = []
         var unreachable: CacheTierError?
         for peer in peers(for: request.key) {
@@ -135,7 +158,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
             }
             switch response.status.code {
             case 200:
-                return try await download(response, from: peer, key: request.key, into: staging, progress: progress, logger: logger)
+                return .found(try await archive(in: response, from: peer, key: request.key, logger: logger))
             case 404:
                 misses.append(peer)
                 continue
@@ -147,16 +170,12 @@ public final class VMPeerSource: CacheSource, CacheSink {
         return .miss("no cache for \(request.key) on \(misses.joined(separator: ", "))")
     }
 
-    private func download(
-        _ first: HTTPClientResponse,
-        from peer: String,
-        key: CacheKey,
-        into staging: FilePath,
-        progress: TransferProgress,
-        logger: Logger
-    ) async throws -> SourceRestoreOutcome {
-        let etagHeader = first.headers.first(name: "ETag")
-        let lengthHeader = first.headers.first(name: "Content-Length")
+    /// The archive a 200 answer carries, checked against its manifest.
+    private func archive(in response: HTTPClientResponse, from peer: String, key: CacheKey, logger: Logger) async throws
+        -> FoundArchive<PeerArchive>
+    {
+        let etagHeader = response.headers.first(name: "ETag")
+        let lengthHeader = response.headers.first(name: "Content-Length")
         guard let etag = etagHeader, let length = lengthHeader.flatMap(Int64.init) else {
             let missing = [
                 etagHeader == nil ? "an ETag" : nil,
@@ -165,7 +184,7 @@ public final class VMPeerSource: CacheSource, CacheSink {
             throw CacheTierError(.corrupt, "\(peer) sent the archive without \(missing); is it a cache master?")
         }
         let digest = etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"W/"))
-        let manifest = try await manifest(describing: first, from: peer, key: key, logger: logger)
+        let manifest = try await manifest(describing: response, from: peer, key: key, logger: logger)
         if let problem = manifest.problem {
             throw CacheTierError(.corrupt, "\(peer) sent a manifest that makes no sense: \(problem)")
         }
@@ -176,57 +195,39 @@ public final class VMPeerSource: CacheSource, CacheSink {
                     + "(\(manifest.archiveSHA256), \(manifest.archiveSize) bytes)"
             )
         }
-        progress.setTotal(length)
-        let session = UnpackSession(
-            into: staging,
-            options: .init(limits: configuration.limits, expectedSHA256: digest, expectedSize: length),
-            progress: progress
+        return FoundArchive(
+            PeerArchive(peer: peer, key: key, etag: etag, body: response.body),
+            origin: peer, size: length, sha256: digest, manifest: manifest
         )
-        var body = first.body
-        var requests = 1
-        do {
-            while true {
-                do {
-                    for try await buffer in body {
-                        try await session.write(buffer)
-                    }
-                    break
-                } catch let error where Self.isDroppedConnection(error) {
-                    guard !Task.isCancelled else { throw CancellationError() }
-                    guard requests <= configuration.maxResumes else {
-                        throw CacheTierError(
-                            .transient, "the connection to \(peer) dropped \(requests) times; giving up on this attempt",
-                            underlying: error
-                        )
-                    }
-                    let offset = session.bytesReceived
-                    logger.notice(
-                        "connection dropped mid-transfer; resuming",
-                        metadata: ["peer": "\(peer)", "offset": "\(offset)", "of": "\(length)"]
-                    )
-                    var resume = request(url(peer, key))
-                    resume.headers.add(name: "Range", value: "bytes=\(offset)-")
-                    resume.headers.add(name: "If-Match", value: etag)
-                    let response = try await execute(resume, peer: peer, logger: logger)
-                    requests += 1
-                    switch response.status.code {
-                    case 206 where response.headers.first(name: "Content-Range")?.hasPrefix("bytes \(offset)-") == true:
-                        body = response.body
-                    case 412:
-                        throw CacheTierError(
-                            .transient, "the archive on \(peer) changed during the download; restarting from the beginning"
-                        )
-                    default:
-                        throw await failure(for: response, peer: peer, what: "resuming at byte \(offset)")
-                    }
-                }
+    }
+
+    /// Reads the body that found the archive; from a later offset, a Range request
+    /// pinned to its ETag (`If-Match`), so a changed archive is never spliced in.
+    public func streamArchive(
+        _ found: FoundArchive<PeerArchive>,
+        from offset: Int64,
+        progress: TransferProgress,
+        logger: Logger,
+        deliver: (ByteBuffer) async throws -> Void
+    ) async throws {
+        let archive = found.archive
+        var body = offset == 0 ? archive.takeFirstBody() : nil
+        if body == nil {
+            var resume = request(url(archive.peer, archive.key))
+            resume.headers.add(name: "Range", value: "bytes=\(offset)-")
+            resume.headers.add(name: "If-Match", value: archive.etag)
+            let response = try await execute(resume, peer: archive.peer, logger: logger)
+            switch response.status.code {
+            case 206 where response.headers.first(name: "Content-Range")?.hasPrefix("bytes \(offset)-") == true:
+                body = response.body
+            case 412:
+                throw ArchiveReplaced("the archive on \(archive.peer) changed during the download; restarting from the beginning")
+            default:
+                throw await failure(for: response, peer: archive.peer, what: "resuming at byte \(offset)")
             }
-            let summary = try await session.finish()
-            logger.debug("restored from peer", metadata: ["peer": "\(peer)", "requests": "\(requests)", "files": "\(summary.files)"])
-            return .restored(RestoreDetails(bytesTransferred: summary.archiveBytes, requests: requests, manifest: manifest))
-        } catch {
-            await session.cancel()
-            throw error
+        }
+        for try await buffer in body! {
+            try await deliver(buffer)
         }
     }
 
@@ -255,13 +256,6 @@ public final class VMPeerSource: CacheSource, CacheSink {
             throw CacheTierError(.corrupt, "\(peer) answered GET the manifest of \(key) with something that is not a cache manifest")
         }
         return manifest
-    }
-
-    /// Whether an error while reading a body means the connection went away (worth a resume).
-    static func isDroppedConnection(_ error: any Error) -> Bool {
-        if error is CacheTierError || error is CancellationError { return false }
-        if let error = error as? HTTPClientError, error == .cancelled { return false }
-        return true
     }
 
     /// Sends a request, mapping connection failures to tier errors.
