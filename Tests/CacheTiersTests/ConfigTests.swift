@@ -85,7 +85,7 @@ import Testing
         let peerDefaults = VMPeerSource.Configuration(peers: ["http://a:1"])
         #expect(peer.peers == peerDefaults.peers, "the initializer's normalization (no trailing /) applies")
         #expect(peer.connectTimeout == peerDefaults.connectTimeout && peer.selection == peerDefaults.selection && peer.token == nil)
-        #expect(peer.maxResumes == peerDefaults.maxResumes && peer.maxConnectionsPerPeer == peerDefaults.maxConnectionsPerPeer)
+        #expect(peer.maxConnectionsPerPeer == peerDefaults.maxConnectionsPerPeer)
         let gcsDefaults = GCSSource.Configuration(bucket: "b")
         #expect(gcs.prefix == gcsDefaults.prefix && gcs.endpoint == gcsDefaults.endpoint && gcs.credentials is NoAccessToken)
         #expect(gcs.connectTimeout == gcsDefaults.connectTimeout && gcs.parallelDownloads == gcsDefaults.parallelDownloads)

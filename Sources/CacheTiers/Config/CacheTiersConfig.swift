@@ -62,7 +62,8 @@ public struct CacheTiersConfig: Sendable {
     /// them; ``withConfiguredChain(logger:observer:metricsFactory:isolation:_:)`` adds
     /// the observer, the metrics factory and ``protectedPaths``.
     public var chainConfiguration: TierChain.Configuration
-    /// The codec of ``packer``: write-back's and `cachetiers publish`'s.
+    /// The `compression` object: the codec of ``packer``, which `cachetiers publish`
+    /// uses; loading gives ``chainConfiguration``'s write-back a packer with it too.
     public var compression: ZstdCodec
 
     /// Reads and checks a config file.
