@@ -3,7 +3,9 @@
 // Two directory tiers stand in for the cloud here: "local" (an empty cache on this VM)
 // and "shared" (a team cache that already has the tree). The first restore is served
 // by "shared" and written back to "local"; the second is a "local" hit. Swap the
-// tiers for VMPeerSource and GCSSource in production; the chain does not change.
+// tiers for VMPeerSource and GCSSource (with the `.peer` and `.gcs` policies) in
+// production; the chain does not change. A service that reads the same JSON file as the
+// command line runs `CacheTiersConfig.load(from:)` and `withConfiguredChain { chain, sinks in }`.
 //
 //   swift run QuickStart
 import CacheTiers
@@ -41,11 +43,12 @@ let archive = work.appending("upload.tar.zst")
 let manifest = try await ArchivePacker().pack(installed, key: key, to: archive, logger: logger)
 _ = try await shared.publish(PackedArchive(file: archive, manifest: manifest), logger: logger)
 
-// 4. The service: one chain, created once, serving every restore.
+// 4. The service: one chain, created once, serving every restore. `.directory` is the
+//    directory tier's preset (120 s an attempt, 30 s without progress, 2 attempts).
 let chain = TierChain(
     tiers: [
-        .init(local, policy: .init(timeout: .seconds(30), stallTimeout: .seconds(10))),
-        .init(shared, policy: .init(timeout: .seconds(120), stallTimeout: .seconds(15), retry: .init(maxAttempts: 3))),
+        .init(local, policy: .directory),
+        .init(shared, policy: .directory),
     ],
     configuration: .init(deadline: .seconds(300), writeBack: .init(waitForCompletion: true)),
     logger: logger

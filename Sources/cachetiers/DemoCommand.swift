@@ -90,18 +90,13 @@ struct DemoCommand: AsyncParsableCommand {
     private func restore(_ settings: CacheTiersConfig, key: CacheKey, logger: Logger) async throws -> RestoreReport {
         var quiet = logger
         quiet.logLevel = logging.verbose ? .debug : .critical
-        let configured = try settings.makeChain(logger: quiet)
-        let report: RestoreReport
-        do {
-            report = try await configured.chain.restore(key, into: settings.destination).completingWriteBack()
-        } catch let failure as RestoreFailure {
-            report = failure.report
-        } catch {
-            await configured.shutdown()
-            throw error
+        return try await settings.withConfiguredChain(logger: quiet) { chain, _ in
+            do {
+                return try await chain.restore(key, into: settings.destination).completingWriteBack()
+            } catch let failure as RestoreFailure {
+                return failure.report
+            }
         }
-        await configured.shutdown()
-        return report
     }
 }
 

@@ -61,39 +61,31 @@ struct PublishCommand: AsyncParsableCommand {
             throw CommandFailure("publish: \(directory) is not a directory")
         }
 
-        let sinks: [any CacheSink]
-        let cacheKey: CacheKey
         var packer = ArchivePacker(codec: ZstdCodec(level: level ?? 1))
-        var limits = CachePublisher.Limits()
-        var shutdown: @Sendable () async -> Void = {}
+        packer.options.skipUnsafeEntries = skipUnsafe
+        let cacheKey: CacheKey
+        let result: CachePublisher.Result
         if let config {
             let settings = try CacheTiersConfig.load(from: FilePath(config))
             cacheKey = try key.map { try CacheKey($0) } ?? settings.cacheKey()
-            let configured = try settings.makeChain(logger: logger)
-            sinks = configured.sinks
-            if level == nil { packer = settings.packer }
-            limits = settings.writeBackLimits
-            shutdown = { await configured.shutdown() }
-            guard !sinks.isEmpty else { throw UsageFailure("publish: the config has no peer, gcs or directory tier to publish to") }
+            if level == nil { packer.codec = settings.compression }
+            let publisher = CachePublisher(packer: packer, limits: settings.chainConfiguration.writeBack.limits)
+            result = try await settings.withConfiguredChain(logger: logger) { _, sinks in
+                guard !sinks.isEmpty else { throw UsageFailure("publish: the config has no peer, gcs or directory tier to publish to") }
+                return try await publish(with: publisher, as: cacheKey, to: sinks, logger: logger)
+            }
         } else {
             cacheKey = try CacheKey(key!)
             let token = try tokenFile.map { try readToken($0, option: "--token-file") }
             let source = VMPeerSource(name: peer!, configuration: .init(peers: [peer!], token: token))
-            sinks = [source]
-            shutdown = { try? await source.shutdown() }
+            do {
+                result = try await publish(with: CachePublisher(packer: packer), as: cacheKey, to: [source], logger: logger)
+            } catch {
+                try? await source.shutdown()
+                throw error
+            }
+            try? await source.shutdown()
         }
-        let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-publish-\(UUID().uuidString.prefix(8))")
-        defer { try? FileManager.default.removeItem(atPath: scratch.string) }
-        do {
-            try FileManager.default.createDirectory(atPath: scratch.string, withIntermediateDirectories: true)
-        } catch {
-            await shutdown()
-            throw CommandFailure("publish: cannot create a scratch folder: \(error.localizedDescription)")
-        }
-        packer.options.skipUnsafeEntries = skipUnsafe
-        let result = await CachePublisher(packer: packer, limits: limits)
-            .publish(FilePath(directory), as: cacheKey, to: sinks, scratch: scratch, logger: logger)
-        await shutdown()
 
         var failures: [String] = []
         for record in result.records {
@@ -110,5 +102,19 @@ struct PublishCommand: AsyncParsableCommand {
         if !failures.isEmpty {
             throw CommandFailure("publish: \(failures.joined(separator: "; "))")
         }
+    }
+
+    /// Packs the directory in a scratch folder of its own and uploads it to every sink.
+    private func publish(
+        with publisher: CachePublisher, as key: CacheKey, to sinks: [any CacheSink], logger: Logger
+    ) async throws -> CachePublisher.Result {
+        let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-publish-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(atPath: scratch.string) }
+        do {
+            try FileManager.default.createDirectory(atPath: scratch.string, withIntermediateDirectories: true)
+        } catch {
+            throw CommandFailure("publish: cannot create a scratch folder: \(error.localizedDescription)")
+        }
+        return await publisher.publish(FilePath(directory), as: key, to: sinks, scratch: scratch, logger: logger)
     }
 }

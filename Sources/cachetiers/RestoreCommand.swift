@@ -56,62 +56,58 @@ struct RestoreCommand: AsyncParsableCommand {
         // The console already says how every attempt ended; the log adds detail with --verbose.
         if !logging.verbose { logger.logLevel = quiet ? .critical : .error }
         let finished = AttemptCollector()
-        let configured = try settings.makeChain(logger: logger, observer: { event in
+        let observer: @Sendable (RestoreEvent) -> Void = { event in
             console.handle(event)
             finished.record(event)
-        })
-        let chain = configured.chain
-        // Before any tier runs: a destination that would delete what the user needs.
-        do {
-            _ = try DestinationStaging(destination: destination, protecting: chain.protectedPaths)
-        } catch {
-            await configured.shutdown()
-            throw UsageFailure("restore: \(error.message)")
         }
-        console.line("restoring \(cacheKey) into \(destination) (tiers: \(configured.tiers.map(\.name).joined(separator: ", ")))")
+        let (outcome, failure) = try await settings.withConfiguredChain(logger: logger, observer: observer) {
+            chain, _ throws -> (RestoreReport, String?) in
+            // Before any tier runs: a destination that would delete what the user needs.
+            do throws(CacheTierError) {
+                _ = try DestinationStaging(destination: destination, protecting: chain.protectedPaths)
+            } catch {
+                throw UsageFailure("restore: \(error.message)")
+            }
+            console.line("restoring \(cacheKey) into \(destination) (tiers: \(chain.tiers.map(\.name).joined(separator: ", ")))")
 
-        let phase = Mutex(RestorePhase.restoring)
-        let started = ContinuousClock.now
-        let restore = Task {
-            let report = try await chain.restore(cacheKey, into: destination)
-            phase.withLock { $0 = .restored(tier: report.servedBy ?? "?") }
-            // The tree is in place: the report file says so now, whatever the write-back
-            // does (stdout, a stream, gets the final report only).
-            if report.pendingWriteBack != nil, let reportFile, reportFile.path != "-" { try? reportFile.write(report) }
-            return await report.completingWriteBack()
-        }
-        let interrupts = Interrupts(describe: {
-            switch phase.withLock({ $0 }) {
-            case .restoring: "the destination is left as it was"
-            case .restored(let tier): "\(destination) was restored from \(tier) and stays; the write-back to the tiers above is cut short"
+            let phase = Mutex(RestorePhase.restoring)
+            let started = ContinuousClock.now
+            let restore = Task {
+                let report = try await chain.restore(cacheKey, into: destination)
+                phase.withLock { $0 = .restored(tier: report.servedBy ?? "?") }
+                // The tree is in place: the report file says so now, whatever the write-back
+                // does (stdout, a stream, gets the final report only).
+                if report.pendingWriteBack != nil, let reportFile, reportFile.path != "-" { try? reportFile.write(report) }
+                return await report.completingWriteBack()
             }
-        }) { restore.cancel() }
-        let outcome: RestoreReport
-        var failure: String?
-        do {
-            outcome = try await restore.value
-        } catch let error as RestoreFailure {
-            outcome = error.report
-            failure = error.description
-        } catch {
+            let interrupts = Interrupts(describe: {
+                switch phase.withLock({ $0 }) {
+                case .restoring: "the destination is left as it was"
+                case .restored(let tier): "\(destination) was restored from \(tier) and stays; the write-back to the tiers above is cut short"
+                }
+            }) { restore.cancel() }
+            let result = await restore.result
             interrupts.stop()
-            await configured.shutdown()
             console.finish()
-            if let signal = interrupts.interruptedBy {
-                // The report, as on any failure: the attempts that ended before the signal.
-                let stopped = RestoreReport(
-                    key: cacheKey, outcome: .failed, servedBy: nil, destination: destination.string,
-                    durationSeconds: (ContinuousClock.now - started).inSeconds, bytesTransferred: 0,
-                    estimatedCostUSD: nil, attempts: finished.records, writeBack: []
-                )
-                try? reportFile?.write(stopped)
-                throw CommandFailure("restore of \(cacheKey) stopped by \(signal); \(destination) is as it was")
+            switch result {
+            case .success(let report):
+                return (report, nil)
+            case .failure(let error as RestoreFailure):
+                return (error.report, error.description)
+            case .failure(let error):
+                if let signal = interrupts.interruptedBy {
+                    // The report, as on any failure: the attempts that ended before the signal.
+                    let stopped = RestoreReport(
+                        key: cacheKey, outcome: .failed, servedBy: nil, destination: destination.string,
+                        durationSeconds: (ContinuousClock.now - started).inSeconds, bytesTransferred: 0,
+                        estimatedCostUSD: nil, attempts: finished.records, writeBack: []
+                    )
+                    try? reportFile?.write(stopped)
+                    throw CommandFailure("restore of \(cacheKey) stopped by \(signal); \(destination) is as it was")
+                }
+                throw CommandFailure("restore: \(error)")
             }
-            throw CommandFailure("restore: \(error)")
         }
-        interrupts.stop()
-        await configured.shutdown()
-        console.finish()
 
         if let reportFile {
             do {

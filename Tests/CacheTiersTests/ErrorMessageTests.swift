@@ -73,7 +73,7 @@ import Testing
     @Test(arguments: [-5, 19, 22, ZstdCodec.minimumLevel])
     func everyLevelLibzstdAcceptsIsAccepted(level: Int) throws {
         let config = try CacheTiersConfig(json: Data(Self.config(#","compression":{"level":\#(level)}"#).utf8), baseDirectory: "/a")
-        #expect(config.compressionLevel == level)
+        #expect(config.compression.compressionLevel == level)
     }
 
     @Test(arguments: [0, 23, ZstdCodec.minimumLevel - 1])

@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 
 /// A parsed JSON value that keeps booleans and numbers apart, so a config reader can
 /// say "expected a number, got a boolean".
@@ -54,16 +55,22 @@ enum JSONValue: Sendable, Decodable {
 
 /// Reads one JSON object field by field. Every error names the field's path
 /// (`tiers[1].bucket: required`); ``finish()`` rejects the fields nobody asked for.
+///
+/// A configuration type reads itself from one (`init(configReader:)`): it starts from
+/// its own defaults and overrides only the fields the file sets.
 struct ConfigObjectReader {
     let path: String
+    /// The folder relative paths resolve against: the config file's.
+    let baseDirectory: FilePath
     private let fields: [String: JSONValue]
     private var read: Set<String> = []
 
-    init(_ value: JSONValue, path: String) throws(ConfigError) {
+    init(_ value: JSONValue, path: String, baseDirectory: FilePath) throws(ConfigError) {
         guard case .object(let fields) = value else {
             throw ConfigError(path: path.isEmpty ? "(top level)" : path, "expected an object, got \(value.kind)")
         }
         self.path = path
+        self.baseDirectory = baseDirectory
         self.fields = fields
     }
 
@@ -76,8 +83,6 @@ struct ConfigObjectReader {
         if case .null = value { return nil }
         return value
     }
-
-    mutating func has(_ key: String) -> Bool { value(key) != nil }
 
     mutating func string(_ key: String) throws(ConfigError) -> String? {
         guard let value = value(key) else { return nil }
@@ -111,6 +116,42 @@ struct ConfigObjectReader {
     /// milliseconds can never overflow and a typo (`1e300`) is a config error.
     mutating func seconds(_ key: String) throws(ConfigError) -> Double? {
         try number(key, atLeast: 0.001, atMost: 30 * 86_400)
+    }
+
+    /// A duration given in seconds (``seconds(_:)``), to the millisecond.
+    mutating func duration(_ key: String) throws(ConfigError) -> Duration? {
+        try seconds(key).map { .milliseconds(Int64(($0 * 1000).rounded())) }
+    }
+
+    /// A path, resolved against ``baseDirectory`` when relative.
+    mutating func filePath(_ key: String) throws(ConfigError) -> FilePath? {
+        try string(key).map(resolve)
+    }
+
+    /// A path that must be given and not empty, resolved as ``filePath(_:)``.
+    mutating func requiredFilePath(_ key: String) throws(ConfigError) -> FilePath {
+        resolve(try requiredString(key))
+    }
+
+    private func resolve(_ path: String) -> FilePath {
+        baseDirectory.pushing(FilePath(path)).lexicallyNormalized()
+    }
+
+    /// The trimmed contents of the file `key` names, such as a bearer token: read now,
+    /// so that a missing or empty file is a config error before anything runs.
+    mutating func secret(fromFileAt key: String) throws(ConfigError) -> String? {
+        guard let name = try string(key) else { return nil }
+        guard !name.isEmpty else { throw ConfigError(path: path(of: key), "must not be empty") }
+        let file = resolve(name)
+        let data: Data
+        do {
+            data = try readWholeFile(file)
+        } catch {
+            throw ConfigError(path: path(of: key), "cannot read \(file): \((error as? Errno)?.description ?? "\(error)")")
+        }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !text.isEmpty else { throw ConfigError(path: path(of: key), "\(file) is empty; put the token in it") }
+        return text
     }
 
     mutating func integer(_ key: String, atLeast minimum: Int? = nil, atMost maximum: Int? = nil) throws(ConfigError) -> Int? {
@@ -149,13 +190,18 @@ struct ConfigObjectReader {
 
     mutating func object(_ key: String) throws(ConfigError) -> ConfigObjectReader? {
         guard let value = value(key) else { return nil }
-        return try ConfigObjectReader(value, path: path(of: key))
+        return try ConfigObjectReader(value, path: path(of: key), baseDirectory: baseDirectory)
     }
 
-    mutating func array(_ key: String) throws(ConfigError) -> [JSONValue]? {
+    /// An array of objects, one reader each (`tiers[2]`).
+    mutating func objects(_ key: String) throws(ConfigError) -> [ConfigObjectReader]? {
         guard let value = value(key) else { return nil }
         guard case .array(let items) = value else { throw ConfigError(path: path(of: key), "expected an array, got \(value.kind)") }
-        return items
+        var readers: [ConfigObjectReader] = []
+        for (index, item) in items.enumerated() {
+            readers.append(try ConfigObjectReader(item, path: "\(path(of: key))[\(index)]", baseDirectory: baseDirectory))
+        }
+        return readers
     }
 
     /// Rejects fields that were never read: a typo must not be silently ignored.
@@ -163,6 +209,20 @@ struct ConfigObjectReader {
         if let unknown = fields.keys.sorted().first(where: { !read.contains($0) }) {
             throw ConfigError(path: path(of: unknown), "unknown field")
         }
+    }
+}
+
+/// The whole file, with the system's reason when it cannot be read (it does not exist,
+/// permission denied, it is a directory).
+func readWholeFile(_ path: FilePath) throws -> Data {
+    let descriptor = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
+    defer { try? descriptor.close() }
+    var data = Data()
+    var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    while true {
+        let count = try buffer.withUnsafeMutableBytes { try descriptor.read(into: $0) }
+        if count == 0 { return data }
+        data.append(contentsOf: buffer[..<count])
     }
 }
 

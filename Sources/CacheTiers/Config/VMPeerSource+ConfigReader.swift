@@ -1,0 +1,30 @@
+import SystemPackage
+
+extension VMPeerSource.Configuration {
+    /// Reads a `peer` tier of the config file: `urls` (required), `selection`,
+    /// `tokenFile` (read now) and `connectTimeoutSeconds`; every other field keeps the
+    /// initializer's default.
+    init(configReader reader: inout ConfigObjectReader) throws(ConfigError) {
+        let urls = try reader.strings("urls") ?? []
+        guard !urls.isEmpty else { throw ConfigError(path: reader.path(of: "urls"), "required: at least one cache master URL") }
+        for (index, url) in urls.enumerated() where !url.isHTTPURL {
+            throw ConfigError(path: "\(reader.path(of: "urls"))[\(index)]", "expected an http:// or https:// URL, got \"\(url)\"")
+        }
+        self.init(peers: urls)
+        if let selection = try reader.string("selection") {
+            switch selection {
+            case "ordered": self.selection = .ordered
+            case "rendezvous": self.selection = .rendezvous
+            default:
+                throw ConfigError(path: reader.path(of: "selection"), "expected \"ordered\" or \"rendezvous\", got \"\(selection)\"")
+            }
+        }
+        if let token = try reader.secret(fromFileAt: "tokenFile") { self.token = token }
+        if let connectTimeout = try reader.duration("connectTimeoutSeconds") { self.connectTimeout = connectTimeout }
+    }
+}
+
+extension String {
+    /// Whether this is an `http://` or `https://` URL, as every URL field of the config must be.
+    var isHTTPURL: Bool { hasPrefix("http://") || hasPrefix("https://") }
+}
