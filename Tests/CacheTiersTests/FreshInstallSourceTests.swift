@@ -4,7 +4,7 @@ import Foundation
 import SystemPackage
 import Testing
 
-/// TIER 3: a real package manager (pip, offline), failures, and the process group.
+/// The fresh-install tier: a real package manager (pip, offline), failures, and the process group.
 @Suite struct FreshInstallSourceTests {
     let logger = PeerHarness.quietLogger
 

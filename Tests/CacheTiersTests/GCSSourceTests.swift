@@ -7,7 +7,7 @@ import NIOHTTP1
 import SystemPackage
 import Testing
 
-/// TIER 2 end to end: the real client against fake-gcs-server, Google's own Python
+/// The GCS tier end to end: the real client against fake-gcs-server, Google's own Python
 /// client for interoperability, and real faults through a proxy.
 @Suite(.serialized, .needsGCSEmulator) struct GCSSourceTests {
     let logger = PeerHarness.quietLogger

@@ -5,7 +5,7 @@ import Logging
 import SystemPackage
 import Testing
 
-/// TIER 3 with the package manager the product's users run: real `npm ci`, offline, on
+/// The fresh-install tier with the package manager the product's users run: real `npm ci`, offline, on
 /// a project whose dependencies are tarballs made by `npm pack`.
 @Suite(.serialized) struct NpmInstallTests {
     let logger = PeerHarness.quietLogger

@@ -7,7 +7,7 @@ import NIOHTTP1
 import SystemPackage
 import Testing
 
-/// TIER 1 end to end: a real cache master on loopback, the real client, real faults.
+/// The peer tier end to end: a real cache master on loopback, the real client, real faults.
 @Suite(.serialized) struct VMPeerSourceTests {
     let logger = PeerHarness.quietLogger
 

@@ -16,7 +16,7 @@ import SystemPackage
 ///
 /// Memory stays bounded whatever the archive's size or compression ratio: bytes are
 /// decoded one 1 MiB chunk at a time, each handed to the writer thread before the next
-/// is decoded, and at most ``queueCapacity`` chunks wait for it (see the memory bound in
+/// is decoded, and at most 8 chunks wait for it (see the memory bound in
 /// Documentation/Archives.md). The bytes passed to ``write(_:)`` are read before it
 /// returns and not kept.
 public final class UnpackSession {
@@ -48,7 +48,7 @@ public final class UnpackSession {
 
     static let chunkSize = 1 << 20
     /// Decompressed chunks that may wait for the writer thread.
-    public static let queueCapacity = 8
+    static let queueCapacity = 8
 
     private let options: Options
     private let progress: TransferProgress?

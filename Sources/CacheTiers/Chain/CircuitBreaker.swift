@@ -49,7 +49,7 @@ public final class CircuitBreaker: Sendable {
         case halfOpen
     }
 
-    /// Permission to make one call; report its result with ``CircuitBreaker/record(_:for:)``.
+    /// Permission to make one call; report its result with `record(_:for:)`.
     struct Permit: Sendable, Hashable {
         let isProbe: Bool
     }

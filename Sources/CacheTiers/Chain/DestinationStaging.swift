@@ -1,4 +1,4 @@
-import CCacheTiersShims
+internal import CCacheTiersShims
 import Foundation
 import Logging
 import SystemPackage
@@ -10,9 +10,9 @@ import SystemPackage
 /// Staging directories are siblings of the destination (`.NAME.staging-PID@HOST-XXXX`),
 /// on the same filesystem, so promotion is a rename and never a copy. Those left by a
 /// process that died are removed by ``sweepLeftovers(logger:)``.
-public struct DestinationStaging: Sendable {
+package struct DestinationStaging: Sendable {
     /// The absolute path of the directory that is restored.
-    public let destination: FilePath
+    package let destination: FilePath
     let parent: FilePath
     let name: String
 
@@ -20,7 +20,7 @@ public struct DestinationStaging: Sendable {
     ///   top of the root, the home folder and the current directory (``ProtectedPath``).
     /// - Throws: a fatal ``CacheTierError`` when the destination is or contains a
     ///   protected folder, or its parent is missing or not writable: no tier can succeed then.
-    public init(destination: FilePath, protecting: [ProtectedPath] = []) throws(CacheTierError) {
+    package init(destination: FilePath, protecting: [ProtectedPath] = []) throws(CacheTierError) {
         let absolute = FileSystem.absolute(destination)
         try ProtectedPath.check(absolute, against: ProtectedPath.always + protecting)
         guard let last = absolute.lastComponent, absolute.components.count > 0 else {
@@ -109,7 +109,7 @@ public struct DestinationStaging: Sendable {
     /// hosts, stay.
     /// - Returns: the paths removed.
     @discardableResult
-    public func sweepLeftovers(logger: Logger) async -> [FilePath] {
+    package func sweepLeftovers(logger: Logger) async -> [FilePath] {
         await ScratchName.sweep(in: parent, base: name, logger: logger)
     }
 

@@ -9,7 +9,7 @@ import Glibc
 /// in it, so a destination that is, or contains, something the user needs is refused
 /// before anything runs.
 ///
-/// ``DestinationStaging`` always protects the filesystem root, the user's home and the
+/// Every restore and unpack always protects the filesystem root, the user's home and the
 /// current directory; the chain adds each tier's ``CacheSource/protectedPaths`` (a
 /// directory tier's folder, an install's working directory) and
 /// ``TierChain/Configuration/protectedPaths`` (the CLI adds its config file's folder,

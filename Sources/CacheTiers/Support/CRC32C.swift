@@ -1,4 +1,4 @@
-import CCacheTiersShims
+internal import CCacheTiersShims
 import Foundation
 import NIOCore
 

@@ -7,7 +7,7 @@ import SystemPackage
 import Glibc
 #endif
 
-/// TIER 3: run the package manager (`npm ci`, `pnpm install --frozen-lockfile`,
+/// The fresh-install tier: run the package manager (`npm ci`, `pnpm install --frozen-lockfile`,
 /// `pip install -r requirements.txt --target site-packages`, anything) and hand the
 /// directory it produces to the chain.
 ///
