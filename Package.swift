@@ -32,7 +32,7 @@ let package = Package(
             pkgConfig: "libzstd",
             providers: [.apt(["libzstd-dev"])]
         ),
-        // Linux calls that Glibc's Swift overlay does not surface (renameat2).
+        // renameat2(RENAME_EXCHANGE), which Glibc's Swift overlay does not surface, and CRC-32C.
         .target(name: "CCacheTiersShims"),
         .target(
             name: "CacheTiers",
