@@ -231,10 +231,13 @@ struct ArchiveStore: Sendable {
             let count = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
                 var done = 0
                 while done < length {
-                    let result = pread(archive.descriptor, pointer.baseAddress! + done, length - done, off_t(offset) + off_t(done))
-                    if result < 0 {
-                        if errno == EINTR { continue }
-                        throw CacheMasterError("cannot read the archive: \(String(cString: strerror(errno)))")
+                    let result: Int
+                    do {
+                        result = try syscall("pread") {
+                            pread(archive.descriptor, pointer.baseAddress! + done, length - done, off_t(offset) + off_t(done))
+                        }
+                    } catch let error as SystemCallError {
+                        throw CacheMasterError("cannot read the archive: \(error.reason)")
                     }
                     if result == 0 { break }
                     done += result
@@ -266,14 +269,10 @@ struct ArchiveStore: Sendable {
             let descriptor = self.descriptor
             try await NIOThreadPool.singleton.runIfActive {
                 try buffer.withUnsafeReadableBytes { bytes in
-                    var done = 0
-                    while done < bytes.count {
-                        let result = write(descriptor, bytes.baseAddress! + done, bytes.count - done)
-                        if result < 0 {
-                            if errno == EINTR { continue }
-                            throw CacheMasterError("cannot write the upload: \(String(cString: strerror(errno)))")
-                        }
-                        done += result
+                    do {
+                        try writeAll(descriptor, bytes)
+                    } catch let error as SystemCallError {
+                        throw CacheMasterError("cannot write the upload: \(error.reason)")
                     }
                 }
             }

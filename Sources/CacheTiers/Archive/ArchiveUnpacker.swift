@@ -58,10 +58,11 @@ public struct ArchiveUnpacker: Sendable {
         do {
             while true {
                 try Task.checkCancellation()
-                let count = read(descriptor, buffer.baseAddress, buffer.count)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    throw CacheTierError(.transient, "cannot read the archive \(archive): \(String(cString: strerror(errno)))")
+                let count: Int
+                do {
+                    count = try syscall("read") { read(descriptor, buffer.baseAddress, buffer.count) }
+                } catch {
+                    throw CacheTierError(.transient, "cannot read the archive \(archive): \(error.reason)")
                 }
                 if count == 0 { break }
                 // The session is done with the bytes when write returns, so one buffer serves every read.
