@@ -6,23 +6,44 @@ import Musl
 import Darwin
 #endif
 
-/// The directory an extraction writes into, and every system call made on it: entries
-/// are named relative to the root, and a failure becomes the ``ExtractionError`` a user
-/// reads, with the path in it.
+/// The directory an extraction writes into, and every system call made on it: each
+/// names its entry relative to a descriptor of the root (`openat`, `mkdirat`...), so the
+/// kernel never walks the root's own path again and an entry path may be as long as the
+/// limit allows however deep the root lies. A failure becomes the ``ExtractionError`` a
+/// user reads, with the entry's path in it.
 ///
-/// Stateless, so the ``TarExtractor`` and the threads of its ``FileWriterPool`` share it.
-/// Nothing here decides what an archive may hold; the one refusal it makes is the one
-/// only the disk can tell: an entry never replaces a directory.
+/// A value holding no state but the descriptor, so the ``TarExtractor`` and the threads
+/// of its ``FileWriterPool`` share it; its opener closes it (``close()``). Nothing here
+/// decides what an archive may hold; the one refusal it makes is the one only the disk
+/// can tell: an entry never replaces a directory.
 struct ExtractionTree: Sendable {
-    let root: PathBytes
+    /// The root, open.
+    private let descriptor: Int32
     /// The process's umask, so a file gets an explicit mode only when creating it did not
     /// already give it the archived one.
     let umaskBits: UInt32
 
-    /// - Parameter root: an existing directory, with or without a trailing slash.
-    init(root: String) {
-        self.root = PathBytes(root.hasSuffix("/") ? String(root.dropLast()) : root)
-        self.umaskBits = currentUmask()
+    /// Opens `root`, an existing directory.
+    init(root: String) throws(ExtractionError) {
+        do {
+            descriptor = try syscall("open") { open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        } catch {
+            throw .io("cannot open \(root), the directory to unpack into", errno: error.errnoCode)
+        }
+        umaskBits = currentUmask()
+    }
+
+    private init(descriptor: Int32) {
+        self.descriptor = descriptor
+        umaskBits = 0o022
+    }
+
+    /// A tree whose root could not be opened: every call fails (EBADF), none is made.
+    static let closed = ExtractionTree(descriptor: -1)
+
+    /// Closes the root; no call may follow.
+    func closeRoot() {
+        if descriptor >= 0 { close(descriptor) }
     }
 
     /// The mode mkdir gives a directory here (0o755 less the umask).
@@ -31,7 +52,7 @@ struct ExtractionTree: Sendable {
     /// The file type bits of what is at `relative` (not following a symlink), or 0.
     func kind(of relative: PathBytes) -> mode_t {
         var info = stat()
-        guard lstat(relative.cString(under: root), &info) == 0 else { return 0 }
+        guard fstatat(descriptor, name(relative), &info, AT_SYMLINK_NOFOLLOW) == 0 else { return 0 }
         return info.st_mode & S_IFMT
     }
 
@@ -51,12 +72,12 @@ struct ExtractionTree: Sendable {
     /// mkdir(2) with mode 0o755: true when it made the directory, false when something is
     /// already there.
     func makeDirectory(_ relative: PathBytes) throws(ExtractionError) -> Bool {
-        try makeDirectory(relative.cString(under: root), relative)
+        try makeDirectory(name(relative), relative)
     }
 
     private func makeDirectory(_ full: [CChar], _ relative: PathBytes) throws(ExtractionError) -> Bool {
         do {
-            try syscall("mkdir") { mkdir(full, 0o755) }
+            try syscall("mkdirat") { mkdirat(descriptor, full, 0o755) }
             return true
         } catch let error where error.errnoCode == EEXIST {
             return false
@@ -68,12 +89,12 @@ struct ExtractionTree: Sendable {
     /// Makes `relative` a directory, replacing a file or symlink an earlier entry left
     /// there: true when it made one, false when a directory was there already.
     func makeOrReplaceDirectory(_ relative: PathBytes) throws(ExtractionError) -> Bool {
-        let full = relative.cString(under: root)
+        let full = name(relative)
         if try makeDirectory(full, relative) { return true }
         if kind(of: relative) == S_IFDIR { return false }
         do {
-            try syscall("unlink") { unlink(full) }
-            try syscall("mkdir") { mkdir(full, 0o755) }
+            try syscall("unlinkat") { unlinkat(descriptor, full, 0) }
+            try syscall("mkdirat") { mkdirat(descriptor, full, 0o755) }
         } catch {
             throw .io("cannot replace \(relative) with a directory", errno: error.errnoCode)
         }
@@ -83,17 +104,19 @@ struct ExtractionTree: Sendable {
     /// The modification time of the directory at `relative`; nil when it is not one.
     func modificationTime(ofDirectory relative: PathBytes) -> timespec? {
         var info = stat()
-        guard lstat(relative.cString(under: root), &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return nil }
+        guard fstatat(descriptor, name(relative), &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            return nil
+        }
         return info.st_mtim
     }
 
     /// Puts a time read by ``modificationTime(ofDirectory:)`` back, as far as it can.
     func restoreModificationTime(_ time: timespec, of relative: PathBytes) {
-        let full = relative.cString(under: root)
+        let full = name(relative)
         var times = (time, time)
         _ = withUnsafePointer(to: &times) {
             $0.withMemoryRebound(to: timespec.self, capacity: 2) { times in
-                try? syscall("utimensat") { utimensat(AT_FDCWD, full, times, AT_SYMLINK_NOFOLLOW) }
+                try? syscall("utimensat") { utimensat(descriptor, full, times, AT_SYMLINK_NOFOLLOW) }
             }
         }
     }
@@ -101,21 +124,21 @@ struct ExtractionTree: Sendable {
     /// Gives the directory at `relative` (the root when empty) a mode and a modification
     /// time; `mode` nil leaves the mode alone.
     func setDirectory(_ relative: PathBytes, mode: UInt32?, modificationTime: Int64) throws(ExtractionError) {
-        let full = relative.cString(under: root)
-        var name: String { relative.isEmpty ? "the restored root" : relative.description }
+        let full = name(relative)
+        var display: String { relative.isEmpty ? "the restored root" : relative.description }
         if let mode {
             do {
-                try syscall("chmod") { chmod(full, mode_t(mode & 0o777)) }
+                try syscall("fchmodat") { fchmodat(descriptor, full, mode_t(mode & 0o777), 0) }
             } catch {
-                throw .io("cannot set the mode of \(name)", errno: error.errnoCode)
+                throw .io("cannot set the mode of \(display)", errno: error.errnoCode)
             }
         }
         do {
             try withTimes(modificationTime) { times throws(SystemCallError) in
-                _ = try syscall("utimensat") { utimensat(AT_FDCWD, full, times, AT_SYMLINK_NOFOLLOW) }
+                _ = try syscall("utimensat") { utimensat(descriptor, full, times, AT_SYMLINK_NOFOLLOW) }
             }
         } catch {
-            throw .io("cannot set the modification time of \(name)", errno: error.errnoCode)
+            throw .io("cannot set the modification time of \(display)", errno: error.errnoCode)
         }
     }
 
@@ -126,9 +149,9 @@ struct ExtractionTree: Sendable {
     func createFile(_ relative: PathBytes, mode: UInt32, offset: Int64) throws(ExtractionError) -> Int32 {
         let permissions = mode_t(mode & 0o777)
         let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
-        let full = relative.cString(under: root)
+        let full = name(relative)
         return try replacingEarlierEntry(relative, offset: offset, "cannot create") { () throws(SystemCallError) in
-            try syscall("open") { open(full, flags, permissions) }
+            try syscall("openat") { openat(descriptor, full, flags, permissions) }
         }
     }
 
@@ -164,20 +187,20 @@ struct ExtractionTree: Sendable {
 
     /// Creates the symlink `relative` to `target`, replacing an earlier entry's file or symlink.
     func makeSymlink(_ relative: PathBytes, target: PathBytes, offset: Int64) throws(ExtractionError) {
-        let full = relative.cString(under: root)
+        let full = name(relative)
         let target = target.cString
         _ = try replacingEarlierEntry(relative, offset: offset, "cannot create the symlink") { () throws(SystemCallError) in
-            try syscall("symlink") { symlink(target, full) }
+            try syscall("symlinkat") { symlinkat(target, descriptor, full) }
         }
     }
 
     /// Creates the hard link `relative` to the file `source`, replacing an earlier
     /// entry's file or symlink.
     func makeHardLink(_ relative: PathBytes, to source: PathBytes, offset: Int64) throws(ExtractionError) {
-        let from = source.cString(under: root)
-        let to = relative.cString(under: root)
+        let from = name(source)
+        let to = name(relative)
         _ = try replacingEarlierEntry(relative, offset: offset, "cannot create the hard link") { () throws(SystemCallError) in
-            try syscall("link") { link(from, to) }
+            try syscall("linkat") { linkat(descriptor, from, descriptor, to, 0) }
         }
     }
 
@@ -208,13 +231,22 @@ struct ExtractionTree: Sendable {
             throw .unsafe("the entry '\(relative)' would replace a directory of the same name", offset: offset)
         }
         do {
-            try syscall("unlink") { unlink(relative.cString(under: root)) }
+            let full = name(relative)
+            try syscall("unlinkat") { unlinkat(descriptor, full, 0) }
         } catch let error where error.errnoCode == ENOENT {
             return
         } catch {
             throw .io("cannot replace \(relative)", errno: error.errnoCode)
         }
     }
+
+    /// `relative` NUL-terminated, for a call relative to the root's descriptor; `.` for
+    /// the root itself.
+    private func name(_ relative: PathBytes) -> [CChar] {
+        relative.isEmpty ? Self.dot : relative.cString
+    }
+
+    private static let dot: [CChar] = [CChar(UInt8(ascii: ".")), 0]
 
     /// Lends `[atime, mtime]`, both `seconds`, as utimensat(2) and futimens(2) take them,
     /// without allocating.

@@ -44,6 +44,9 @@ final class TarExtractor {
     }
 
     private let tree: ExtractionTree
+    /// Why the root could not be opened; the first call reports it (the initialiser
+    /// cannot throw: its caller has not yet set up its error path).
+    private let openFailure: ExtractionError?
     private let rules: EntryRules
     private var stream = TarBlockStream()
     private var extendedHeaders = TarExtendedHeaders()
@@ -69,16 +72,24 @@ final class TarExtractor {
     ///   - root: an existing, empty directory.
     ///   - writerThreads: extra threads that write small files; 0 writes on the caller's.
     init(root: String, limits: ExtractionLimits, writerThreads: Int = 0) {
-        let tree = ExtractionTree(root: root)
+        let tree: ExtractionTree
+        do {
+            tree = try ExtractionTree(root: root)
+            openFailure = nil
+        } catch {
+            tree = .closed
+            openFailure = error
+        }
         self.tree = tree
         self.rules = EntryRules(limits: limits)
         self.parents = ParentDirectories(tree: tree)
         self.directories = DirectoryTimes(tree: tree)
-        self.pool = writerThreads > 0 ? FileWriterPool(tree: tree, threads: writerThreads) : nil
+        self.pool = writerThreads > 0 && openFailure == nil ? FileWriterPool(tree: tree, threads: writerThreads) : nil
     }
 
     deinit {
         abort()
+        tree.closeRoot()
     }
 
     /// Closes anything open and stops the writer threads; the caller removes the partial tree.
@@ -91,6 +102,7 @@ final class TarExtractor {
     }
 
     func consume(_ input: UnsafeRawBufferPointer) throws(ExtractionError) {
+        if let openFailure { throw openFailure }
         try stream.consume(input, into: self)
         // The caller may now wait for more input: let the pool write what it holds.
         try pool?.flush()
@@ -98,6 +110,7 @@ final class TarExtractor {
 
     /// Checks that the stream ended cleanly, then applies directory modes and times.
     func finish() throws(ExtractionError) -> UnpackSummary {
+        if let openFailure { throw openFailure }
         // Some writers omit the end-of-archive blocks; that is fine when every entry arrived whole.
         guard stream.hasEnded || (stream.isBetweenEntries && summary.entries > 0) else {
             throw .corrupt("the archive is truncated: it ends in the middle of an entry", offset: stream.offset)
