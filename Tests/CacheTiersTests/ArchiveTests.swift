@@ -509,13 +509,10 @@ import Testing
     }
 
     @Test func aStagingDirectoryThatCannotBeOpenedIsNamedInTheError() async throws {
-        let scratch = try TemporaryDirectory(prefix: "missing")
-        defer { scratch.remove() }
-        let tree = scratch.path.appending("tree")
-        try SampleTree.write(to: tree, files: 3)
-        let archive = scratch.path.appending("small.tar.zst")
-        _ = try await ArchivePacker().pack(tree, key: CacheKey("missing"), to: archive, logger: logger)
-        let missing = scratch.path.appending("gone")
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        let (archive, _, _) = try await packedArchive(in: setting)
+        let missing = setting.scratch.path.appending("gone")
         let error = await #expect(throws: CacheTierError.self) {
             _ = try await ArchiveUnpacker().unpack(file: archive, into: missing)
         }
