@@ -1,3 +1,4 @@
+import CacheTiers
 import Foundation
 import SystemPackage
 
@@ -275,24 +276,28 @@ struct CorpusWriter {
         if linkingBinary, let binary = package.binary {
             let link = root.string + "/.bin/" + (package.name.split(separator: "/").last.map(String.init) ?? package.name)
             let target = "../" + relative + "/" + binary
-            guard symlink(target, link) == 0 else { throw DependencyCorpus.CorpusError("cannot link \(link): \(String(cString: strerror(errno)))") }
+            do {
+                try syscall("symlink") { symlink(target, link) }
+            } catch {
+                throw DependencyCorpus.CorpusError("cannot link \(link): \(error.reason)")
+            }
             summary.symlinks += 1
         }
     }
 
     private mutating func write(_ path: String, _ contents: [UInt8], mode: mode_t) throws {
         try makeDirectory(String(path[..<path.lastIndex(of: "/")!]))
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard descriptor >= 0 else { throw DependencyCorpus.CorpusError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        let descriptor: Int32
+        do {
+            descriptor = try syscall("open") { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
+        } catch {
+            throw DependencyCorpus.CorpusError("cannot create \(path): \(error.reason)")
+        }
         defer { close(descriptor) }
-        var done = 0
-        while done < contents.count {
-            let result = contents.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + done, contents.count - done) }
-            guard result > 0 else {
-                if result < 0, errno == EINTR { continue }
-                throw DependencyCorpus.CorpusError("cannot write \(path): \(String(cString: strerror(errno)))")
-            }
-            done += result
+        do {
+            try contents.withUnsafeBytes { bytes in try writeAll(descriptor, bytes) }
+        } catch let error as SystemCallError {
+            throw DependencyCorpus.CorpusError("cannot write \(path): \(error.reason)")
         }
         if mode != 0o644 { fchmod(descriptor, mode) }
         summary.files += 1
@@ -304,11 +309,12 @@ struct CorpusWriter {
         if let slash = path.lastIndex(of: "/"), slash > path.startIndex {
             try makeDirectory(String(path[..<slash]))
         }
-        if mkdir(path, 0o755) == 0 {
+        do {
+            try syscall("mkdir") { mkdir(path, 0o755) }
             summary.directories += 1
-        } else if errno != EEXIST {
-            throw DependencyCorpus.CorpusError("cannot create \(path): \(String(cString: strerror(errno)))")
-        }
+        } catch let error where error.errnoCode != EEXIST {
+            throw DependencyCorpus.CorpusError("cannot create \(path): \(error.reason)")
+        } catch {}
         madeDirectories.insert(path)
     }
 

@@ -54,17 +54,25 @@ public final class FaultInjectingProxy: Sendable {
     public init(upstreamPort: Int, fault: Fault = .none) throws {
         self.upstreamPort = upstreamPort
         self.state = Mutex(State(fault: fault))
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard socket >= 0 else { throw ProxyError("socket: \(String(cString: strerror(errno)))") }
+        let socket: Int32
+        do {
+            socket = try syscall("socket") { Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
+        } catch {
+            throw ProxyError("socket: \(error.reason)")
+        }
         var yes: Int32 = 1
         setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         var address = Self.loopback(port: 0)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(socket, 128) == 0 else {
+        do {
+            _ = try withUnsafePointer(to: &address) {
+                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                    try syscall("bind") { bind(socket, address, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+            }
+            try syscall("listen") { listen(socket, 128) }
+        } catch {
             close(socket)
-            throw ProxyError("bind/listen: \(String(cString: strerror(errno)))")
+            throw ProxyError("bind/listen: \(error)")
         }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
@@ -109,11 +117,7 @@ public final class FaultInjectingProxy: Sendable {
 
     private func acceptLoop() {
         while true {
-            let client = accept(listener, nil, nil)
-            if client < 0 {
-                if errno == EINTR { continue }
-                return
-            }
+            guard let client = try? syscall("accept", { accept(listener, nil, nil) }) else { return }
             let (fault, index, stopped) = state.withLock { state -> (Fault, Int, Bool) in
                 state.accepted += 1
                 if !state.stopped { state.open.insert(client) }
@@ -202,11 +206,9 @@ public final class FaultInjectingProxy: Sendable {
                     break
                 }
             }
-            let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, limit) }
-            if count <= 0 {
-                if count < 0 && errno == EINTR { continue }
-                return
-            }
+            guard let count = try? buffer.withUnsafeMutableBytes({ bytes in try syscall("read") { read(source, bytes.baseAddress, limit) } }),
+                count > 0
+            else { return }
             if !downstream, case .cutUpload = connection.fault {
                 state.withLock { $0.uploaded += count }
             }
@@ -226,14 +228,10 @@ public final class FaultInjectingProxy: Sendable {
                     break
                 }
             }
-            var written = 0
-            while written < count {
-                let result = buffer.withUnsafeBytes { write(target, $0.baseAddress! + written, count - written) }
-                if result <= 0 {
-                    if result < 0 && errno == EINTR { continue }
-                    return
-                }
-                written += result
+            do {
+                try buffer.withUnsafeBytes { bytes in try writeAll(target, UnsafeRawBufferPointer(rebasing: bytes[..<count])) }
+            } catch {
+                return
             }
             forwarded += count
         }

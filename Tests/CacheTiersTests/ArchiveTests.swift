@@ -464,6 +464,63 @@ import Testing
         try FileManager.default.removeItem(atPath: archive.string)
         #expect(try setting.expectUntouched() == [])
     }
+
+    /// Entries are written relative to the staging root's descriptor: a 4,000-byte path,
+    /// which the limit accepts, unpacks under a destination 200+ bytes deep, although
+    /// the two together are longer than any path the kernel takes (PATH_MAX, 4,096).
+    @Test func aPathNearTheLimitUnpacksUnderADeepDestination() async throws {
+        let scratch = try TemporaryDirectory(prefix: "deep")
+        defer { scratch.remove() }
+        // 19 directories of 199 bytes and a file of 200: 4,000 bytes with the slashes.
+        let components = (0..<20).map { index in
+            String(repeating: Character(Unicode.Scalar(UInt8(ascii: "a") + UInt8(index))), count: index == 19 ? 200 : 199)
+        }
+        let relative = components.joined(separator: "/")
+        #expect(relative.utf8.count == 4000)
+        let tree = scratch.path.appending("tree")
+        try FileManager.default.createDirectory(
+            atPath: tree.string + "/" + components.dropLast().joined(separator: "/"), withIntermediateDirectories: true
+        )
+        let contents = Data("deep inside\n".utf8)
+        #expect(FileManager.default.createFile(atPath: tree.string + "/" + relative, contents: contents))
+        let archive = scratch.path.appending("deep.tar.zst")
+        _ = try await ArchivePacker().pack(tree, key: CacheKey("deep"), to: archive, logger: logger)
+
+        let deepParent = scratch.path.appending(String(repeating: "p", count: 110)).appending(String(repeating: "q", count: 110))
+        try FileManager.default.createDirectory(atPath: deepParent.string, withIntermediateDirectories: true)
+        let destination = deepParent.appending("restored")
+        #expect(destination.string.utf8.count + 1 + relative.utf8.count > Int(PATH_MAX))
+
+        let summary = try await ArchiveUnpacker().unpack(file: archive, replacing: destination, logger: logger)
+        #expect(summary.files == 1)
+        #expect(summary.directories == 19)
+        // Read back relative to the destination too: its absolute path is too long to open.
+        let directory = open(destination.string, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        #expect(directory >= 0)
+        defer { close(directory) }
+        let file = openat(directory, relative, O_RDONLY | O_CLOEXEC)
+        #expect(file >= 0, "the deep file is missing: \(String(cString: strerror(errno)))")
+        defer { close(file) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = read(file, &buffer, buffer.count)
+        #expect(Data(buffer[..<max(0, count)]) == contents)
+        // FileManager removes by absolute paths; rm walks relative to each directory.
+        #expect(try await Fixtures.run(["rm", "-rf", scratch.path.string]).status == 0)
+    }
+
+    @Test func aStagingDirectoryThatCannotBeOpenedIsNamedInTheError() async throws {
+        let setting = try Setting()
+        defer { setting.scratch.remove() }
+        let (archive, _, _) = try await packedArchive(in: setting)
+        let missing = setting.scratch.path.appending("gone")
+        let error = await #expect(throws: UnpackError.self) {
+            _ = try await ArchiveUnpacker().unpack(file: archive, into: missing)
+        }
+        #expect(error?.kind == .filesystem)
+        #expect(error?.errno == ENOENT)
+        #expect(error?.message == "cannot write the restored tree: cannot open \(missing), the directory to unpack into: No such file or directory")
+        #expect(!FileManager.default.fileExists(atPath: missing.string), "nothing is created in its place")
+    }
 }
 
 @Suite struct CodecTests {

@@ -90,9 +90,11 @@ public struct ArchivePacker: CachePacker {
         let partial = archive.removingLastComponent().appending(
             ".\(archive.lastComponent?.string ?? "archive").partial-\(FileSystem.uniqueSuffix())"
         )
-        let descriptor = open(partial.string, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else {
-            throw PackError.io("cannot create \(partial)", errno: errno)
+        let descriptor: Int32
+        do {
+            descriptor = try syscall("open") { open(partial.string, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
+        } catch {
+            throw PackError.io("cannot create \(partial)", errno: error.errnoCode)
         }
         let root = directory.string
         let options = self.options

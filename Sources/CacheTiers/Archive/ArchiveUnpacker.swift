@@ -103,32 +103,28 @@ struct ArchiveFile: Sendable {
     /// - Throws: a filesystem ``UnpackError`` when the file cannot be opened or read
     ///   (`errno` ENOENT: it is gone), or what `deliver` throws.
     func stream(from offset: Int64, deliver: (ByteBuffer) async throws -> Void) async throws {
-        let descriptor = open(path.string, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            let code = errno
-            throw UnpackError(.filesystem, "cannot open the archive \(path): \(String(cString: strerror(code)))", errno: code)
+        let descriptor: Int32
+        do {
+            descriptor = try syscall("open") { open(path.string, O_RDONLY | O_CLOEXEC) }
+        } catch {
+            throw UnpackError(.filesystem, "cannot open the archive \(path): \(error.reason)", errno: error.errnoCode)
         }
         defer { close(descriptor) }
-        // Sequential reads from there: the archive may be a pipe (`cachetiers unpack` of a FIFO).
-        if offset > 0, lseek(descriptor, off_t(offset), SEEK_SET) < 0 {
-            let code = errno
-            throw UnpackError(.filesystem, "cannot read the archive \(path): \(String(cString: strerror(code)))", errno: code)
-        }
         var buffer = ByteBufferAllocator().buffer(capacity: Self.bufferSize)
-        while true {
-            try Task.checkCancellation()
-            buffer.clear()
-            let count = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.bufferSize) { space in
-                while true {
-                    let count = read(descriptor, space.baseAddress, Self.bufferSize)
-                    if count >= 0 { return count }
-                    let code = errno
-                    if code == EINTR { continue }
-                    throw UnpackError(.filesystem, "cannot read the archive \(path): \(String(cString: strerror(code)))", errno: code)
+        do {
+            // Sequential reads from there: the archive may be a pipe (`cachetiers unpack` of a FIFO).
+            if offset > 0 { try syscall("lseek") { lseek(descriptor, off_t(offset), SEEK_SET) } }
+            while true {
+                try Task.checkCancellation()
+                buffer.clear()
+                let count = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.bufferSize) { space throws(SystemCallError) in
+                    try syscall("read") { read(descriptor, space.baseAddress, Self.bufferSize) }
                 }
+                if count == 0 { return }
+                try await deliver(buffer)
             }
-            if count == 0 { return }
-            try await deliver(buffer)
+        } catch let error as SystemCallError {
+            throw UnpackError(.filesystem, "cannot read the archive \(path): \(error.reason)", errno: error.errnoCode)
         }
     }
 }

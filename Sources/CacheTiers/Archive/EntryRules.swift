@@ -18,6 +18,52 @@ struct EntryRules: Sendable {
         var message: String
     }
 
+    /// The path an entry names, relative to the root, with `.` and empty components
+    /// removed; nil for the root itself. Refuses absolute paths, `..` components, NUL
+    /// bytes and paths over ``ExtractionLimits/maxPathLength``.
+    func relativePath(_ path: PathBytes) throws(Violation) -> PathBytes? {
+        if path.hasPrefix(PathBytes.slash) {
+            throw Violation(kind: .unsafe, message: "the entry '\(path)' has an absolute path; archives must hold relative paths")
+        }
+        let relative: PathBytes
+        if Self.isCanonical(path) {
+            relative = path
+        } else {
+            var components: [ArraySlice<UInt8>] = []
+            for component in path.bytes.split(separator: PathBytes.slash, omittingEmptySubsequences: true)
+            where !component.elementsEqual([UInt8(ascii: ".")]) {
+                if component.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) {
+                    throw Violation(kind: .unsafe, message: "the entry '\(path)' has a '..' component that could escape the destination")
+                }
+                components.append(component)
+            }
+            if components.isEmpty { return nil }
+            relative = PathBytes(Array(components.joined(separator: [PathBytes.slash])))
+        }
+        if relative.bytes.contains(0) {
+            throw Violation(kind: .unsafe, message: "the entry '\(path)' has a NUL byte in its path")
+        }
+        try checkPathLength(relative.bytes)
+        return relative
+    }
+
+    /// Whether `path` has no empty, `.` or `..` component (the common case, checked without allocating).
+    private static func isCanonical(_ path: PathBytes) -> Bool {
+        var componentLength = 0
+        var dots = 0
+        for byte in path.bytes {
+            if byte == PathBytes.slash {
+                if componentLength == 0 || componentLength == dots { return false }
+                componentLength = 0
+                dots = 0
+            } else {
+                componentLength += 1
+                if byte == UInt8(ascii: ".") { dots += 1 }
+            }
+        }
+        return componentLength > 0 && !(componentLength == dots && dots <= 2)
+    }
+
     /// Refuses a relative path longer than ``ExtractionLimits/maxPathLength`` bytes.
     func checkPathLength(_ relative: some Collection<UInt8>) throws(Violation) {
         guard relative.count <= limits.maxPathLength else {

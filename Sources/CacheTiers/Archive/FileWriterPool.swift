@@ -59,17 +59,15 @@ final class FileWriterPool: @unchecked Sendable {
     /// Every job up to this sequence number is written.
     private let completed = Atomic<Int>(0)
 
-    private let root: PathBytes
-    private let umaskBits: UInt32
+    private let tree: ExtractionTree
     private let maxQueuedJobs = 256
     private let maxQueuedBytes = 4 << 20
     /// Jobs gathered before they are handed over (and an idle worker woken): meeting
     /// once per small file costs more than writing it.
     private let batchSize = 32
 
-    init(root: PathBytes, umaskBits: UInt32, threads: Int) {
-        self.root = root
-        self.umaskBits = umaskBits
+    init(tree: ExtractionTree, threads: Int) {
+        self.tree = tree
         running = threads
         for index in 0..<threads {
             let thread = Thread { [self] in work(index) }
@@ -238,42 +236,15 @@ final class FileWriterPool: @unchecked Sendable {
     }
 
     private func write(_ job: Job) throws(ExtractionError) {
-        let full = job.relative.cString(under: root)
-        let permissions = mode_t(job.mode & 0o777)
-        let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
-        var descriptor = open(full, flags, permissions)
-        if descriptor < 0 && errno == EEXIST {
-            var info = stat()
-            if lstat(full, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR {
-                throw .unsafe("the entry '\(job.relative)' would replace a directory of the same name", offset: 0)
-            }
-            unlink(full)
-            descriptor = open(full, flags, permissions)
+        let descriptor = try tree.createFile(job.relative, mode: job.mode, offset: 0)
+        var failure: ExtractionError?
+        job.contents.withUnsafeBytes { bytes in
+            do throws(ExtractionError) { try tree.write(descriptor, bytes, to: job.relative) } catch { failure = error }
         }
-        guard descriptor >= 0 else { throw .io("cannot create \(job.relative)", errno: errno) }
-        defer { close(descriptor) }
-        let code: Int32 = job.contents.withUnsafeBytes { bytes in
-            var done = 0
-            while done < bytes.count {
-                let result = Glibc.write(descriptor, bytes.baseAddress! + done, bytes.count - done)
-                if result < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                done += result
-            }
-            return 0
+        if let failure {
+            close(descriptor)
+            throw failure
         }
-        if code != 0 { throw .io("cannot write \(job.relative)", errno: code) }
-        let mode = job.mode & 0o777
-        if mode & umaskBits != 0 || mode & 0o200 == 0 {
-            guard fchmod(descriptor, mode_t(mode)) == 0 else { throw .io("cannot set the mode of \(job.relative)", errno: errno) }
-        }
-        var times = [
-            timespec(tv_sec: Int(job.modificationTime), tv_nsec: 0), timespec(tv_sec: Int(job.modificationTime), tv_nsec: 0),
-        ]
-        guard futimens(descriptor, &times) == 0 else {
-            throw .io("cannot set the modification time of \(job.relative)", errno: errno)
-        }
+        try tree.closeFile(descriptor, job.relative, mode: job.mode, modificationTime: job.modificationTime)
     }
 }

@@ -71,16 +71,6 @@ struct PathBytes: Hashable, Comparable, Sendable, CustomStringConvertible, Expre
         }
     }
 
-    /// `root/self`, NUL-terminated, for a system call.
-    func cString(under root: PathBytes) -> [CChar] {
-        let rootCount = root.bytes.count
-        return Self.cString(rootCount + 1 + bytes.count + 1) { raw in
-            root.bytes.withUnsafeBytes { raw.copyMemory(from: $0) }
-            raw[rootCount] = Self.slash
-            bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: raw[(rootCount + 1)...]).copyMemory(from: $0) }
-        }
-    }
-
     /// `count` bytes filled by `fill` (which leaves the last one), then a NUL.
     private static func cString(_ count: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> [CChar] {
         [CChar](unsafeUninitializedCapacity: count) { buffer, initialized in

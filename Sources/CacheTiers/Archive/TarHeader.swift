@@ -248,32 +248,3 @@ struct TarFormatError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
 }
-
-/// Parses pax extended header records (`"<len> key=value\n"`). Values stay bytes:
-/// `path` and `linkpath` are names, which need not be UTF-8 (`hdrcharset=BINARY`, or a
-/// writer that did not say).
-enum PaxRecords {
-    static func parse(_ data: [UInt8]) throws(TarFormatError) -> [String: [UInt8]] {
-        var result: [String: [UInt8]] = [:]
-        var index = 0
-        while index < data.count {
-            if data[index] == 0 { break }  // trailing padding
-            guard let space = data[index...].firstIndex(of: UInt8(ascii: " ")),
-                let length = Int(String(decoding: data[index..<space], as: UTF8.self)),
-                length > space - index, index + length <= data.count,
-                data[index + length - 1] == UInt8(ascii: "\n")
-            else {
-                throw TarFormatError("a pax extended header is malformed: the archive is corrupt")
-            }
-            let record = data[(space + 1)..<(index + length - 1)]
-            guard let equals = record.firstIndex(of: UInt8(ascii: "=")) else {
-                throw TarFormatError("a pax extended header record has no '=': the archive is corrupt")
-            }
-            let key = String(decoding: record[record.startIndex..<equals], as: UTF8.self)
-            let value = Array(record[(equals + 1)...])
-            result[key] = value
-            index += length
-        }
-        return result
-    }
-}

@@ -64,10 +64,12 @@ final class TarPackWriter {
     }
 
     func run() throws -> Result {
-        let rootDescriptor = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard rootDescriptor >= 0 else {
-            if errno == ENOTDIR { throw PackError.notADirectory(root) }
-            throw PackError.io("cannot open \(root)", errno: errno)
+        let rootDescriptor: Int32
+        do {
+            rootDescriptor = try syscall("open") { open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        } catch {
+            if error.errnoCode == ENOTDIR { throw PackError.notADirectory(root) }
+            throw PackError.io("cannot open \(root)", errno: error.errnoCode)
         }
         try walk(rootDescriptor, PathBytes([]))
         // End of archive: two zero blocks.
@@ -91,17 +93,22 @@ final class TarPackWriter {
             close(descriptor)
             throw CancellationError()
         }
-        guard let handle = fdopendir(descriptor) else {
+        let handle: OpaquePointer
+        do {
+            handle = try syscall("fdopendir") { fdopendir(descriptor) }
+        } catch {
             close(descriptor)
-            throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: errno)
+            throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: error.errnoCode)
         }
         defer { closedir(handle) }
         for component in try listDirectory(handle, relative) {
             let path = relative.appending(component)
             let name = component.cString
             var info = stat()
-            guard fstatat(descriptor, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
-                throw PackError.io("cannot read \(path)", errno: errno)
+            do {
+                try syscall("fstatat") { fstatat(descriptor, name, &info, AT_SYMLINK_NOFOLLOW) }
+            } catch {
+                throw PackError.io("cannot read \(path)", errno: error.errnoCode)
             }
             let mtime = options.fixedModificationTime ?? Int64(info.st_mtim.tv_sec)
             var entry = TarEntry(
@@ -122,9 +129,7 @@ final class TarPackWriter {
                 entry.kind = .directory
                 entry.path = PathBytes(path.bytes + [PathBytes.slash])
                 try appendHeader(entry)
-                let child = openat(descriptor, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard child >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
-                try walk(child, path)
+                try walk(try openEntry(descriptor, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, path), path)
             case S_IFREG:
                 let inode = Inode(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
                 if info.st_nlink > 1, let first = linkedInodes[inode] {
@@ -136,8 +141,7 @@ final class TarPackWriter {
                 if info.st_nlink > 1 { linkedInodes[inode] = path }
                 entry.size = Int64(info.st_size)
                 try appendHeader(entry)
-                let file = openat(descriptor, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-                guard file >= 0 else { throw PackError.io("cannot open \(path)", errno: errno) }
+                let file = try openEntry(descriptor, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, path)
                 defer { close(file) }
                 try appendContents(of: file, path: path, size: entry.size)
                 try checkUnchanged(file, path: path, since: info)
@@ -158,25 +162,44 @@ final class TarPackWriter {
         }
     }
 
+    /// The entry `name` of the open directory `directory`, opened with `flags`.
+    private func openEntry(_ directory: Int32, _ name: [CChar], _ flags: Int32, _ path: PathBytes) throws -> Int32 {
+        do {
+            return try syscall("openat") { openat(directory, name, flags) }
+        } catch {
+            throw PackError.io("cannot open \(path)", errno: error.errnoCode)
+        }
+    }
+
     /// The names in a directory as the kernel gives them, bytes that need not be UTF-8,
     /// in byte order.
     private func listDirectory(_ handle: OpaquePointer, _ relative: PathBytes) throws -> [PathBytes] {
         var names: [PathBytes] = []
-        errno = 0
-        while let entry = readdir(handle) {
+        while true {
+            // readdir says nothing but errno about a failure, and keeping a name
+            // allocates: errno is cleared before each call and read right after it.
+            errno = 0
+            guard let entry = readdir(handle) else {
+                let code = errno
+                if code != 0 { throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: code) }
+                break
+            }
             let name = withUnsafeBytes(of: entry.pointee.d_name) { PathBytes($0.prefix { $0 != 0 }) }
             if name != "." && name != ".." && !name.isEmpty { names.append(name) }
         }
-        if errno != 0 { throw PackError.io("cannot list \(relative.isEmpty ? root : relative.description)", errno: errno) }
         return names.sorted()
     }
 
     private func readLink(_ directory: Int32, _ name: [CChar], path: PathBytes) throws -> PathBytes {
         var target = [UInt8](repeating: 0, count: 4096)
-        let length = target.withUnsafeMutableBytes {
-            readlinkat(directory, name, $0.baseAddress!.assumingMemoryBound(to: CChar.self), 4096)
+        let length: Int
+        do {
+            length = try target.withUnsafeMutableBytes { buffer in
+                try syscall("readlinkat") { readlinkat(directory, name, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), 4096) }
+            }
+        } catch let error as SystemCallError {
+            throw PackError.io("cannot read the symlink \(path)", errno: error.errnoCode)
         }
-        guard length >= 0 else { throw PackError.io("cannot read the symlink \(path)", errno: errno) }
         return PathBytes(target[..<length])
     }
 
@@ -224,10 +247,11 @@ final class TarPackWriter {
         while remaining > 0 {
             if fill == buffer.count { try flush() }
             let want = Int(min(Int64(buffer.count - fill), remaining))
-            let got = read(descriptor, buffer.baseAddress! + fill, want)
-            if got < 0 {
-                if errno == EINTR { continue }
-                throw PackError.io("cannot read \(path)", errno: errno)
+            let got: Int
+            do {
+                got = try syscall("read") { read(descriptor, buffer.baseAddress! + fill, want) }
+            } catch {
+                throw PackError.io("cannot read \(path)", errno: error.errnoCode)
             }
             if got == 0 { throw PackError.changed(path.description, detail: "it shrank to \(size - remaining) bytes") }
             fill += got
@@ -245,7 +269,11 @@ final class TarPackWriter {
     /// archive would hold a copy of it that never existed (a prefix of a growing file).
     private func checkUnchanged(_ descriptor: Int32, path: PathBytes, since before: stat) throws {
         var after = stat()
-        guard fstat(descriptor, &after) == 0 else { throw PackError.io("cannot read \(path)", errno: errno) }
+        do {
+            try syscall("fstat") { fstat(descriptor, &after) }
+        } catch {
+            throw PackError.io("cannot read \(path)", errno: error.errnoCode)
+        }
         if after.st_size != before.st_size {
             throw PackError.changed(path.description, detail: "its size went from \(before.st_size) to \(after.st_size) bytes")
         }
@@ -266,14 +294,10 @@ final class TarPackWriter {
     private func emit(_ bytes: UnsafeRawBufferPointer) throws {
         hasher.update(bufferPointer: bytes)
         archiveBytes += Int64(bytes.count)
-        var written = 0
-        while written < bytes.count {
-            let result = write(output, bytes.baseAddress! + written, bytes.count - written)
-            if result < 0 {
-                if errno == EINTR { continue }
-                throw PackError.io("cannot write the archive", errno: errno)
-            }
-            written += result
+        do {
+            try writeAll(output, bytes)
+        } catch {
+            throw PackError.io("cannot write the archive", errno: error.errnoCode)
         }
     }
 }

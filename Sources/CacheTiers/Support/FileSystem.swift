@@ -28,11 +28,24 @@ enum FileSystem {
     }
 
     static func makeDirectory(_ path: FilePath, mode: mode_t = 0o755) throws(Errno) {
-        guard mkdir(path.string, mode) == 0 else { throw Errno(rawValue: errno) }
+        let path = path.string
+        try call { () throws(SystemCallError) in try syscall("mkdir") { mkdir(path, mode) } }
     }
 
     static func rename(_ from: FilePath, to: FilePath) throws(Errno) {
-        guard Foundation.rename(from.string, to.string) == 0 else { throw Errno(rawValue: errno) }
+        let (from, to) = (from.string, to.string)
+        try call { () throws(SystemCallError) in try syscall("rename") { Foundation.rename(from, to) } }
+    }
+
+    /// Runs `body`, its failure as the `Errno` these helpers throw.
+    @inline(__always)
+    @discardableResult
+    private static func call<Result>(_ body: () throws(SystemCallError) -> Result) throws(Errno) -> Result {
+        do {
+            return try body()
+        } catch {
+            throw Errno(rawValue: error.errnoCode)
+        }
     }
 
     /// ``removeTree(_:)`` on a thread of its own: removing a dependency tree takes
@@ -45,50 +58,57 @@ enum FileSystem {
     /// Removes `path` and everything below it, without following symlinks. Missing is fine.
     static func removeTree(_ path: FilePath) throws {
         guard let kind = kind(of: path) else { return }
-        if kind != .directory {
-            guard unlink(path.string) == 0 || errno == ENOENT else {
-                throw Errno(rawValue: errno)
+        let path = path.string
+        do {
+            if kind != .directory {
+                try syscall("unlink") { unlink(path) }
+                return
             }
-            return
+            let descriptor = try syscall("open") { open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            try removeContents(of: descriptor)
+            try syscall("rmdir") { rmdir(path) }
+        } catch let error as SystemCallError {
+            // Removed meanwhile: what this was asked for.
+            if error.errnoCode == ENOENT { return }
+            throw Errno(rawValue: error.errnoCode)
         }
-        let descriptor = open(path.string, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            if errno == ENOENT { return }
-            throw Errno(rawValue: errno)
-        }
-        try removeContents(of: descriptor)
-        guard rmdir(path.string) == 0 || errno == ENOENT else { throw Errno(rawValue: errno) }
     }
 
     /// Empties the directory open at `directory` (and closes it), entry by entry relative
     /// to its descriptor: a tree of 100,000 entries goes in a fraction of the time
     /// FileManager takes, which a restore that replaces a tree waits for.
     private static func removeContents(of directory: Int32) throws {
-        guard let stream = fdopendir(directory) else {
-            let code = errno
+        let stream: OpaquePointer
+        do {
+            stream = try syscall("fdopendir") { fdopendir(directory) }
+        } catch {
             close(directory)
-            throw Errno(rawValue: code)
+            throw Errno(rawValue: error.errnoCode)
         }
         defer { closedir(stream) }
         var subdirectories: [[CChar]] = []
         var madeWritable = false
         /// unlinkat; in a read-only directory (from the archive) it makes the directory
         /// ours to empty and tries once more. False when the entry is a directory.
-        func remove(_ name: [CChar], flags: Int32) throws -> Bool {
-            while unlinkat(directory, name, flags) != 0 {
-                switch errno {
-                case ENOENT:
+        func remove(_ name: [CChar], flags: Int32) throws(Errno) -> Bool {
+            while true {
+                do {
+                    try syscall("unlinkat") { unlinkat(directory, name, flags) }
                     return true
-                case EISDIR:
-                    return false
-                case EACCES where !madeWritable, EPERM where !madeWritable:
-                    madeWritable = true
-                    guard fchmod(directory, 0o700) == 0 else { throw Errno(rawValue: errno) }
-                default:
-                    throw Errno(rawValue: errno)
+                } catch {
+                    switch error.errnoCode {
+                    case ENOENT:
+                        return true
+                    case EISDIR:
+                        return false
+                    case EACCES where !madeWritable, EPERM where !madeWritable:
+                        madeWritable = true
+                        try call { () throws(SystemCallError) in try syscall("fchmod") { fchmod(directory, 0o700) } }
+                    default:
+                        throw Errno(rawValue: error.errnoCode)
+                    }
                 }
             }
-            return true
         }
         while let entry = readdir(stream) {
             // The name's bytes as they are: a name that is not UTF-8 must be removed
@@ -106,10 +126,12 @@ enum FileSystem {
             }
         }
         for name in subdirectories {
-            let child = openat(directory, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            if child < 0 {
-                if errno == ENOENT { continue }
-                throw Errno(rawValue: errno)
+            let child: Int32
+            do {
+                child = try syscall("openat") { openat(directory, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            } catch {
+                if error.errnoCode == ENOENT { continue }
+                throw Errno(rawValue: error.errnoCode)
             }
             try removeContents(of: child)
             _ = try remove(name, flags: AT_REMOVEDIR)

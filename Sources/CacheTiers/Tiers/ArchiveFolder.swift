@@ -491,7 +491,8 @@ final class FolderLock: Sendable {
             defer { if descriptor >= 0 { close(descriptor) } }
             if descriptor >= 0 {
                 let operation = mode == .shared ? LOCK_SH : LOCK_EX
-                while flock(descriptor, operation) != 0, errno == EINTR {}
+                // Another error (ENOLCK, say) leaves only the mutex, as a folder that cannot lock does.
+                _ = try? syscall("flock") { flock(descriptor, operation) }
             }
             return try body()
         }
