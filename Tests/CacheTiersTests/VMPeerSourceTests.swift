@@ -80,8 +80,12 @@ import Testing
             try SampleTree.write(to: new, seed: 2, files: 300)
             let key = try CacheKey("replaced")
             let manifest = try await peer.publish(old, as: key)
+            // Packed before the restore starts, so that only the upload has to land while the
+            // proxy holds the resume: on a busy machine packing alone can outlast the hold.
+            let file = peer.scratch.path.appending("new.tar.zst")
+            let replacement = try await ArchivePacker().pack(new, key: key, to: file, logger: logger)
             let proxy = try FaultInjectingProxy(
-                upstreamPort: peer.port, fault: .cutThenDelay(afterBytes: Int(manifest.archiveSize / 2), delay: .milliseconds(1500))
+                upstreamPort: peer.port, fault: .cutThenDelay(afterBytes: Int(manifest.archiveSize / 2), delay: .seconds(3))
             )
             defer { proxy.stop() }
             let source = VMPeerSource(configuration: .init(peers: [proxy.url]))
@@ -92,8 +96,6 @@ import Testing
             }
             // The cut happened and the resume is held at the proxy: replace the archive now.
             while proxy.connectionsAccepted < 2 { try await Task.sleep(for: .milliseconds(5)) }
-            let file = peer.scratch.path.appending("new.tar.zst")
-            let replacement = try await ArchivePacker().pack(new, key: key, to: file, logger: logger)
             let put = try await peer.send(
                 .PUT, "/v1/caches/replaced",
                 headers: [("X-CacheTiers-Manifest", try replacement.jsonData().base64EncodedString())],
