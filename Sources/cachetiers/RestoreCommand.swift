@@ -46,6 +46,7 @@ struct RestoreCommand: AsyncParsableCommand {
         let reportFile = try report.map { try ReportFile(path: $0) }
         if let reportFile, reportFile.path != "-",
             ProtectedPath.isInside(FilePath(reportFile.path), destination)
+                || ProtectedPath.isInside(FilePath(reportFile.target), destination)
         {
             // The report would be packed into the cache by write-back, and served to every VM.
             throw UsageFailure("--report \(reportFile.path) is inside the destination \(destination); write it elsewhere")
@@ -148,19 +149,48 @@ enum RestorePhase: Sendable {
 /// The `--report` destination, checked before any tier runs so that a typo costs a
 /// usage error, not a replaced destination with exit 1.
 struct ReportFile: Sendable {
+    /// The path as given, for messages and the destination check.
     let path: String
+    /// Where the JSON goes: the file itself, a symbolic link's target.
+    let target: String
+    /// A device, FIFO or socket (`/dev/stdout`, `/dev/null`, a pipe) is written in place;
+    /// a regular file is replaced atomically, so a reader never sees half a report.
+    private let inPlace: Bool
 
     /// - Throws: ``UsageFailure`` naming the path when it cannot be written.
     init(path: String) throws {
         self.path = path
-        guard path != "-" else { return }
+        guard path != "-" else {
+            (target, inPlace) = (path, true)
+            return
+        }
         guard !path.isEmpty else { throw UsageFailure("--report needs a file path, or - for stdout") }
-        let url = URL(fileURLWithPath: path)
-        let folder = url.deletingLastPathComponent().path
+        // A link is followed: replacing it would leave its target stale, and replacing
+        // `/dev/stdout` (a link to the process's descriptor) would break the caller's pipe.
+        let resolved = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)).map { link in
+            URL(fileURLWithPath: link, relativeTo: URL(fileURLWithPath: path).deletingLastPathComponent()).resolvingSymlinksInPath().path
+        } ?? path
+        self.target = resolved
+        var info = stat()
+        if stat(resolved, &info) == 0 {
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
+                throw UsageFailure("--report \(path) is a directory; give a file path")
+            case S_IFREG:
+                inPlace = false
+            default:
+                // Never replaced by a file: as root, `--report /dev/null` would replace the system's.
+                inPlace = true
+            }
+            guard access(resolved, W_OK) == 0 else { throw UsageFailure("--report \(path) is not writable") }
+            if inPlace { return }
+        } else {
+            inPlace = false
+        }
+        let folder = URL(fileURLWithPath: resolved).deletingLastPathComponent().path
         var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
-            if isDirectory.boolValue { throw UsageFailure("--report \(path) is a directory; give a file path") }
-            guard access(path, W_OK) == 0 else { throw UsageFailure("--report \(path) is not writable") }
+        if FileManager.default.fileExists(atPath: resolved) {
+            // Checked above.
         } else if !FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory) || !isDirectory.boolValue {
             throw UsageFailure("--report \(path): the folder \(folder) does not exist; create it or choose another path")
         } else if access(folder, W_OK) != 0 {
@@ -171,24 +201,32 @@ struct ReportFile: Sendable {
         let probe = folder + "/.cachetiers-report-check-\(getpid())"
         let descriptor = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {
-            throw UsageFailure("--report \(path): cannot create a file in \(folder): \(String(cString: strerror(errno)))")
+            let code = errno
+            throw UsageFailure("--report \(path): cannot create a file in \(folder): \(String(cString: strerror(code)))")
         }
         close(descriptor)
         unlink(probe)
     }
 
-    /// Writes `report` as pretty JSON: to stdout for `-`, else to a temporary file
-    /// renamed onto the path, so a reader never sees half a report.
+    /// Writes `report` as pretty JSON: to stdout for `-`, in place for a device or pipe,
+    /// else to a temporary file renamed onto the path (a link's target).
     func write(_ report: RestoreReport) throws {
         let json = try report.prettyJSON()
         if path == "-" {
             print(json)
             return
         }
+        let bytes = Data((json + "\n").utf8)
         do {
-            try Data((json + "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+            if inPlace {
+                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: target))
+                defer { try? handle.close() }
+                try handle.write(contentsOf: bytes)
+            } else {
+                try bytes.write(to: URL(fileURLWithPath: target), options: .atomic)
+            }
         } catch {
-            throw CommandFailure("cannot write the report to \(path): \(String(cString: strerror(errno)))")
+            throw CommandFailure("cannot write the report to \(path): \((error as NSError).localizedDescription)")
         }
     }
 }

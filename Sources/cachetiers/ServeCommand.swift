@@ -33,6 +33,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Connections open at once; beyond it new ones wait until one closes.")
     var maxConnections = 512
 
+    @Option(name: .long, help: "Seconds transfers in flight may take to finish after SIGTERM or SIGINT; then they are cut.")
+    var shutdownGrace = 30
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -41,6 +44,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard idleTimeout.isFinite, (0.1...86_400).contains(idleTimeout) else {
             throw ValidationError("--idle-timeout must be 0.1 to 86400 seconds")
         }
+        guard (0...3600).contains(shutdownGrace) else { throw ValidationError("--shutdown-grace must be 0 to 3600 seconds") }
         guard (1...1_000_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 1000000") }
         guard maxTransfers <= maxConnections else {
             throw ValidationError("--max-transfers (\(maxTransfers)) cannot exceed --max-connections (\(maxConnections))")
@@ -62,9 +66,14 @@ struct ServeCommand: AsyncParsableCommand {
                 FileHandle.standardOutput.write(Data("listening on \(url)\n".utf8))
             }
         )
-        let group = ServiceGroup(
-            configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        var configuration = ServiceGroupConfiguration(
+            services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
         )
+        // Transfers in flight get this long to finish; then the group cancels the server,
+        // which closes them (an upload's scratch file is removed), so an upload trickling in
+        // from a hostile or dying client cannot hold the stop until systemd's SIGKILL.
+        configuration.maximumGracefulShutdownDuration = .seconds(shutdownGrace)
+        let group = ServiceGroup(configuration: configuration)
         do {
             try await group.run()
         } catch {
@@ -76,13 +85,13 @@ struct ServeCommand: AsyncParsableCommand {
 /// Reads a token file, trimming the trailing newline editors add. A file that cannot
 /// be used is a usage error (exit 2), as a config's `tokenFile` is a config error.
 func readToken(_ path: String, option: String) throws -> String {
-    guard let data = FileManager.default.contents(atPath: path) else {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        let reason = descriptor < 0 ? String(cString: strerror(errno)) : "not a readable file"
-        if descriptor >= 0 { close(descriptor) }
-        throw UsageFailure("\(option) \(path) cannot be read: \(reason)")
+    do {
+        return try SmallFile.token(at: FilePath(path))
+    } catch {
+        switch error.kind {
+        case .unreadable: throw UsageFailure("\(option) \(path) cannot be read: \(error.reason)")
+        case .empty: throw UsageFailure("\(option) \(path) is empty; put the bearer token in it")
+        case .notOneLine: throw UsageFailure("\(option) \(path) holds more than one line; put only the bearer token in it")
+        }
     }
-    let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    guard !token.isEmpty else { throw UsageFailure("\(option) \(path) is empty; put the bearer token in it") }
-    return token
 }

@@ -4,6 +4,23 @@ import Foundation
 import SystemPackage
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the entry at `path` is, without following a link: "file", "link", "device"…
+func kindOfEntry(_ path: FilePath) -> String {
+        var info = stat()
+        guard lstat(path.string, &info) == 0 else { return "missing" }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return "file"
+        case S_IFLNK: return "link"
+        case S_IFCHR, S_IFBLK: return "device"
+        case S_IFDIR: return "directory"
+        default: return "other"
+        }
+}
+
 /// The real `cachetiers` binary against real folders, used carelessly: destinations that
 /// would delete what the user needs, a report path with a typo, a cache master that
 /// never answers the write-back, and a stop signal after the tree is in place.
@@ -154,6 +171,72 @@ import Testing
         #expect(result.status == 2, "\(result.stderr)")
         #expect(result.stderr.contains(message), "\(result.stderr)")
         #expect(try snapshot(project.folder).differences(from: before) == [], "no tier ran")
+    }
+
+    /// A FIFO, a character device and a symbolic link as `--report`: the report goes
+    /// through them; none of them is replaced by a regular file (as root, `--report
+    /// /dev/null` would otherwise replace the system's).
+    @Test func aReportPathThatIsADeviceOrALinkIsWrittenThroughNotReplaced() async throws {
+        let scratch = try TemporaryDirectory(prefix: "report")
+        defer { scratch.remove() }
+        let (project, _) = try await seededProject(in: scratch)
+        let target = scratch.path.appending("report.json")
+        let link = scratch.path.appending("report-link.json")
+        try FileManager.default.createSymbolicLink(atPath: link.string, withDestinationPath: "report.json")
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string, "--report", link.string])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(kindOfEntry(link) == "link", "the link is still a link")
+        let written = try JSONDecoder().decode(RestoreReport.self, from: Data(contentsOf: URL(fileURLWithPath: target.string)))
+        #expect(written.servedBy == "local", "the report went to the link's target")
+
+        let null = scratch.path.appending("null")
+        #expect(mknod(null.string, S_IFCHR | 0o666, dev_t((1 << 8) | 3)) == 0, "a character device like /dev/null")
+        let second = try await Fixtures.cli(["restore", "--config", project.config.string, "--report", null.string])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(kindOfEntry(null) == "device", "the device is still a device")
+    }
+
+    /// A token file that is a FIFO, too large, or two lines long: a config error naming
+    /// the field at once (a FIFO used to hang the boot before any tier, /dev/zero to eat
+    /// memory), and a destination that holds a token file is refused like a lockfile.
+    @Test func tokenFilesAreReadOnlyAsSmallRegularFilesAndNeverRestoredOver() async throws {
+        let scratch = try TemporaryDirectory(prefix: "token")
+        defer { scratch.remove() }
+        let (project, _) = try await seededProject(in: scratch)
+        let secrets = scratch.path.appending("secrets")
+        try FileManager.default.createDirectory(atPath: secrets.string, withIntermediateDirectories: true)
+        let token = secrets.appending("peer.token")
+        func configure(tokenFile: FilePath) throws {
+            try project.write([
+                "key": ["prefix": "node-modules", "files": ["package-lock.json"], "platform": true, "salt": ""],
+                "destination": "node_modules",
+                "tiers": [
+                    ["kind": "peer", "name": "cache-master", "urls": ["http://127.0.0.1:9"], "tokenFile": tokenFile.string, "maxAttempts": 1],
+                    ["kind": "directory", "name": "local", "path": "cache"],
+                ],
+                "writeBack": ["enabled": false],
+            ])
+        }
+        let fifo = secrets.appending("fifo.token")
+        #expect(mkfifo(fifo.string, 0o600) == 0)
+        let big = secrets.appending("big.token")
+        try Data(repeating: 0x61, count: 1 << 20).write(to: URL(fileURLWithPath: big.string))
+        let twoLines = secrets.appending("two.token")
+        try Data("secret\nsecond\n".utf8).write(to: URL(fileURLWithPath: twoLines.string))
+        for (file, reason) in [(fifo, "not a regular file"), (big, "more than the 64 KiB"), (twoLines, "more than one line")] {
+            try configure(tokenFile: file)
+            let result = try await Fixtures.cli(["restore", "--config", project.config.string])
+            #expect(result.status == 2, "\(file): \(result.stderr)")
+            #expect(result.stderr.contains("tiers[0].tokenFile: ") && result.stderr.contains(reason), "\(result.stderr)")
+            #expect(!result.stderr.contains("second"), "the token is never printed")
+        }
+
+        try Data("secret\n".utf8).write(to: URL(fileURLWithPath: token.string))
+        try configure(tokenFile: token)
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string, "--into", secrets.string])
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("a token or key file of the config"), "\(result.stderr)")
+        #expect(try String(contentsOfFile: token.string, encoding: .utf8) == "secret\n", "the token is still there")
     }
 
     @Test func aDestinationReachedThroughASymlinkedParentIsRestored() async throws {

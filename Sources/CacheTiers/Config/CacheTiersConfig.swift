@@ -52,6 +52,8 @@ public struct CacheTiersConfig: Sendable {
 
     /// The file this config came from, if any.
     public var file: FilePath?
+    /// The token and key files the tiers read while the config loaded.
+    public var secretFiles: [FilePath]
     /// The folder relative paths resolve against.
     public var baseDirectory: FilePath
     public var key: KeyInputs
@@ -71,10 +73,9 @@ public struct CacheTiersConfig: Sendable {
         let absolute = path.isAbsolute ? path : FilePath(FileManager.default.currentDirectoryPath).pushing(path)
         let data: Data
         do {
-            data = try readWholeFile(absolute)
+            data = try SmallFile.contents(of: absolute, limit: SmallFile.configLimit)
         } catch {
-            let reason = (error as? Errno)?.description ?? "\(error)"
-            throw ConfigError(path: "(file)", "cannot read the config file: \(reason)", file: absolute.string)
+            throw ConfigError(path: "(file)", "cannot read the config file: \(error.reason)", file: absolute.string)
         }
         do {
             var config = try CacheTiersConfig(json: data, baseDirectory: absolute.removingLastComponent())
@@ -130,6 +131,7 @@ public struct CacheTiersConfig: Sendable {
         }
         chainConfiguration = try TierChain.Configuration(configReader: &reader, packer: ArchivePacker(codec: compression))
         try reader.finish()
+        secretFiles = reader.inputs.all
     }
 
     /// A JSON failure where a person can find it: Foundation names no line or column.

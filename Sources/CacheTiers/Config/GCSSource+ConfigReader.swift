@@ -37,6 +37,7 @@ extension GCSSource.Configuration {
             return StaticAccessToken(token)
         case "serviceAccount":
             let file = try reader.requiredFilePath("file")
+            reader.inputs.append(file)
             do {
                 return try GoogleCredentials.serviceAccount(ServiceAccountKey.load(from: file.string))
             } catch {

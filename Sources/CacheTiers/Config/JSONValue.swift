@@ -1,5 +1,6 @@
 import Foundation
 import SystemPackage
+import Synchronization
 
 /// A parsed JSON value that keeps booleans and numbers apart, so a config reader can
 /// say "expected a number, got a boolean".
@@ -62,16 +63,27 @@ struct ConfigObjectReader {
     let path: String
     /// The folder relative paths resolve against: the config file's.
     let baseDirectory: FilePath
+    /// The files (tokens, keys) read through this reader and every reader below it.
+    let inputs: InputFiles
     private let fields: [String: JSONValue]
     private var read: Set<String> = []
 
-    init(_ value: JSONValue, path: String, baseDirectory: FilePath) throws(ConfigError) {
+    init(_ value: JSONValue, path: String, baseDirectory: FilePath, inputs: InputFiles = InputFiles()) throws(ConfigError) {
         guard case .object(let fields) = value else {
             throw ConfigError(path: path.isEmpty ? "(top level)" : path, "expected an object, got \(value.kind)")
         }
         self.path = path
         self.baseDirectory = baseDirectory
+        self.inputs = inputs
         self.fields = fields
+    }
+
+    /// The files a config reads besides itself: a restore must never replace them.
+    final class InputFiles: Sendable {
+        private let files = Mutex<[FilePath]>([])
+
+        func append(_ file: FilePath) { files.withLock { $0.append(file) } }
+        var all: [FilePath] { files.withLock { $0 } }
     }
 
     func path(of key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
@@ -143,15 +155,12 @@ struct ConfigObjectReader {
         guard let name = try string(key) else { return nil }
         guard !name.isEmpty else { throw ConfigError(path: path(of: key), "must not be empty") }
         let file = resolve(name)
-        let data: Data
+        inputs.append(file)
         do {
-            data = try readWholeFile(file)
+            return try SmallFile.token(at: file)
         } catch {
-            throw ConfigError(path: path(of: key), "cannot read \(file): \((error as? Errno)?.description ?? "\(error)")")
+            throw ConfigError(path: path(of: key), error.description)
         }
-        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !text.isEmpty else { throw ConfigError(path: path(of: key), "\(file) is empty; put the token in it") }
-        return text
     }
 
     mutating func integer(_ key: String, atLeast minimum: Int? = nil, atMost maximum: Int? = nil) throws(ConfigError) -> Int? {
@@ -190,7 +199,7 @@ struct ConfigObjectReader {
 
     mutating func object(_ key: String) throws(ConfigError) -> ConfigObjectReader? {
         guard let value = value(key) else { return nil }
-        return try ConfigObjectReader(value, path: path(of: key), baseDirectory: baseDirectory)
+        return try ConfigObjectReader(value, path: path(of: key), baseDirectory: baseDirectory, inputs: inputs)
     }
 
     /// An array of objects, one reader each (`tiers[2]`).
@@ -199,7 +208,7 @@ struct ConfigObjectReader {
         guard case .array(let items) = value else { throw ConfigError(path: path(of: key), "expected an array, got \(value.kind)") }
         var readers: [ConfigObjectReader] = []
         for (index, item) in items.enumerated() {
-            readers.append(try ConfigObjectReader(item, path: "\(path(of: key))[\(index)]", baseDirectory: baseDirectory))
+            readers.append(try ConfigObjectReader(item, path: "\(path(of: key))[\(index)]", baseDirectory: baseDirectory, inputs: inputs))
         }
         return readers
     }
@@ -214,18 +223,6 @@ struct ConfigObjectReader {
 
 /// The whole file, with the system's reason when it cannot be read (it does not exist,
 /// permission denied, it is a directory).
-func readWholeFile(_ path: FilePath) throws -> Data {
-    let descriptor = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
-    defer { try? descriptor.close() }
-    var data = Data()
-    var buffer = [UInt8](repeating: 0, count: 64 << 10)
-    while true {
-        let count = try buffer.withUnsafeMutableBytes { try descriptor.read(into: $0) }
-        if count == 0 { return data }
-        data.append(contentsOf: buffer[..<count])
-    }
-}
-
 /// A config file that cannot be used: the field's path and what is wrong with it.
 public struct ConfigError: Error, CustomStringConvertible, Sendable, Hashable {
     /// Where in the file, e.g. `tiers[1].bucket`.

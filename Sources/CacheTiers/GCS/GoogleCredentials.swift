@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Crypto
 import Foundation
+import SystemPackage
 import Logging
 import NIOCore
 import _CryptoExtras
@@ -166,8 +167,11 @@ public struct ServiceAccountKey: Sendable, Hashable, Decodable {
 
     /// Reads a key file, with an error that names the file and the field at fault.
     public static func load(from path: String) throws -> ServiceAccountKey {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw CacheTierError(.unauthorized, "cannot read the service-account key file \(path)")
+        let data: Data
+        do {
+            data = try SmallFile.contents(of: FilePath(path), limit: SmallFile.secretLimit)
+        } catch {
+            throw CacheTierError(.unauthorized, "cannot read the service-account key file \(path): \(error.reason)")
         }
         do {
             return try JSONDecoder().decode(ServiceAccountKey.self, from: data)
