@@ -17,7 +17,8 @@ struct KeyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger()
-        let settings = try CacheTiersConfig.load(from: FilePath(config))
+        // The key needs the lockfiles only: a build machine without the tiers' credentials computes it too.
+        let settings = try CacheTiersConfig.load(from: FilePath(config), readingSecrets: false)
         let key = try settings.cacheKey()
         logger.debug("computed the cache key", metadata: ["key": "\(key)", "lockfiles": "\(settings.key.files)"])
         print(key)

@@ -196,6 +196,12 @@ import Testing
          "compression.threads: must be at most 256"),
         (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}],"compression":{"lvl":3}}"#,
          "compression.lvl: unknown field"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c","name":""}]}"#,
+         "tiers[0].name: must be 1 to 64 characters with no spaces or control characters"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c","name":"a\u001b[31m"}]}"#,
+         "tiers[0].name: must be 1 to 64 characters with no spaces or control characters"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://"]}]}"#,
+         "tiers[0].urls[0]: expected an http:// or https:// URL, got \"http://\""),
     ])
     func mistakesNameTheirField(json: String, message: String) {
         #expect {
@@ -245,6 +251,24 @@ import Testing
         let token = scratch.path.appending("peer.token").lexicallyNormalized()
         #expect(result.stderr == "cachetiers: config error: \(file): tiers[0].tokenFile: \(token) is empty; put the token in it\n")
         #expect(!FileManager.default.fileExists(atPath: scratch.path.appending("node_modules").string))
+    }
+}
+
+extension ConfigTests {
+    /// `cachetiers key` builds no tier: a machine without the tiers' credentials (a build
+    /// server, a laptop) computes the key all the same, and a config error still stops it.
+    @Test func theKeyNeedsNoCredentialsButRestoreDoes() async throws {
+        let scratch = try Self.project()
+        defer { scratch.remove() }
+        try FileManager.default.removeItem(atPath: scratch.path.appending("peer.token").string)
+        try Data("lock".utf8).write(to: URL(fileURLWithPath: scratch.path.appending("package-lock.json").string))
+        let file = scratch.path.appending("cachetiers.json")
+        let key = try await Fixtures.cli(["key", "--config", file.string])
+        #expect(key.status == 0, "\(key.stderr)")
+        #expect(key.stdout.hasPrefix("node-modules-"), "\(key.stdout)")
+        let restore = try await Fixtures.cli(["restore", "--config", file.string])
+        #expect(restore.status == 2)
+        #expect(restore.stderr.contains("tiers[0].tokenFile: cannot read"), "\(restore.stderr)")
     }
 }
 

@@ -54,6 +54,8 @@ public struct CacheTiersConfig: Sendable {
     public var file: FilePath?
     /// The token and key files the tiers read while the config loaded.
     public var secretFiles: [FilePath]
+    /// Whether they were read (see ``load(from:readingSecrets:)``).
+    public let secretsRead: Bool
     /// The folder relative paths resolve against.
     public var baseDirectory: FilePath
     public var key: KeyInputs
@@ -69,7 +71,10 @@ public struct CacheTiersConfig: Sendable {
     public var compression: ZstdCodec
 
     /// Reads and checks a config file.
-    public static func load(from path: FilePath) throws(ConfigError) -> CacheTiersConfig {
+    /// - Parameter readingSecrets: false to check the file without reading its token and
+    ///   key files, for a command that builds no tier (`cachetiers key`); such a config
+    ///   cannot build a chain.
+    public static func load(from path: FilePath, readingSecrets: Bool = true) throws(ConfigError) -> CacheTiersConfig {
         let absolute = path.isAbsolute ? path : FilePath(FileManager.default.currentDirectoryPath).pushing(path)
         let data: Data
         do {
@@ -78,7 +83,9 @@ public struct CacheTiersConfig: Sendable {
             throw ConfigError(path: "(file)", "cannot read the config file: \(error.reason)", file: absolute.string)
         }
         do {
-            var config = try CacheTiersConfig(json: data, baseDirectory: absolute.removingLastComponent())
+            var config = try CacheTiersConfig(
+                json: data, baseDirectory: absolute.removingLastComponent(), readingSecrets: readingSecrets
+            )
             config.file = absolute
             return config
         } catch {
@@ -89,7 +96,7 @@ public struct CacheTiersConfig: Sendable {
     }
 
     /// Parses config JSON, resolving relative paths against `baseDirectory`.
-    public init(json: Data, baseDirectory: FilePath) throws(ConfigError) {
+    public init(json: Data, baseDirectory: FilePath, readingSecrets: Bool = true) throws(ConfigError) {
         let root: JSONValue
         do {
             root = try JSONDecoder().decode(JSONValue.self, from: json)
@@ -97,7 +104,9 @@ public struct CacheTiersConfig: Sendable {
             throw Self.configError(decoding: error, json: json)
         }
         self.baseDirectory = baseDirectory
-        var reader = try ConfigObjectReader(root, path: "", baseDirectory: baseDirectory)
+        var reader = try ConfigObjectReader(
+            root, path: "", baseDirectory: baseDirectory, inputs: ConfigObjectReader.InputFiles(areRead: readingSecrets)
+        )
 
         guard var keyReader = try reader.object("key") else { throw ConfigError(path: "key", "required") }
         key = KeyInputs(
@@ -132,6 +141,7 @@ public struct CacheTiersConfig: Sendable {
         chainConfiguration = try TierChain.Configuration(configReader: &reader, packer: ArchivePacker(codec: compression))
         try reader.finish()
         secretFiles = reader.inputs.all
+        secretsRead = readingSecrets
     }
 
     /// A JSON failure where a person can find it: Foundation names no line or column.
@@ -198,6 +208,10 @@ extension CacheTiersConfig.Tier {
             throw ConfigError(path: reader.path(of: "kind"), "expected peer, gcs, directory or install, got \"\(kind)\"")
         }
         name = try reader.string("name") ?? kind
+        // It names the tier in every log line, report and metric label.
+        guard !name.isEmpty, name.count <= 64, name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F }) else {
+            throw ConfigError(path: reader.path(of: "name"), "must be 1 to 64 characters with no spaces or control characters, like \"cache-master\"")
+        }
         policy = try TierChain.TierPolicy(configReader: &reader, defaults: preset)
     }
 }

@@ -21,6 +21,7 @@ extension CacheTiersConfig {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (_ chain: TierChain, _ sinks: [any CacheSink]) async throws(Failure) -> Result
     ) async throws(Failure) -> Result {
+        precondition(secretsRead, "a chain needs the config's credentials: load it with readingSecrets: true")
         var tiers: [TierChain.Tier] = []
         var sinks: [any CacheSink] = []
         var clients: [any OwnedClient] = []

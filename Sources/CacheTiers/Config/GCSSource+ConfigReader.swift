@@ -38,6 +38,7 @@ extension GCSSource.Configuration {
         case "serviceAccount":
             let file = try reader.requiredFilePath("file")
             reader.inputs.append(file)
+            guard reader.inputs.areRead else { return NoAccessToken() }
             do {
                 return try GoogleCredentials.serviceAccount(ServiceAccountKey.load(from: file.string))
             } catch {

@@ -80,7 +80,14 @@ struct ConfigObjectReader {
 
     /// The files a config reads besides itself: a restore must never replace them.
     final class InputFiles: Sendable {
+        /// Whether token and key files are read (false: only named, for a command such as
+        /// `cachetiers key` that builds no tier and must work without credentials).
+        let areRead: Bool
         private let files = Mutex<[FilePath]>([])
+
+        init(areRead: Bool = true) {
+            self.areRead = areRead
+        }
 
         func append(_ file: FilePath) { files.withLock { $0.append(file) } }
         var all: [FilePath] { files.withLock { $0 } }
@@ -156,6 +163,8 @@ struct ConfigObjectReader {
         guard !name.isEmpty else { throw ConfigError(path: path(of: key), "must not be empty") }
         let file = resolve(name)
         inputs.append(file)
+        // Named but not read: an empty token, never sent (a chain is not built from such a config).
+        guard inputs.areRead else { return "" }
         do {
             return try SmallFile.token(at: file)
         } catch {

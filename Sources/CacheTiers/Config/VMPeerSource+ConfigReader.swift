@@ -1,3 +1,4 @@
+import Foundation
 import SystemPackage
 
 extension VMPeerSource.Configuration {
@@ -25,6 +26,10 @@ extension VMPeerSource.Configuration {
 }
 
 extension String {
-    /// Whether this is an `http://` or `https://` URL, as every URL field of the config must be.
-    var isHTTPURL: Bool { hasPrefix("http://") || hasPrefix("https://") }
+    /// Whether this is an `http://` or `https://` URL with a host, as every URL field of
+    /// the config must be (`http://` alone would fail only at the first restore).
+    var isHTTPURL: Bool {
+        guard hasPrefix("http://") || hasPrefix("https://"), let host = URLComponents(string: self)?.host else { return false }
+        return !host.isEmpty
+    }
 }
