@@ -87,6 +87,8 @@ let package = Package(
                 "CacheTiers",
                 "CacheTiersServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // IOError, to name a port in use.
+                .product(name: "NIOCore", package: "swift-nio"),
                 // `serve` runs the cache master in a ServiceGroup.
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

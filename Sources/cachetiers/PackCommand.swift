@@ -80,6 +80,9 @@ struct PackCommand: AsyncParsableCommand {
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw CommandFailure("pack: \(directory) is not a directory; give the directory to archive")
         }
+        guard !output.isEmpty else {
+            throw UsageFailure("pack: --output needs the archive's file name, e.g. \(key).tar.zst")
+        }
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory), isDirectory.boolValue {
             let example = FilePath(output).appending("\(key).tar.zst")
             throw UsageFailure("pack: --output \(output) is a directory; give the archive's file name, e.g. \(example)")

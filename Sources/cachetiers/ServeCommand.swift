@@ -2,6 +2,7 @@ import ArgumentParser
 import CacheTiers
 import CacheTiersServer
 import Foundation
+import NIOCore
 import ServiceLifecycle
 import SystemPackage
 
@@ -76,6 +77,8 @@ struct ServeCommand: AsyncParsableCommand {
         let group = ServiceGroup(configuration: configuration)
         do {
             try await group.run()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw CommandFailure("serve: cannot listen on \(host):\(port): the port is in use; stop what holds it or choose another --port")
         } catch {
             throw CommandFailure("serve: \(error)")
         }

@@ -161,6 +161,43 @@ import Testing
         #expect(result.stderr == "cachetiers: pack: --output \(output) is a directory; give the archive's file name, e.g. \(output)/out.tar.zst\n")
     }
 
+    @Test func packWithAnEmptyOutputIsAUsageErrorNamingTheOption() async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree, files: 5)
+        let result = try await Fixtures.cli(["pack", tree.string, "--output", "", "--key", "k"])
+        #expect(result.status == 2)
+        #expect(result.stderr == "cachetiers: pack: --output needs the archive's file name, e.g. k.tar.zst\n")
+    }
+
+    /// A taken port is the operator's to fix: say so, not NIO's `bind(descriptor:ptr:bytes:)`.
+    @Test func serveOnAPortInUseSaysSoInOneLine() async throws {
+        let scratch = try TemporaryDirectory(prefix: "messages")
+        defer { scratch.remove() }
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(bound == 0 && listen(holder, 1) == 0)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) }
+        }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let result = try await Fixtures.cli(["serve", "--root", scratch.path.appending("root").string, "--port", "\(port)"])
+        #expect(result.status == 1)
+        #expect(
+            result.stderr.hasSuffix(
+                "cachetiers: serve: cannot listen on 127.0.0.1:\(port): the port is in use; stop what holds it or choose another --port\n"
+            ), "\(result.stderr)"
+        )
+    }
+
     @Test func aDestinationThatIsASymlinkIsRefusedAsOne() async throws {
         let scratch = try TemporaryDirectory(prefix: "messages")
         defer { scratch.remove() }
