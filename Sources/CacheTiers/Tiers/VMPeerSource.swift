@@ -218,8 +218,24 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
             resume.headers.add(name: "If-Match", value: archive.etag)
             let response = try await execute(resume, peer: archive.peer, logger: logger)
             switch response.status.code {
-            case 206 where response.headers.first(name: "Content-Range")?.hasPrefix("bytes \(offset)-") == true:
+            case 206:
+                // The rest of the archive found, or another's bytes: a server that ignores
+                // If-Match, or a proxy, must not splice a second archive onto the first.
+                let range = "bytes \(offset)-\(found.size - 1)/\(found.size)"
+                let servedRange = response.headers.first(name: "Content-Range") ?? "none"
+                let servedETag = response.headers.first(name: "ETag") ?? archive.etag
+                guard servedRange == range, servedETag == archive.etag else {
+                    throw ArchiveReplaced(
+                        "the archive on \(archive.peer) changed during the download (the resume was answered with Content-Range "
+                            + "\(servedRange) and ETag \(servedETag), not \(range) and \(archive.etag)); restarting from the beginning"
+                    )
+                }
                 body = response.body
+            case 200:
+                // The whole archive again: feeding it on would repeat the first bytes.
+                throw ArchiveReplaced(
+                    "\(archive.peer) ignored the Range of the resume at byte \(offset) and sent the whole archive (200); restarting from the beginning"
+                )
             case 412:
                 throw ArchiveReplaced("the archive on \(archive.peer) changed during the download; restarting from the beginning")
             default:
