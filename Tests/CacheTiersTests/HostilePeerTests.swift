@@ -10,7 +10,8 @@ import SystemPackage
 import Testing
 
 /// The peer tier against cache masters that misbehave: one that answers a resume with
-/// another archive's bytes.
+/// another archive's bytes, and ones that fail every request while another master holds
+/// the key.
 @Suite(.serialized) struct HostilePeerTests {
     let logger = PeerHarness.quietLogger
 
@@ -99,6 +100,69 @@ import Testing
             #expect(report.attempts[0].error?.contains("restarting from the beginning") == true, "\(report.attempts[0].error ?? "")")
             #expect(ranges.value.load(ordering: .relaxed) == 1, "the bad resume ends the attempt instead of resuming again")
             #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [], "the archive's tree, nothing spliced")
+        }
+    }
+
+    /// A master that answers every request with `status` (and `Retry-After`, when given).
+    static func broken(_ status: Int, retryAfter: Int? = nil) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/v1/caches/{key}") { _, _ -> Response in
+            var headers = HTTPFields()
+            if let retryAfter { headers[.retryAfter] = "\(retryAfter)" }
+            return Response(
+                status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: "broken master\n"))
+            )
+        }
+        return router
+    }
+
+    @Test(arguments: [503, 500, 429, 401])
+    func aBrokenMasterPassesItsKeysToTheNextMaster(status: Int) async throws {
+        try await FakeHTTPServer.with(Self.broken(status, retryAfter: 30)) { broken in
+            try await PeerHarness.with { peer in
+                let destination = peer.scratch.path.appending("restored")
+                let tree = peer.scratch.path.appending("tree")
+                try SampleTree.write(to: tree, files: 50)
+                let report = try await withSource(.init(peers: [broken, peer.url], selection: .rendezvous)) { source in
+                    // A key of the broken master's share: it comes first in the key's order.
+                    let key = try (0..<100).lazy.map { try CacheKey("share-\($0)") }.first { source.peers(for: $0).first == broken }!
+                    try await peer.publish(tree, as: key)
+                    return try await chain(source).restore(key, into: destination)
+                }
+                #expect(report.attempts.map(\.outcome) == [.hit], "one attempt, served by the second master")
+                #expect(report.servedBy == "peer")
+                #expect(try TreeSnapshot(of: destination).differences(from: TreeSnapshot(of: tree)) == [])
+            }
+        }
+    }
+
+    @Test func whenEveryMasterFailsTheMostTellingErrorIsThrown() async throws {
+        let scratch = try TemporaryDirectory(prefix: "every-master")
+        defer { scratch.remove() }
+        let request = RestoreRequest(key: try CacheKey("nowhere"))
+        func failure(_ peers: [String]) async throws -> CacheTierError? {
+            let staging = try scratch.makeDirectory("staging-\(UUID().uuidString.prefix(6))")
+            return try await withSource(.init(peers: peers)) { source in
+                await #expect(throws: CacheTierError.self) {
+                    try await source.restore(request, into: staging, progress: .init(), logger: logger)
+                }
+            }
+        }
+        let closed = try FaultInjectingProxy(upstreamPort: 9)
+        let refused = closed.url
+        closed.stop()
+        try await FakeHTTPServer.with(Self.broken(401)) { unauthorized in
+            try await FakeHTTPServer.with(Self.broken(503, retryAfter: 7)) { busy in
+                let refusedFirst = try await failure([unauthorized, busy])
+                #expect(refusedFirst?.kind == .unauthorized, "a master that refused the token says why none served")
+                #expect(refusedFirst?.message.contains("401") == true, "\(refusedFirst?.message ?? "")")
+                let refusedLast = try await failure([busy, unauthorized])
+                #expect(refusedLast?.kind == .unauthorized)
+                let transient = try await failure([refused, busy])
+                #expect(transient?.kind == .transient)
+                #expect(transient?.message.contains("503") == true, "\(transient?.message ?? "")")
+                #expect(transient?.retryAfter == .seconds(7), "the busy master's Retry-After")
+            }
         }
     }
 }
