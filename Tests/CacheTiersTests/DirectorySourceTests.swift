@@ -2,6 +2,7 @@ import CacheTiers
 import CacheTiersTesting
 import Foundation
 import Logging
+import NIOCore
 import SystemPackage
 import Testing
 
@@ -88,6 +89,87 @@ import Testing
         guard case .miss(let reason) = outcome else { Issue.record("expected a miss, got \(outcome)"); return }
         #expect(reason.contains("no manifest"))
         #expect(try await !source.contains(key, logger: Logger(label: "t")))
+    }
+
+    /// Finds the directory's archive, then has a cache master sharing the folder replace
+    /// the key (its replace mode) before a byte is streamed.
+    struct ReplacedAfterFinding: ArchiveSource {
+        let directory: DirectorySource
+        let replacement: PackedArchive
+        var name: String { directory.name }
+
+        func findArchive(_ request: RestoreRequest, logger: Logger) async throws -> ArchiveLookup<DirectorySource.Archive> {
+            let found = try await directory.findArchive(request, logger: logger)
+            let outcome = try await ArchiveFolder(root: directory.root).publish(
+                file: replacement.file, manifest: replacement.manifest, mode: .replace, logger: logger
+            )
+            guard outcome == .replaced else { throw FixtureError("the replacement was \(outcome)") }
+            return found
+        }
+
+        func streamArchive(
+            _ archive: FoundArchive<DirectorySource.Archive>,
+            from offset: Int64,
+            progress: TransferProgress,
+            logger: Logger,
+            deliver: (ByteBuffer) async throws -> Void
+        ) async throws {
+            try await directory.streamArchive(archive, from: offset, progress: progress, logger: logger, deliver: deliver)
+        }
+    }
+
+    /// The descriptors this process holds on files under `root`.
+    static func openFiles(under root: FilePath) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap { descriptor in
+            let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(descriptor)")
+            return target?.hasPrefix(root.string + "/") == true ? target : nil
+        }
+    }
+
+    @Test func anArchiveReplacedAfterItWasFoundIsReadAsFound() async throws {
+        let scratch = try TemporaryDirectory(prefix: "directory")
+        defer { scratch.remove() }
+        let logger = Logger(label: "t")
+        let key = try CacheKey("swapped")
+        let directory = DirectorySource(root: scratch.path.appending("cache"))
+        var packed: [PackedArchive] = []
+        for seed in [1, 2] {
+            let tree = scratch.path.appending("tree-\(seed)")
+            try SampleTree.write(to: tree, seed: seed, files: 200)
+            let file = scratch.path.appending("\(seed).tar.zst")
+            packed.append(PackedArchive(file: file, manifest: try await ArchivePacker().pack(tree, key: key, to: file, logger: logger)))
+        }
+        #expect(try await directory.publish(packed[0], logger: logger) == .published)
+
+        // Streamed directly, from the start and from a resume's offset: the old archive's bytes.
+        let old = try Data(contentsOf: URL(fileURLWithPath: packed[0].file.string))
+        for offset in [0, old.count / 2] {
+            guard case .found(let found) = try await directory.findArchive(RestoreRequest(key: key), logger: logger) else {
+                Issue.record("the published archive was not found"); return
+            }
+            let replaced = try await ArchiveFolder(root: directory.root).publish(
+                file: packed[offset == 0 ? 1 : 0].file, manifest: packed[offset == 0 ? 1 : 0].manifest, mode: .replace, logger: logger
+            )
+            #expect(replaced == .replaced)
+            var bytes = Data()
+            try await directory.streamArchive(found, from: Int64(offset), progress: .init(), logger: logger) {
+                bytes.append(contentsOf: $0.readableBytesView)
+            }
+            let expected = try Data(contentsOf: URL(fileURLWithPath: packed[offset == 0 ? 0 : 1].file.string))
+            // Compared outside #expect, which would diff two archives byte by byte.
+            let same = bytes == expected.dropFirst(offset)
+            #expect(same, "\(bytes.count) bytes from \(offset): the bytes of the archive found")
+        }
+        #expect(try Self.openFiles(under: directory.root) == [], "the archives found are closed once dropped")
+
+        // Restored: the tree of the archive found, whose manifest it was checked against.
+        #expect(try await directory.publish(packed[0], logger: logger) == .exists)
+        let source = ReplacedAfterFinding(directory: directory, replacement: packed[1])
+        let staging = try scratch.makeDirectory("staging")
+        let outcome = try await source.restore(RestoreRequest(key: key), into: staging, progress: .init(), logger: logger)
+        guard case .restored = outcome else { Issue.record("expected a restore, got \(outcome)"); return }
+        #expect(try TreeSnapshot(of: staging).differences(from: TreeSnapshot(of: scratch.path.appending("tree-1"))) == [])
+        #expect(try Self.openFiles(under: directory.root) == [], "the download closed the archive it read")
     }
 
     @Test func aDamagedArchiveIsCorruptAndTheChainFallsThrough() async throws {

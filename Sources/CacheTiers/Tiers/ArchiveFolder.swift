@@ -176,7 +176,9 @@ package struct ArchiveFolder: Sendable {
                     return done
                 }
                 guard count == length else {
-                    throw ArchiveFolderError(.io, "the archive of \(self.manifest.key) is shorter than its size said")
+                    throw ArchiveFolderError(
+                        .mismatch, "the archive of \(self.manifest.key) is shorter than its manifest says: it was cut in place; publish it again"
+                    )
                 }
                 return buffer
             }

@@ -3,18 +3,14 @@ import Logging
 import NIOCore
 import SystemPackage
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// A tier over a local or mounted directory of archives, readable and writable.
 ///
 /// The layout is the cache master's: `ROOT/KEY.tar.zst` beside
 /// `ROOT/KEY.tar.zst.manifest.json`, exactly what `cachetiers pack DIR --output
 /// ROOT/KEY.tar.zst` writes, so a directory can be seeded by hand. An archive is
-/// served only with its manifest, and the chain's download verifies it against it.
+/// served only with its manifest, both opened under the folder's lock, and the chain's
+/// download reads that open file and checks it against that manifest, whatever is
+/// published meanwhile.
 ///
 /// Publishing is create-only and atomic (an ``ArchiveFolder``, as the cache master's):
 /// the archive is copied to a scratch file in the same directory, checked against its
@@ -53,39 +49,80 @@ public struct DirectorySource: ArchiveSource, CacheSink {
         folder.manifestPath(for: key)
     }
 
-    /// Finds `KEY.tar.zst` and the manifest beside it; an archive without one is a miss.
-    public func findArchive(_ request: RestoreRequest, logger: Logger) async throws -> ArchiveLookup<FilePath> {
-        try Task.checkCancellation()
-        let archive = archivePath(for: request.key)
-        guard FileSystem.kind(of: archive) == .regular else {
-            return .miss("no archive at \(archive)")
-        }
-        guard let manifest = try readManifest(for: request.key) else {
-            return .miss(
-                "\(archive) has no manifest beside it (a publish in progress, or an interrupted one, which the next publish replaces)"
-            )
-        }
-        return .found(
-            FoundArchive(archive, origin: archive.string, size: manifest.archiveSize, sha256: manifest.archiveSHA256, manifest: manifest)
-        )
+    /// An archive the directory tier found: opened together with its manifest under the
+    /// folder's lock, so the download reads the archive its manifest describes even if a
+    /// publish replaces the key meanwhile. The file is closed when the download lets go
+    /// of it, on every path.
+    public struct OpenedArchive: Sendable {
+        /// Where it was found.
+        public let path: FilePath
+        let file: ArchiveFolder.OpenArchive
     }
 
-    /// Reads the archive file from `offset`. Removed since it was found, it is a miss.
+    /// Opens `KEY.tar.zst` with the manifest beside it; an archive without one is a miss.
+    public func findArchive(_ request: RestoreRequest, logger: Logger) async throws -> ArchiveLookup<OpenedArchive> {
+        try Task.checkCancellation()
+        let path = archivePath(for: request.key)
+        let lookup: ArchiveFolder.Lookup
+        do {
+            lookup = try folder.lookup(request.key)
+        } catch {
+            throw CacheTierError(error.kind == .unusableManifest ? .corrupt : .transient, tier: name, error.description, underlying: error)
+        }
+        switch lookup {
+        case .found(let file):
+            let manifest = file.manifest
+            return .found(
+                FoundArchive(
+                    OpenedArchive(path: path, file: file), origin: path.string, size: file.size, sha256: manifest.archiveSHA256,
+                    manifest: manifest
+                )
+            )
+        case .missing where FileSystem.kind(of: path) == .regular:
+            return .miss(
+                "\(path) has no manifest beside it (a publish in progress, or an interrupted one, which the next publish replaces)"
+            )
+        case .missing:
+            return .miss("no archive at \(path)")
+        case .changing:
+            // Something that does not take the folder's lock (a copy by hand) is replacing
+            // the pair right now; it is whole again in a moment, as the cache master's 503 says.
+            throw CacheTierError(
+                .transient, tier: name,
+                "\(path) and its manifest disagree in size and the archive changed moments ago: it is being replaced; retry",
+                retryAfter: .seconds(1)
+            )
+        case .inconsistent(let archiveSize, let manifestSize):
+            // A miss, as the cache master's 404: retrying will not heal it, the next tier may serve.
+            return .miss(
+                "no usable archive at \(path): it is \(archiveSize) bytes but its manifest says \(manifestSize); delete both and publish again"
+            )
+        }
+    }
+
+    /// Reads the archive opened with its manifest from `offset`, in buffers of 1 MiB.
     public func streamArchive(
-        _ found: FoundArchive<FilePath>,
+        _ found: FoundArchive<OpenedArchive>,
         from offset: Int64,
         progress: TransferProgress,
         logger: Logger,
         deliver: (ByteBuffer) async throws -> Void
     ) async throws {
-        try await ArchiveFile(found.archive).stream(from: offset, deliver: deliver)
-    }
-
-    private func readManifest(for key: CacheKey) throws -> CacheManifest? {
-        do {
-            return try folder.manifest(for: key)
-        } catch {
-            throw CacheTierError(.corrupt, tier: name, error.description, underlying: error)
+        let file = found.archive.file
+        let allocator = ByteBufferAllocator()
+        var position = offset
+        while position < file.size {
+            try Task.checkCancellation()
+            let length = Int(min(Int64(ArchiveFile.bufferSize), file.size - position))
+            let buffer: ByteBuffer
+            do {
+                buffer = try await file.read(at: position, length: length, allocator: allocator)
+            } catch let error as ArchiveFolderError {
+                // Short: the file was cut in place since it was opened, which no retry heals.
+                throw CacheTierError(error.kind == .mismatch ? .corrupt : .transient, tier: name, error.description, underlying: error)
+            }
+            try await deliver(buffer)
+            position += Int64(length)
         }
     }
 

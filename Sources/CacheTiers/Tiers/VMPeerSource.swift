@@ -142,32 +142,35 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
         }
     }
 
+    /// Asks the peers in the key's order. A peer that fails (unreachable, 5xx, 429, or
+    /// refusing the token) passes the key to the next one, as a 404 does: several cache
+    /// masters serve the same keys, and one broken master must not take out its share.
+    /// When none serves, a refused token is the most telling failure (a misconfigured
+    /// source or master), then a miss, then the last transient failure with its Retry-After.
     public func findArchive(_ request: RestoreRequest, logger: Logger) async throws -> ArchiveLookup<PeerArchive> {
         var misses: [String] = []
-        var unreachable: CacheTierError?
+        var mostTelling: CacheTierError?
         for peer in peers(for: request.key) {
             try Task.checkCancellation()
-            let response: HTTPClientResponse
             do {
-                response = try await execute(self.request(url(peer, request.key)), peer: peer, logger: logger)
-            } catch let error as CacheTierError where error.kind == .transient || error.kind == .timeout {
-                // Nothing was written yet: the next peer may answer.
-                logger.notice("peer unreachable", metadata: ["peer": "\(peer)", "error": "\(error)"])
-                unreachable = error
-                continue
-            }
-            switch response.status.code {
-            case 200:
-                return .found(try await archive(in: response, from: peer, key: request.key, logger: logger))
-            case 404:
-                misses.append(peer)
-                continue
-            default:
-                throw await failure(for: response, peer: peer, what: "GET \(request.key)")
+                let response = try await execute(self.request(url(peer, request.key)), peer: peer, logger: logger)
+                switch response.status.code {
+                case 200:
+                    return .found(try await archive(in: response, from: peer, key: request.key, logger: logger))
+                case 404:
+                    misses.append(peer)
+                default:
+                    throw await failure(for: response, peer: peer, what: "GET \(request.key)")
+                }
+            } catch let error as CacheTierError where [.transient, .timeout, .unauthorized].contains(error.kind) {
+                // Nothing was delivered yet: the next peer may serve.
+                logger.notice("peer failed; trying the next one", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                if mostTelling?.kind != .unauthorized { mostTelling = error }
             }
         }
-        if let unreachable, misses.isEmpty { throw unreachable }
-        return .miss("no cache for \(request.key) on \(misses.joined(separator: ", "))")
+        if let mostTelling, mostTelling.kind == .unauthorized || misses.isEmpty { throw mostTelling }
+        let failed = mostTelling.map { "; \($0.message)" } ?? ""
+        return .miss("no cache for \(request.key) on \(misses.joined(separator: ", "))\(failed)")
     }
 
     /// The archive a 200 answer carries, checked against its manifest.
@@ -218,8 +221,24 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
             resume.headers.add(name: "If-Match", value: archive.etag)
             let response = try await execute(resume, peer: archive.peer, logger: logger)
             switch response.status.code {
-            case 206 where response.headers.first(name: "Content-Range")?.hasPrefix("bytes \(offset)-") == true:
+            case 206:
+                // The rest of the archive found, or another's bytes: a server that ignores
+                // If-Match, or a proxy, must not splice a second archive onto the first.
+                let range = "bytes \(offset)-\(found.size - 1)/\(found.size)"
+                let servedRange = response.headers.first(name: "Content-Range") ?? "none"
+                let servedETag = response.headers.first(name: "ETag") ?? archive.etag
+                guard servedRange == range, servedETag == archive.etag else {
+                    throw ArchiveReplaced(
+                        "the archive on \(archive.peer) changed during the download (the resume was answered with Content-Range "
+                            + "\(servedRange) and ETag \(servedETag), not \(range) and \(archive.etag)); restarting from the beginning"
+                    )
+                }
                 body = response.body
+            case 200:
+                // The whole archive again: feeding it on would repeat the first bytes.
+                throw ArchiveReplaced(
+                    "\(archive.peer) ignored the Range of the resume at byte \(offset) and sent the whole archive (200); restarting from the beginning"
+                )
             case 412:
                 throw ArchiveReplaced("the archive on \(archive.peer) changed during the download; restarting from the beginning")
             default:
