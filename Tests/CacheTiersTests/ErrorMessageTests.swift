@@ -311,4 +311,26 @@ import Testing
             try await source.shutdown()
         }
     }
+
+    /// A hostile cache master's error body reaches the message, but never as a terminal
+    /// escape or a forged second log line.
+    @Test func aServersErrorBodyIsShownAsOneLineOfPrintableText() async throws {
+        let router = Router()
+        router.get("/v1/caches/{key}") { _, _ -> Response in
+            Response(status: .unauthorized, body: ResponseBody(byteBuffer: ByteBuffer(string: "\u{1B}[31mdenied\nlevel=info forged")))
+        }
+        try await FakeHTTPServer.with(router) { url in
+            let scratch = try TemporaryDirectory(prefix: "messages")
+            defer { scratch.remove() }
+            let source = VMPeerSource(configuration: .init(peers: [url]))
+            let staging = try scratch.makeDirectory("staging")
+            let error = await #expect(throws: CacheTierError.self) {
+                _ = try await source.restore(RestoreRequest(key: CacheKey("k")), into: staging, progress: .init(), logger: PeerHarness.quietLogger)
+            }
+            let text = error.map { "\($0)" } ?? ""
+            #expect(text.contains("\\u{1B}[31mdenied level=info forged"), "\(text)")
+            #expect(!text.unicodeScalars.contains { $0.value < 0x20 }, "no control character: \(text)")
+            try await source.shutdown()
+        }
+    }
 }

@@ -67,6 +67,10 @@ public struct CacheTierError: Error, CustomStringConvertible {
         self.offset = offset
     }
 
+    /// One line of printable text, whatever the message quotes: a hostile server's error
+    /// body, a file name, a cause's description. Control characters are shown as
+    /// `\u{1B}` and line breaks as spaces, so neither a terminal escape nor a forged log
+    /// line reaches the operator's screen, the log or the report.
     public var description: String {
         var text = tier.map { "\($0): " } ?? ""
         text += message
@@ -75,7 +79,7 @@ public struct CacheTierError: Error, CustomStringConvertible {
             let cause = String(describing: underlying)
             if !message.contains(cause) { text += " [cause: \(cause)]" }
         }
-        return text
+        return text.printableOnOneLine
     }
 
     /// Returns a copy naming `tier`, unless a tier is already named.
@@ -84,4 +88,27 @@ public struct CacheTierError: Error, CustomStringConvertible {
         if copy.tier == nil { copy.tier = tier }
         return copy
     }
+}
+
+extension String {
+    /// The string with line breaks as spaces and every other control character (C0, DEL,
+    /// C1) written out as `\u{XX}`.
+    var printableOnOneLine: String {
+        guard unicodeScalars.contains(where: \.isControl) else { return self }
+        var result = String.UnicodeScalarView()
+        for scalar in unicodeScalars {
+            if !scalar.isControl {
+                result.append(scalar)
+            } else if scalar == "\n" || scalar == "\r" || scalar == "\t" {
+                result.append(" ")
+            } else {
+                result.append(contentsOf: "\\u{\(String(scalar.value, radix: 16, uppercase: true))}".unicodeScalars)
+            }
+        }
+        return String(result)
+    }
+}
+
+extension Unicode.Scalar {
+    fileprivate var isControl: Bool { value < 0x20 || (0x7F...0x9F).contains(value) }
 }
