@@ -219,12 +219,21 @@ struct ReportFile: Sendable {
         let bytes = Data((json + "\n").utf8)
         do {
             if inPlace {
-                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: target))
-                defer { try? handle.close() }
+                // Non-blocking open: a FIFO nobody reads fails at once (ENXIO) instead of
+                // holding the command after the tree is in place; then blocking writes.
+                let descriptor = open(target, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+                guard descriptor >= 0 else {
+                    let code = errno
+                    throw CommandFailure("cannot write the report to \(path): \(String(cString: strerror(code)))")
+                }
+                _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) & ~O_NONBLOCK)
+                let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
                 try handle.write(contentsOf: bytes)
             } else {
                 try bytes.write(to: URL(fileURLWithPath: target), options: .atomic)
             }
+        } catch let failure as CommandFailure {
+            throw failure
         } catch {
             throw CommandFailure("cannot write the report to \(path): \((error as NSError).localizedDescription)")
         }

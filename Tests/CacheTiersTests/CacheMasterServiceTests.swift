@@ -20,7 +20,9 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(1))) func runsInAHostServiceGroupAndClosesItsPortOnGracefulShutdown() async throws {
+    // The limit only turns a hang into a failure: on a busy machine the suite's other tests can
+    // hold the cooperative pool for tens of seconds before this one runs.
+    @Test(.timeLimit(.minutes(5))) func runsInAHostServiceGroupAndClosesItsPortOnGracefulShutdown() async throws {
         let scratch = try TemporaryDirectory(prefix: "service")
         defer { scratch.remove() }
         let (urls, announce) = AsyncStream.makeStream(of: String.self)
@@ -45,7 +47,7 @@ import Testing
         do {
             let connection = try RawConnection(port: port)
             connection.send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            let answer = try await Fixtures.offThePool { connection.read(within: 20) }
+            let answer = try await Fixtures.offThePool { connection.read(within: 60) }
             guard case .data(let text) = answer else {
                 Issue.record("the server did not answer while the group ran: \(answer)")
                 return

@@ -194,6 +194,15 @@ func kindOfEntry(_ path: FilePath) -> String {
         let second = try await Fixtures.cli(["restore", "--config", project.config.string, "--report", null.string])
         #expect(second.status == 0, "\(second.stderr)")
         #expect(kindOfEntry(null) == "device", "the device is still a device")
+
+        // A FIFO nobody reads: a clear error at once, not a command that never ends (the
+        // exit status stays the restore's: the tree is in place).
+        let fifo = scratch.path.appending("report.fifo")
+        #expect(mkfifo(fifo.string, 0o600) == 0)
+        let third = try await Fixtures.cli(["restore", "--config", project.config.string, "--report", fifo.string])
+        #expect(third.status == 0, "\(third.stderr)")
+        #expect(third.stderr.contains("cannot write the report to \(fifo)"), "\(third.stderr)")
+        #expect(kindOfEntry(fifo) == "other", "the FIFO is still a FIFO")
     }
 
     /// A token file that is a FIFO, too large, or two lines long: a config error naming
