@@ -3,7 +3,7 @@ import GRDB
 
 extension ReportStore {
     /// The fleet's numbers over the `window` seconds before `now`, computed in SQL in
-    /// one read snapshot (the `finishedAt` index bounds every query to the window).
+    /// one read snapshot, each query one range scan of the `report_window` index.
     func stats(window: Int, now: Date) async throws -> FleetStats {
         let since = now.timeIntervalSince1970 - Double(window)
         return try await read { db in try Self.stats(window: window, since: since, db) }
@@ -27,55 +27,46 @@ extension ReportStore {
         let restored: Int = totals["restored"]
         let cost: Double = totals["cost"]
 
-        // Nearest rank: the ⌈p·n⌉-th duration, in integers: ⌈p·n⌉ = (P·n + 99) / 100 for P = 100·p.
-        // The first rows rank every restored report; a tier of NULL is the whole window.
-        let percentiles = try Row.fetchAll(
+        // Per serving tier (and, with a tier of NULL, for every restored report): the
+        // count, bytes, cost and the nearest-rank percentiles, the ⌈p·n⌉-th duration, in
+        // integers: ⌈p·n⌉ = (P·n + 99) / 100 for P = 100·p.
+        let rows = try Row.fetchAll(
             db,
             sql: """
                 WITH restored AS (
-                    SELECT servedBy, durationSeconds FROM report
+                    SELECT servedBy, durationSeconds, bytes, estimatedCostUSD FROM report
                     WHERE finishedAt >= :since AND outcome = 'restored'
                 ), ranked AS (
-                    SELECT NULL AS tier, durationSeconds,
+                    SELECT NULL AS tier, durationSeconds, bytes, estimatedCostUSD,
                            row_number() OVER (ORDER BY durationSeconds) AS rank, count(*) OVER () AS n
                     FROM restored
                     UNION ALL
-                    SELECT servedBy, durationSeconds,
+                    SELECT servedBy, durationSeconds, bytes, estimatedCostUSD,
                            row_number() OVER (PARTITION BY servedBy ORDER BY durationSeconds),
                            count(*) OVER (PARTITION BY servedBy)
                     FROM restored
                 )
-                SELECT tier,
+                SELECT tier, count(*) AS restores, coalesce(sum(bytes), 0) AS bytes, total(estimatedCostUSD) AS cost,
                        max(CASE WHEN rank = (n * 50 + 99) / 100 THEN durationSeconds END) AS p50,
                        max(CASE WHEN rank = (n * 90 + 99) / 100 THEN durationSeconds END) AS p90,
                        max(CASE WHEN rank = (n * 99 + 99) / 100 THEN durationSeconds END) AS p99
-                FROM ranked GROUP BY tier
+                FROM ranked GROUP BY tier ORDER BY restores DESC, tier
                 """,
             arguments: arguments
         )
         var overall = FleetStats.Percentiles()
-        var byTierPercentiles: [String: FleetStats.Percentiles] = [:]
-        for row in percentiles {
-            let values = FleetStats.Percentiles(p50: row["p50"], p90: row["p90"], p99: row["p99"])
-            if let tier: String = row["tier"] { byTierPercentiles[tier] = values } else { overall = values }
-        }
-
-        let tiers = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT servedBy AS tier, count(*) AS restores, coalesce(sum(bytes), 0) AS bytes,
-                       total(estimatedCostUSD) AS cost
-                FROM report WHERE finishedAt >= :since AND outcome = 'restored'
-                GROUP BY servedBy ORDER BY restores DESC, servedBy
-                """,
-            arguments: arguments
-        ).map { row in
-            let tier: String = row["tier"]
+        var tiers: [FleetStats.Tier] = []
+        for row in rows {
+            guard let tier: String = row["tier"] else {
+                overall = FleetStats.Percentiles(p50: row["p50"], p90: row["p90"], p99: row["p99"])
+                continue
+            }
             let count: Int = row["restores"]
-            let values = byTierPercentiles[tier] ?? FleetStats.Percentiles()
-            return FleetStats.Tier(
-                tier: tier, restores: count, share: Double(count) / Double(max(1, restores)),
-                p50: values.p50, p90: values.p90, p99: values.p99, bytes: row["bytes"], estimatedCostUSD: row["cost"]
+            tiers.append(
+                FleetStats.Tier(
+                    tier: tier, restores: count, share: Double(count) / Double(max(1, restores)),
+                    p50: row["p50"], p90: row["p90"], p99: row["p99"], bytes: row["bytes"], estimatedCostUSD: row["cost"]
+                )
             )
         }
 
