@@ -50,6 +50,24 @@ import Testing
         }
     }
 
+    /// Reports posted at once are committed together: a resend racing its first send,
+    /// even in the same transaction, is still stored once and answered 201 once.
+    @Test func aReportSentManyTimesAtOnceIsStoredOnce() async throws {
+        try await PeerHarness.with { peer in
+            let report = FleetReport()
+            let others = (0..<10).map { _ in FleetReport() }
+            let statuses = try await withThrowingTaskGroup(of: (Bool, Int).self) { group in
+                for _ in 0..<20 { group.addTask { (true, try await post(peer, report.body).status) } }
+                for other in others { group.addTask { (false, try await post(peer, other.body).status) } }
+                return try await group.reduce(into: [(Bool, Int)]()) { $0.append($1) }
+            }
+            #expect(statuses.filter { $0.0 }.map(\.1).sorted() == Array(repeating: 200, count: 19) + [201])
+            #expect(statuses.filter { !$0.0 }.allSatisfy { $0.1 == 201 })
+            #expect(try await stats(peer).restores == 11)
+            #expect(try await metrics(peer).contains("cachetiers_fleet_reports_stored 11.0"))
+        }
+    }
+
     @Test func everySchemaProblemIsA400NamingTheFieldAndNothingIsStored() async throws {
         func mutated(_ change: (inout [String: Any]) -> Void) -> [UInt8] {
             var json = FleetReport().json
