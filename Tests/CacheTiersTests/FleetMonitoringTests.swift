@@ -1,0 +1,401 @@
+import AsyncHTTPClient
+import CacheTiers
+import CacheTiersTesting
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import Synchronization
+import SystemPackage
+import Testing
+
+/// What leaves the VM after `cachetiers restore`: the metrics file node_exporter's
+/// textfile collector reads (a real node_exporter), and the report sent to the fleet (a
+/// real HTTP server on loopback playing the master's `POST /v1/reports`), with the
+/// spool that keeps what a down master could not take.
+@Suite(.serialized) struct FleetMonitoringTests {
+    typealias Project = CommandLineEndToEndTests.Project
+
+    // MARK: The scene
+
+    /// A project whose first tier is a peer at `peerURL` (the fleet's master: it
+    /// misses, having no cache routes) and whose second, a folder, holds the key.
+    struct Scene {
+        let scratch: TemporaryDirectory
+        var project: Project
+        let folder: FilePath
+        var spool: FilePath { scratch.path.appending("spool") }
+
+        init(peerURL: String, report: [String: Any] = [:], metricsFile: String? = nil) async throws {
+            scratch = try TemporaryDirectory(prefix: "fleet")
+            folder = scratch.path.appending("folder")
+            try Data("peer-token\n".utf8).write(to: URL(fileURLWithPath: scratch.path.appending("peer.token").string))
+            try Data("report-token\n".utf8).write(to: URL(fileURLWithPath: scratch.path.appending("report.token").string))
+            project = try Project(in: scratch.path, tiers: [])
+            try configure(peerURL: peerURL, report: report, metricsFile: metricsFile)
+            let tree = try await Fixtures.makeCorpus(in: scratch.path.appending("corpus"), files: 50, seed: 61)
+            let key = try await project.key()
+            let file = scratch.path.appending("archive.tar.zst")
+            let manifest = try await ArchivePacker().pack(tree, key: key, to: file, logger: PeerHarness.quietLogger)
+            _ = try await DirectorySource(root: folder).publish(PackedArchive(file: file, manifest: manifest), logger: PeerHarness.quietLogger)
+        }
+
+        func configure(peerURL: String, report: [String: Any] = [:], metricsFile: String? = nil) throws {
+            var monitoring: [String: Any] = [
+                // A generous bound: a suite on two busy cores can take a second to answer (the
+                // black-hole test sets its own).
+                "report": ["tokenFile": "../report.token", "spoolDirectory": spool.string, "timeoutSeconds": 10].merging(report) { $1 }
+            ]
+            if let metricsFile { monitoring["metricsFile"] = metricsFile }
+            try project.write([
+                "key": ["prefix": "node-modules", "files": ["package-lock.json"]],
+                "destination": "node_modules",
+                "tiers": [
+                    [
+                        "kind": "peer", "name": "cache-master", "urls": [peerURL], "tokenFile": "../peer.token",
+                        "connectTimeoutSeconds": 2, "maxAttempts": 1,
+                    ],
+                    ["kind": "directory", "name": "folder", "path": folder.string],
+                ],
+                "writeBack": ["enabled": false],
+                "monitoring": monitoring,
+            ])
+        }
+
+        var spooled: [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: spool.string)) ?? []).sorted()
+        }
+
+        func remove() { scratch.remove() }
+    }
+
+    /// A cache master's `POST /v1/reports` as the contract has it: 401 without the report
+    /// token, 400 for a body that is no report, 201 when new, 200 for an id it holds; or
+    /// whatever status a test makes it answer.
+    final class FleetMaster: Sendable {
+        struct Received: Sendable {
+            var id: String
+            var body: [UInt8]
+            var contentType: String?
+        }
+
+        private struct State {
+            var received: [Received] = []
+            var stored: Set<String> = []
+            var forced: (HTTPResponse.Status, String)?
+        }
+
+        private let state = Mutex(State())
+
+        var received: [Received] { state.withLock { $0.received } }
+        var stored: Set<String> { state.withLock { $0.stored } }
+
+        func answer(_ status: HTTPResponse.Status?, _ body: String = "") {
+            state.withLock { $0.forced = status.map { ($0, body) } }
+        }
+
+        var router: Router<BasicRequestContext> {
+            let router = Router()
+            router.post("/v1/reports") { [self] request, _ -> Response in
+                guard request.headers[.authorization] == "Bearer report-token" else {
+                    return Response(status: .unauthorized, body: .init(byteBuffer: ByteBuffer(string: "wrong token")))
+                }
+                let body = Array(buffer: try await request.body.collect(upTo: 256 << 10))
+                if let (status, text) = state.withLock({ $0.forced }) {
+                    return Response(status: status, body: .init(byteBuffer: ByteBuffer(string: text)))
+                }
+                guard let report = try? JSONDecoder().decode(RestoreReport.self, from: Data(body)) else {
+                    return Response(status: .badRequest, body: .init(byteBuffer: ByteBuffer(string: "not a report")))
+                }
+                let id = report.id.uuidString.lowercased()
+                let isNew = state.withLock { state in
+                    state.received.append(Received(id: id, body: body, contentType: request.headers[.contentType]))
+                    return state.stored.insert(id).inserted
+                }
+                return Response(status: isNew ? .created : .ok)
+            }
+            return router
+        }
+    }
+
+    func restore(_ scene: Scene, _ extra: [String] = []) async throws -> (status: Int32, report: RestoreReport?, stderr: String, seconds: Double) {
+        let started = ContinuousClock.now
+        let result = try await Fixtures.cli(["restore", "--config", scene.project.config.string, "--report", "-"] + extra)
+        let report = try? JSONDecoder().decode(RestoreReport.self, from: Data(result.stdout.utf8))
+        return (result.status, report, result.stderr, (ContinuousClock.now - started).inSeconds)
+    }
+
+    /// Lines of stderr that are warnings.
+    func warnings(_ stderr: String) -> [Substring] {
+        stderr.split(separator: "\n").filter { $0.hasPrefix("cachetiers: warning:") }
+    }
+
+    // MARK: Reports to the fleet
+
+    @Test func theReportGoesToThePeerTiersMasterWithTheReportToken() async throws {
+        let master = FleetMaster()
+        try await FakeHTTPServer.with(master.router) { url in
+            let scene = try await Scene(peerURL: url)
+            defer { scene.remove() }
+            let run = try await restore(scene)
+            #expect(run.status == 0, "\(run.stderr)")
+            let report = try #require(run.report)
+            #expect(report.servedBy == "folder")
+            #expect(master.received.map(\.id) == [report.id.uuidString.lowercased()], "sent once")
+            #expect(master.received.first?.contentType == "application/json")
+            let sent = try JSONDecoder().decode(RestoreReport.self, from: Data(master.received[0].body))
+            #expect(sent.attempts.map(\.outcome) == report.attempts.map(\.outcome))
+            #expect(sent.durationSeconds == report.durationSeconds)
+            #expect(scene.spooled == [], "acknowledged: nothing left to send")
+            #expect(warnings(run.stderr) == [], "\(run.stderr)")
+        }
+    }
+
+    @Test func aDownMasterSpoolsTheReportAndTheNextRunDeliversItOnce() async throws {
+        let master = FleetMaster()
+        try await FakeHTTPServer.with(master.router) { url in
+            // Nothing listens on the discard port: refused at once.
+            let scene = try await Scene(peerURL: CommandLineEndToEndTests.deadURL)
+            defer { scene.remove() }
+            let down = try await restore(scene)
+            #expect(down.status == 0, "the restore's outcome stands: \(down.stderr)")
+            let first = try #require(down.report).id.uuidString.lowercased()
+            #expect(scene.spooled == ["\(first).json"])
+            #expect(warnings(down.stderr).count == 1, "one line: \(down.stderr)")
+            #expect(down.stderr.contains("spooled"), "\(down.stderr)")
+
+            try scene.configure(peerURL: url)
+            let up = try await restore(scene)
+            #expect(up.status == 0, "\(up.stderr)")
+            let second = try #require(up.report).id.uuidString.lowercased()
+            #expect(master.received.map(\.id) == [second, first], "this run's first, then the spooled one")
+            #expect(scene.spooled == [])
+
+            // A report the master stored but whose answer was lost is resent: counted once.
+            let resent = master.received[1].body
+            try Data(resent).write(to: URL(fileURLWithPath: scene.spool.appending("\(first).json").string))
+            let again = try await restore(scene)
+            #expect(again.status == 0)
+            #expect(master.received.map(\.id).filter { $0 == first }.count == 2, "sent twice")
+            #expect(master.stored.count == 3, "stored once by id: \(master.stored)")
+            #expect(scene.spooled == [], "a duplicate is acknowledged too")
+        }
+    }
+
+    @Test func aMasterThatNeverAnswersCostsTheBoundAndNotTheExitStatus() async throws {
+        // Accepts connections (the kernel's backlog) and never reads or answers.
+        let hole = try BlackHoleServer()
+        let scene = try await Scene(peerURL: hole.url, report: ["timeoutSeconds": 1])
+        defer { scene.remove() }
+        // The peer tier itself must not wait on it either: its attempt times out quickly.
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: scene.project.config.string))) as! [String: Any]
+        var tiers = config["tiers"] as! [[String: Any]]
+        tiers[0]["timeoutSeconds"] = 1
+        config["tiers"] = tiers
+        try scene.project.write(config)
+
+        let run = try await restore(scene)
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.report?.servedBy == "folder")
+        #expect(run.seconds < 10, "a hang guard, not a timing claim: \(run.seconds) s")
+        #expect(scene.spooled.count == 1, "unanswered: kept for the next run")
+        #expect(run.stderr.contains("did not answer within"), "\(run.stderr)")
+        withExtendedLifetime(hole) {}
+    }
+
+    @Test func aReportTheMasterRefusesIsDroppedAndOneThatItCannotTakeNowIsKept() async throws {
+        let master = FleetMaster()
+        try await FakeHTTPServer.with(master.router) { url in
+            let scene = try await Scene(peerURL: url)
+            defer { scene.remove() }
+            master.answer(.badRequest, "durationSeconds: must be a finite number at least 0")
+            let refused = try await restore(scene)
+            #expect(refused.status == 0)
+            #expect(scene.spooled == [], "a 400 will never be taken: not spooled")
+            #expect(warnings(refused.stderr).count == 1, "\(refused.stderr)")
+            #expect(refused.stderr.contains("400: durationSeconds: must be a finite number"), "the master's words: \(refused.stderr)")
+
+            master.answer(.serviceUnavailable, "the report store is full")
+            let unavailable = try await restore(scene)
+            #expect(unavailable.status == 0)
+            #expect(scene.spooled.count == 1, "a 503 is for later")
+
+            try Data("not-the-report-token\n".utf8).write(to: URL(fileURLWithPath: scene.scratch.path.appending("report.token").string))
+            master.answer(nil)
+            let unauthorized = try await restore(scene)
+            #expect(unauthorized.status == 0)
+            #expect(unauthorized.stderr.contains("answered 401"), "\(unauthorized.stderr)")
+            #expect(warnings(unauthorized.stderr).count == 2, "this report and the spooled one: \(unauthorized.stderr)")
+            #expect(scene.spooled == [], "a 401 is final: the master will never take these")
+        }
+    }
+
+    @Test func theSpoolIsBoundedAndIgnoresWhatIsNoReport() async throws {
+        let scene = try await Scene(peerURL: CommandLineEndToEndTests.deadURL, report: ["maxSpooledReports": 3])
+        defer { scene.remove() }
+        try FileManager.default.createDirectory(atPath: scene.spool.string, withIntermediateDirectories: true)
+        // Three older reports, a cut-short one, and a file that is none of the spool's.
+        var old: [String] = []
+        for age in 1...3 {
+            let report = RestoreReport(
+                finishedAt: Date(timeIntervalSinceNow: -Double(age) * 3600), key: try CacheKey("old"), outcome: .restored,
+                servedBy: "folder", destination: "/d", durationSeconds: 1, bytesTransferred: 1, estimatedCostUSD: nil,
+                attempts: [], writeBack: []
+            )
+            let id = report.id.uuidString.lowercased()
+            old.append(id)
+            let file = scene.spool.appending("\(id).json").string
+            try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: file))
+            // Spooled by earlier runs: the older, the earlier.
+            try FileManager.default.setAttributes([.modificationDate: report.finishedAt], ofItemAtPath: file)
+        }
+        let broken = UUID().uuidString.lowercased()
+        try Data(#"{"id": "#.utf8).write(to: URL(fileURLWithPath: scene.spool.appending("\(broken).json").string))
+        try Data("keep me".utf8).write(to: URL(fileURLWithPath: scene.spool.appending("notes.txt").string))
+
+        let run = try await restore(scene)
+        #expect(run.status == 0)
+        let current = try #require(run.report).id.uuidString.lowercased()
+        #expect(
+            scene.spooled == ["\(current).json", "\(old[0]).json", "\(old[1]).json", "notes.txt"].sorted(),
+            "the newest three, the broken one removed, the stranger left alone"
+        )
+        #expect(run.stderr.contains("holds at most 3 reports; dropped the 1 oldest"), "\(run.stderr)")
+    }
+
+    @Test func anUnusableSpoolIsOneWarningAndTheReportIsStillSent() async throws {
+        let master = FleetMaster()
+        try await FakeHTTPServer.with(master.router) { url in
+            let scene = try await Scene(peerURL: url)
+            defer { scene.remove() }
+            try Data("a file where the folder should be".utf8).write(to: URL(fileURLWithPath: scene.spool.string))
+            let run = try await restore(scene)
+            #expect(run.status == 0)
+            #expect(master.received.count == 1, "sent without a spool")
+            #expect(warnings(run.stderr).count == 1, "\(run.stderr)")
+            #expect(run.stderr.contains("cannot spool reports: cannot write \(scene.spool): it is not a folder"), "\(run.stderr)")
+        }
+    }
+
+    // MARK: The metrics file, read by a real node_exporter
+
+    @Test(.needsNodeExporter) func nodeExporterReadsTheRestoreGaugesAndTheLastSuccessSurvivesAFailure() async throws {
+        let scene = try await Scene(peerURL: CommandLineEndToEndTests.deadURL, report: ["enabled": false])
+        defer { scene.remove() }
+        let textfiles = try scene.scratch.makeDirectory("textfiles")
+        let metricsFile = textfiles.appending("cachetiers.prom")
+        try await NodeExporter.with(textfileDirectory: textfiles) { exporter in
+            let restored = try await restore(scene, ["--metrics-file", metricsFile.string])
+            #expect(restored.status == 0, "\(restored.stderr)")
+            let report = try #require(restored.report)
+            let first = try await exporter.samples()
+            #expect(first["node_textfile_scrape_error"] == 0, "node_exporter read the file without complaint")
+            #expect(first[#"cachetiers_restore_last_outcome{outcome="restored"}"#] == 1)
+            #expect(first[#"cachetiers_restore_last_outcome{outcome="failed"}"#] == 0)
+            #expect(first[#"cachetiers_restore_last_served_by{tier="folder"}"#] == 1)
+            #expect(first[#"cachetiers_restore_last_served_by{tier="cache-master"}"#] == 0)
+            #expect(first["cachetiers_restore_last_bytes"] == Double(report.bytesTransferred))
+            #expect(first["cachetiers_restore_last_estimated_cost_usd"] == 0)
+            #expect(first["cachetiers_restore_last_attempts"] == 2)
+            #expect(first["cachetiers_restore_last_duration_seconds"] == report.durationSeconds)
+            let success = try #require(first["cachetiers_restore_last_success_timestamp_seconds"])
+            #expect(abs(success - report.finishedAt.timeIntervalSince1970) < 0.001)
+            #expect(first["cachetiers_restore_last_run_timestamp_seconds"] == success)
+
+            // The folder loses the archive: every tier misses, and the file says so.
+            try FileManager.default.removeItem(atPath: scene.folder.string)
+            try FileManager.default.createDirectory(atPath: scene.folder.string, withIntermediateDirectories: true)
+            let failed = try await restore(scene, ["--metrics-file", metricsFile.string])
+            #expect(failed.status == 1)
+            let second = try await exporter.samples()
+            #expect(second["node_textfile_scrape_error"] == 0)
+            #expect(second[#"cachetiers_restore_last_outcome{outcome="failed"}"#] == 1)
+            #expect(second[#"cachetiers_restore_last_outcome{outcome="restored"}"#] == 0)
+            #expect(second[#"cachetiers_restore_last_served_by{tier="folder"}"#] == 0, "every known series, at 0")
+            #expect(second["cachetiers_restore_last_bytes"] == 0)
+            #expect(second["cachetiers_restore_last_success_timestamp_seconds"] == success, "kept from the last success")
+            #expect((second["cachetiers_restore_last_run_timestamp_seconds"] ?? 0) > success)
+        }
+        let text = try String(contentsOfFile: metricsFile.string, encoding: .utf8)
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            #expect(line.split(separator: " ").count == 2, "no sample timestamp: \(line)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: textfiles.string) == ["cachetiers.prom"], "no temporary file left")
+    }
+
+    @Test func aMetricsFileThatCannotBeWrittenIsOneWarningAndTheExitStatusStands() async throws {
+        let scene = try await Scene(peerURL: CommandLineEndToEndTests.deadURL, report: ["enabled": false])
+        defer { scene.remove() }
+        let run = try await restore(scene, ["--metrics-file", scene.scratch.path.appending("missing/cachetiers.prom").string])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.report?.servedBy == "folder")
+        #expect(warnings(run.stderr).count == 1, "\(run.stderr)")
+        #expect(run.stderr.contains("metrics file not written: cannot write"), "\(run.stderr)")
+    }
+}
+
+/// Debian's node_exporter with only the textfile collector, on a free loopback port.
+struct NodeExporter {
+    static let binary = "/usr/bin/prometheus-node-exporter"
+    let url: String
+
+    static func with<T>(textfileDirectory: FilePath, _ body: (NodeExporter) async throws -> T) async throws -> T {
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw FixtureError("\(binary) is missing: apt-get install prometheus-node-exporter (.ci/setup does)")
+        }
+        // A port that was free a moment ago: bound by this process, then released for the exporter.
+        let port = try BlackHoleServer().port
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = [
+            "--collector.disable-defaults", "--collector.textfile", "--collector.textfile.directory=\(textfileDirectory.string)",
+            "--web.listen-address=127.0.0.1:\(port)",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        let exporter = NodeExporter(url: "http://127.0.0.1:\(port)/metrics")
+        var ready = false
+        for _ in 0..<200 where process.isRunning {
+            if (try? await exporter.text()) != nil {
+                ready = true
+                break
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        guard ready else { throw FixtureError("node_exporter did not answer on port \(port)") }
+        return try await body(exporter)
+    }
+
+    func text() async throws -> String {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(5))
+        guard response.status == .ok else { throw FixtureError("node_exporter answered \(response.status)") }
+        return String(buffer: try await response.body.collect(upTo: 16 << 20))
+    }
+
+    /// Every sample of the scrape, by series (name and labels, as exposed).
+    func samples() async throws -> [String: Double] {
+        var samples: [String: Double] = [:]
+        for line in try await text().split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            samples[String(line[..<space])] = value
+        }
+        return samples
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the test when node_exporter is installed, and always in CI (where a missing
+    /// one fails the test, not skips it).
+    static var needsNodeExporter: Self {
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: NodeExporter.binary) || GCSHarness.isCI,
+            "SKIPPED: prometheus-node-exporter is not installed (apt-get install prometheus-node-exporter); CI installs it and runs this"
+        )
+    }
+}
