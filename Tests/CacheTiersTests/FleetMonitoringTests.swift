@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CacheTiers
+@testable import CacheTiers
 import CacheTiersTesting
 import Foundation
 import HTTPTypes
@@ -253,13 +253,19 @@ import Testing
         let broken = UUID().uuidString.lowercased()
         try Data(#"{"id": "#.utf8).write(to: URL(fileURLWithPath: scene.spool.appending("\(broken).json").string))
         try Data("keep me".utf8).write(to: URL(fileURLWithPath: scene.spool.appending("notes.txt").string))
+        // Half-written by a process killed before its rename, and by one still writing.
+        let killed = "\(UUID().uuidString.lowercased()).json.tmp-\(try Fixtures.processIDOfAFinishedProcess())"
+        let writing = "\(UUID().uuidString.lowercased()).json.tmp-\(ProcessInfo.processInfo.processIdentifier)"
+        for name in [killed, writing] {
+            try Data(#"{"id":"#.utf8).write(to: URL(fileURLWithPath: scene.spool.appending(name).string))
+        }
 
         let run = try await restore(scene)
         #expect(run.status == 0)
         let current = try #require(run.report).id.uuidString.lowercased()
         #expect(
-            scene.spooled == ["\(current).json", "\(old[0]).json", "\(old[1]).json", "notes.txt"].sorted(),
-            "the newest three, the broken one removed, the stranger left alone"
+            scene.spooled == ["\(current).json", "\(old[0]).json", "\(old[1]).json", "notes.txt", writing].sorted(),
+            "the newest three, the broken one and the dead writer's removed, the stranger and a live writer's left alone"
         )
         #expect(run.stderr.contains("holds at most 3 reports; dropped the 1 oldest"), "\(run.stderr)")
     }
@@ -275,6 +281,59 @@ import Testing
             #expect(master.received.count == 1, "sent without a spool")
             #expect(warnings(run.stderr).count == 1, "\(run.stderr)")
             #expect(run.stderr.contains("cannot spool reports: cannot write \(scene.spool): it is not a folder"), "\(run.stderr)")
+        }
+    }
+
+    // MARK: The real cache master
+
+    static let serveStoresReports: Bool = {
+        (try? Fixtures.runBlocking([Fixtures.cliPath, "serve", "--help"]).stdout.contains("--report-token-file")) ?? false
+    }()
+
+    @Test(.needsFleetMaster) func aRealMasterCountsEveryRestoreOnceThroughADowntime() async throws {
+        let scene = try await Scene(peerURL: CommandLineEndToEndTests.deadURL)
+        defer { scene.remove() }
+        let root = scene.scratch.path.appending("root").string
+        let tokens = ["--token-file", scene.scratch.path.appending("peer.token").string,
+                      "--report-token-file", scene.scratch.path.appending("report.token").string]
+        func serve<T>(_ body: (LoopbackDaemon) async throws -> T) async throws -> T {
+            try await LoopbackDaemon.with(Fixtures.cliPath, probe: "/healthz", { port in
+                ["serve", "--root", root, "--port", "\(port)"] + tokens
+            }, body)
+        }
+        func restores(_ master: LoopbackDaemon) async throws -> Int? {
+            let stats = try JSONSerialization.jsonObject(with: Data(try await master.get("/v1/stats?window=1h", token: "peer-token").utf8))
+            return (stats as? [String: Any])?["restores"] as? Int
+        }
+
+        try await serve { master in
+            try scene.configure(peerURL: master.url)
+            let run = try await restore(scene)
+            #expect(run.status == 0, "\(run.stderr)")
+            #expect(warnings(run.stderr) == [], "the report token may report: \(run.stderr)")
+            #expect(try await restores(master) == 1)
+            let fleet = try await master.samples(token: "peer-token")
+            #expect(fleet[#"cachetiers_fleet_restores_total{outcome="restored",served_by="folder"}"#] == 1, "\(fleet)")
+        }
+        // The master is down for one boot: that report waits in the spool.
+        let down = try await restore(scene)
+        #expect(down.status == 0)
+        #expect(scene.spooled.count == 1)
+        let resend = try #require(down.report)
+        try await serve { master in
+            try scene.configure(peerURL: master.url)
+            let up = try await restore(scene)
+            #expect(up.status == 0, "\(up.stderr)")
+            #expect(scene.spooled == [])
+            #expect(try await restores(master) == 3, "the spooled report arrived, the database kept the first")
+            // The same report once more (an answer lost on the way): stored once.
+            try JSONEncoder().encode(resend).write(
+                to: URL(fileURLWithPath: scene.spool.appending("\(resend.id.uuidString.lowercased()).json").string)
+            )
+            let again = try await restore(scene)
+            #expect(again.status == 0)
+            #expect(scene.spooled == [])
+            #expect(try await restores(master) == 4, "four restores, five reports received")
         }
     }
 
@@ -324,6 +383,22 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: textfiles.string) == ["cachetiers.prom"], "no temporary file left")
     }
 
+    @Test func labelValuesAreEscapedAndEverySeriesIsThereWhenNothingApplies() throws {
+        let textfile = RestoreTextfile(path: "/unused", tiers: [#"odd"name\"#, "plain"])
+        let report = RestoreReport(
+            key: try CacheKey("k"), outcome: .failed, servedBy: nil, destination: "/d", durationSeconds: 2, bytesTransferred: 0,
+            estimatedCostUSD: nil, attempts: [AttemptRecord(tier: "plain", attempt: 0, outcome: .skipped, durationSeconds: 0, bytes: 0, error: "open")],
+            writeBack: []
+        )
+        let text = textfile.render(report, previousSuccess: 1234.5)
+        #expect(text.contains(#"cachetiers_restore_last_served_by{tier="odd\"name\\"} 0"#), "\(text)")
+        #expect(text.contains(#"cachetiers_restore_last_served_by{tier="plain"} 0"#))
+        #expect(text.contains("cachetiers_restore_last_success_timestamp_seconds 1234.5\n"))
+        #expect(text.contains("cachetiers_restore_last_attempts 0\n"), "a skipped tier makes no attempt")
+        #expect(text.contains("cachetiers_restore_last_estimated_cost_usd 0"))
+        #expect(text.split(separator: "\n").filter { $0.hasPrefix("# TYPE") }.count == 8, "eight gauges")
+    }
+
     @Test func aMetricsFileThatCannotBeWrittenIsOneWarningAndTheExitStatusStands() async throws {
         let scene = try await Scene(peerURL: CommandLineEndToEndTests.deadURL, report: ["enabled": false])
         defer { scene.remove() }
@@ -335,23 +410,24 @@ import Testing
     }
 }
 
-/// Debian's node_exporter with only the textfile collector, on a free loopback port.
-struct NodeExporter {
-    static let binary = "/usr/bin/prometheus-node-exporter"
+/// A server process on a free loopback port, answering at `url` once it is up.
+struct LoopbackDaemon {
     let url: String
 
-    static func with<T>(textfileDirectory: FilePath, _ body: (NodeExporter) async throws -> T) async throws -> T {
-        guard FileManager.default.isExecutableFile(atPath: binary) else {
-            throw FixtureError("\(binary) is missing: apt-get install prometheus-node-exporter (.ci/setup does)")
-        }
-        // A port that was free a moment ago: bound by this process, then released for the exporter.
+    /// Starts `arguments(port)` (a free port picked by binding it first), waits until a
+    /// GET of `probe` answers, runs `body`, and stops the process.
+    static func with<T>(
+        _ executable: String,
+        probe: String,
+        _ arguments: (_ port: Int) -> [String],
+        _ body: (LoopbackDaemon) async throws -> T
+    ) async throws -> T {
+        guard FileManager.default.isExecutableFile(atPath: executable) else { throw FixtureError("\(executable) is missing") }
+        // A port that was free a moment ago: bound by this process, then released for the server.
         let port = try BlackHoleServer().port
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = [
-            "--collector.disable-defaults", "--collector.textfile", "--collector.textfile.directory=\(textfileDirectory.string)",
-            "--web.listen-address=127.0.0.1:\(port)",
-        ]
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments(port)
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -359,29 +435,32 @@ struct NodeExporter {
             process.terminate()
             process.waitUntilExit()
         }
-        let exporter = NodeExporter(url: "http://127.0.0.1:\(port)/metrics")
+        let daemon = LoopbackDaemon(url: "http://127.0.0.1:\(port)")
         var ready = false
-        for _ in 0..<200 where process.isRunning {
-            if (try? await exporter.text()) != nil {
+        for _ in 0..<400 where process.isRunning {
+            if (try? await daemon.get(probe)) != nil {
                 ready = true
                 break
             }
             try await Task.sleep(for: .milliseconds(50))
         }
-        guard ready else { throw FixtureError("node_exporter did not answer on port \(port)") }
-        return try await body(exporter)
+        guard ready else { throw FixtureError("\(executable) did not answer on port \(port)") }
+        return try await body(daemon)
     }
 
-    func text() async throws -> String {
-        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(5))
-        guard response.status == .ok else { throw FixtureError("node_exporter answered \(response.status)") }
-        return String(buffer: try await response.body.collect(upTo: 16 << 20))
+    func get(_ path: String, token: String? = nil) async throws -> String {
+        var request = HTTPClientRequest(url: url + path)
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let body = String(buffer: try await response.body.collect(upTo: 16 << 20))
+        guard response.status == .ok else { throw FixtureError("GET \(path) answered \(response.status): \(body)") }
+        return body
     }
 
-    /// Every sample of the scrape, by series (name and labels, as exposed).
-    func samples() async throws -> [String: Double] {
+    /// Every sample of a Prometheus text exposition at `path`, by series (name and labels, as exposed).
+    func samples(_ path: String = "/metrics", token: String? = nil) async throws -> [String: Double] {
         var samples: [String: Double] = [:]
-        for line in try await text().split(separator: "\n") where !line.hasPrefix("#") {
+        for line in try await get(path, token: token).split(separator: "\n") where !line.hasPrefix("#") {
             guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
             samples[String(line[..<space])] = value
         }
@@ -389,7 +468,30 @@ struct NodeExporter {
     }
 }
 
+/// Debian's node_exporter with only the textfile collector.
+enum NodeExporter {
+    static let binary = "/usr/bin/prometheus-node-exporter"
+
+    static func with<T>(textfileDirectory: FilePath, _ body: (LoopbackDaemon) async throws -> T) async throws -> T {
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw FixtureError("\(binary) is missing: apt-get install prometheus-node-exporter (.ci/setup does)")
+        }
+        return try await LoopbackDaemon.with(binary, probe: "/metrics", { port in
+            [
+                "--collector.disable-defaults", "--collector.textfile",
+                "--collector.textfile.directory=\(textfileDirectory.string)", "--web.listen-address=127.0.0.1:\(port)",
+            ]
+        }, body)
+    }
+}
+
 extension Trait where Self == ConditionTrait {
+    /// Runs the test when this build's `cachetiers serve` stores fleet reports (the cache
+    /// master's side of the same feature, built in parallel).
+    static var needsFleetMaster: Self {
+        .enabled(if: FleetMonitoringTests.serveStoresReports, "SKIPPED: this build's cachetiers serve has no --report-token-file")
+    }
+
     /// Runs the test when node_exporter is installed, and always in CI (where a missing
     /// one fails the test, not skips it).
     static var needsNodeExporter: Self {
