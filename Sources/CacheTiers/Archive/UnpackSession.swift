@@ -81,7 +81,13 @@ public final class UnpackSession {
                 let extractor = TarExtractor(root: root, limits: limits, writerThreads: writerThreads)
                 do {
                     while var chunk = try queue.next() {
-                        try busy.measure { try chunk.withUnsafeBytes { bytes in try extractor.consume(bytes) } }
+                        do {
+                            // Not in a closure: one capturing `chunk` could keep its buffer
+                            // from coming back to the queue unshared, to be reused.
+                            busy.enter()
+                            defer { busy.leave() }
+                            try chunk.withUnsafeBytes { bytes in try extractor.consume(bytes) }
+                        }
                         queue.recycle(&chunk)
                     }
                     return try busy.measure { try extractor.finish() }
