@@ -125,7 +125,7 @@ public struct FleetReporter: Sendable {
             spool?.remove(report.id)
             outcome.warnings.append("the cache master refused the report (\(answer)); dropped")
         case .unavailable(let reason):
-            let waiting = spool?.entries().count ?? 0
+            let waiting = spool?.count ?? 0
             outcome.spooled = waiting
             outcome.warnings.append(
                 "the report did not reach the fleet (\(reason))"
@@ -135,6 +135,15 @@ public struct FleetReporter: Sendable {
         }
         guard let spool else { return }
         var entries = spool.entries()[...]
+        var refused: [String] = []
+        defer {
+            // One line however many: a token the master no longer takes refuses them all.
+            if let first = refused.first {
+                outcome.warnings.append(
+                    "the cache master refused \(refused.count) spooled report\(refused.count == 1 ? "" : "s") (\(first)); dropped"
+                )
+            }
+        }
         while let entry = entries.popFirst() {
             switch await masters.post(entry.json, token: configuration.token, client: client, deadline: deadline) {
             case .acknowledged:
@@ -142,9 +151,7 @@ public struct FleetReporter: Sendable {
                 spool.remove(entry.report.id)
             case .refused(let answer):
                 spool.remove(entry.report.id)
-                outcome.warnings.append(
-                    "the cache master refused the spooled report \(entry.report.id.uuidString.lowercased()) (\(answer)); dropped"
-                )
+                refused.append(answer)
             case .unavailable:
                 // This run's time or the master's patience ran out: the rest waits for the next run.
                 outcome.spooled = entries.count + 1

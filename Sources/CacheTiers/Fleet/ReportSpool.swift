@@ -91,11 +91,15 @@ struct ReportSpool: Sendable {
                 continue
             }
             var info = stat()
-            guard Self.isReportName(name), lstat(path.string, &info) == 0 else { continue }
+            // Only regular files: a link named like a report is never followed.
+            guard Self.isReportName(name), lstat(path.string, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
             files.append((path, Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9))
         }
         return files.sorted { $0.spooled > $1.spooled }
     }
+
+    /// How many reports wait, by their names.
+    var count: Int { files().count }
 
     /// The spooled reports, newest first, at most ``maxReports`` of them; a file that is
     /// not a valid report is removed.
