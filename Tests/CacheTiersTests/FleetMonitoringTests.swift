@@ -344,6 +344,9 @@ import Testing
         defer { scene.remove() }
         let textfiles = try scene.scratch.makeDirectory("textfiles")
         let metricsFile = textfiles.appending("cachetiers.prom")
+        // What a run killed before its rename left behind.
+        let abandoned = textfiles.appending("cachetiers.prom.tmp-\(try Fixtures.processIDOfAFinishedProcess())")
+        try Data("cachetiers_restore_last_bytes 1".utf8).write(to: URL(fileURLWithPath: abandoned.string))
         try await NodeExporter.with(textfileDirectory: textfiles) { exporter in
             let restored = try await restore(scene, ["--metrics-file", metricsFile.string])
             #expect(restored.status == 0, "\(restored.stderr)")
@@ -380,7 +383,7 @@ import Testing
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             #expect(line.split(separator: " ").count == 2, "no sample timestamp: \(line)")
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: textfiles.string) == ["cachetiers.prom"], "no temporary file left")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: textfiles.string) == ["cachetiers.prom"], "no temporary file left, a killed run's included")
     }
 
     @Test func labelValuesAreEscapedAndEverySeriesIsThereWhenNothingApplies() throws {

@@ -23,6 +23,26 @@ enum DurableFile {
     /// The suffix of the temporary files this process writes.
     static var temporarySuffix: String { ".tmp-\(getpid())" }
 
+    /// The file a temporary file named `name` was to become, when the process writing it
+    /// no longer exists (killed between its open and its rename): `nil` for any other name.
+    static func abandonedTemporary(_ name: String) -> Substring? {
+        guard let range = name.range(of: ".tmp-", options: .backwards), let owner = pid_t(name[range.upperBound...]), owner > 0,
+            kill(owner, 0) != 0, errno == ESRCH
+        else { return nil }
+        return name[..<range.lowerBound]
+    }
+
+    /// Removes what writers of `path` killed before their rename left beside it.
+    static func sweepAbandoned(besides path: FilePath) {
+        let folder = path.removingLastComponent()
+        guard let name = path.lastComponent?.string,
+            let names = try? FileManager.default.contentsOfDirectory(atPath: folder.string.isEmpty ? "." : folder.string)
+        else { return }
+        for candidate in names where abandonedTemporary(candidate) == name[...] {
+            unlink(folder.appending(candidate).string)
+        }
+    }
+
     /// Writes `bytes` to `path` durably and atomically, with `mode` (the umask applies).
     static func replace(_ path: FilePath, with bytes: some Collection<UInt8>, mode: mode_t = 0o644) throws(Failure) {
         let temporary = FilePath(path.string + temporarySuffix)

@@ -85,9 +85,9 @@ struct ReportSpool: Sendable {
         var files: [(path: FilePath, spooled: Double)] = []
         for name in names {
             let path = directory.appending(name)
-            if let (stem, owner) = Self.temporaryFile(name) {
-                // A writer killed between open and rename; a live one is still writing.
-                if Self.isReportName(stem), kill(owner, 0) != 0, errno == ESRCH { unlink(path.string) }
+            if let stem = DurableFile.abandonedTemporary(name) {
+                // A writer killed between open and rename (a live one is still writing).
+                if Self.isReportName(stem) { unlink(path.string) }
                 continue
             }
             var info = stat()
@@ -135,13 +135,6 @@ struct ReportSpool: Sendable {
         guard name.hasSuffix(".json") else { return false }
         let stem = name.dropLast(5)
         return stem.count == 36 && UUID(uuidString: String(stem)) != nil && stem == stem.lowercased()
-    }
-
-    /// `NAME.tmp-PID`, as ``DurableFile`` writes.
-    static func temporaryFile(_ name: String) -> (stem: Substring, owner: pid_t)? {
-        guard let range = name.range(of: ".tmp-", options: .backwards), let owner = pid_t(name[range.upperBound...]), owner > 0
-        else { return nil }
-        return (name[..<range.lowerBound], owner)
     }
 }
 

@@ -27,6 +27,8 @@ public struct RestoreTextfile: Sendable {
     /// - Throws: a one-line description of what went wrong, naming the path.
     public func write(_ report: RestoreReport) throws {
         try DurableFile.replace(path, with: Array(render(report, previousSuccess: previousSuccess()).utf8))
+        // node_exporter ignores them (not `*.prom`), but they would pile up.
+        DurableFile.sweepAbandoned(besides: path)
     }
 
     /// The last success timestamp of the file in place, 0 when there is none (or it is
