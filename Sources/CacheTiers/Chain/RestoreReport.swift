@@ -137,12 +137,7 @@ public struct RestoreReport: Sendable, Codable {
     static let timestampStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt)
 
     /// This machine's name (`gethostname`), or `nil` when it has none.
-    public static var hostName: String? {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count - 1) == 0 else { return nil }
-        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return name.isEmpty ? nil : name
-    }
+    public static var hostName: String? { systemHostName }
 
     /// Waits for a background write-back and returns the report with its final outcomes
     /// and ``RestoreTimings/writeBackSeconds``.
