@@ -92,6 +92,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // IOError, to name a port in use.
                 .product(name: "NIOCore", package: "swift-nio"),
+                // `stats` reads the cache master's GET /v1/stats.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 // `serve` runs the cache master in a ServiceGroup.
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

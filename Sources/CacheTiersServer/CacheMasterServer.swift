@@ -1,4 +1,5 @@
 import CacheTiers
+import Foundation
 import Hummingbird
 import HummingbirdCore
 import Logging
@@ -28,6 +29,16 @@ public final class CacheMasterServer: Service, Sendable {
         public var port: Int
         /// When set, every request but `/healthz` needs `Authorization: Bearer <token>`.
         public var token: String?
+        /// A token that may only `POST /v1/reports` (what VMs hold): 403 on every other
+        /// route. Meant beside ``token``: set alone, no token can reach the other routes.
+        public var reportToken: String?
+        /// The SQLite database of fleet reports; `nil` is `ROOT/.cachetiers/reports.sqlite`
+        /// (a hidden folder the archive folder's recovery leaves alone).
+        public var reportsDatabase: FilePath?
+        /// Reports that finished longer ago are deleted, at start and every ten minutes.
+        public var reportRetention: Duration
+        /// Beyond this many stored reports the oldest are deleted.
+        public var maxReports: Int
         /// Archive downloads and uploads served at once; more get 503 with Retry-After.
         public var maxConcurrentTransfers: Int
         /// What 503 answers put in Retry-After, in seconds.
@@ -54,6 +65,10 @@ public final class CacheMasterServer: Service, Sendable {
             host: String = "127.0.0.1",
             port: Int = 7420,
             token: String? = nil,
+            reportToken: String? = nil,
+            reportsDatabase: FilePath? = nil,
+            reportRetention: Duration = .seconds(30 * 86_400),
+            maxReports: Int = 1_000_000,
             maxConcurrentTransfers: Int = 64,
             retryAfterSeconds: Int = 1,
             chunkSize: Int = 256 * 1024,
@@ -65,6 +80,10 @@ public final class CacheMasterServer: Service, Sendable {
             self.host = host
             self.port = port
             self.token = token
+            self.reportToken = reportToken
+            self.reportsDatabase = reportsDatabase
+            self.reportRetention = reportRetention
+            self.maxReports = max(1, maxReports)
             self.maxConcurrentTransfers = maxConcurrentTransfers
             self.retryAfterSeconds = retryAfterSeconds
             self.chunkSize = chunkSize
@@ -72,7 +91,17 @@ public final class CacheMasterServer: Service, Sendable {
             self.maxConnections = maxConnections
             self.orphanGracePeriod = orphanGracePeriod
         }
+
+        /// Where the report database is: ``reportsDatabase``, or its default in the root.
+        public var reportsDatabasePath: FilePath {
+            reportsDatabase ?? root.appending(CacheMasterServer.reportsFolderName).appending("reports.sqlite")
+        }
     }
+
+    /// The hidden folder in the root that holds the report database by default.
+    public static let reportsFolderName = ".cachetiers"
+    /// How often reports past the retention or the cap are deleted while serving.
+    static let pruneInterval = Duration.seconds(600)
 
     public let configuration: Configuration
     let logger: Logger
@@ -90,6 +119,8 @@ public final class CacheMasterServer: Service, Sendable {
     private let running = Mutex<Running?>(nil)
     /// Told the address once the server listens, for ``start()``.
     private let listeningObserver = Mutex<(@Sendable (String) -> Void)?>(nil)
+    /// The report store while ``run()`` serves, for the `/metrics` gauges.
+    private let reports = Mutex<ReportStore?>(nil)
 
     /// - Parameter onServerRunning: called with the base URL (`http://127.0.0.1:41234`)
     ///   once ``run()`` listens.
@@ -108,23 +139,41 @@ public final class CacheMasterServer: Service, Sendable {
 
     /// Serves until the service group it runs in shuts down gracefully, or the task is
     /// cancelled: first clears what a crash left half-published in the folder (see
-    /// `Documentation/CacheMasterAPI.md`), then listens; on shutdown it stops accepting,
-    /// lets in-flight requests finish, and returns.
+    /// `Documentation/CacheMasterAPI.md`) and opens the report database, then listens;
+    /// on shutdown it stops accepting, lets in-flight requests finish, and returns.
     public func run() async throws {
         do {
             try folder.prepare(gracePeriod: configuration.orphanGracePeriod, logger: logger)
         } catch {
             throw CacheMasterError(error.description)
         }
+        let store: ReportStore
+        do {
+            store = try ReportStore.open(
+                at: configuration.reportsDatabasePath, retention: configuration.reportRetention,
+                maxReports: configuration.maxReports, logger: logger
+            )
+        } catch {
+            throw CacheMasterError(error.description)
+        }
+        reports.withLock { $0 = store }
+        defer {
+            reports.withLock { $0 = nil }
+            store.close()
+        }
         let host = urlHost
-        let application = makeApplication { port in
+        let application = makeApplication(store: store) { port in
             let url = "http://\(host):\(port)"
             self.listeningObserver.withLock { $0 }?(url)
             await self.onServerRunning(url)
         }
-        // Hummingbird runs its server in a service group of its own, which follows the
-        // graceful shutdown of the group this service runs in.
-        try await application.run()
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { [logger] in await store.pruneEvery(Self.pruneInterval, logger: logger) }
+            // Hummingbird runs its server in a service group of its own, which follows the
+            // graceful shutdown of the group this service runs in.
+            try await application.run()
+            group.cancelAll()
+        }
     }
 
     /// Starts serving in the background, in a service group of its own.
@@ -162,13 +211,13 @@ public final class CacheMasterServer: Service, Sendable {
         configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
     }
 
-    private func makeApplication(onPort: @escaping @Sendable (Int) async -> Void) -> some ApplicationProtocol {
+    private func makeApplication(store: ReportStore, onPort: @escaping @Sendable (Int) async -> Void) -> some ApplicationProtocol {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: MetricsMiddleware(metrics: metrics))
         router.add(middleware: OneLineErrorMiddleware())
-        router.add(middleware: BearerTokenMiddleware(token: configuration.token))
-        let routes = CacheRoutes(server: self)
-        routes.register(on: router)
+        router.add(middleware: BearerTokenMiddleware(token: configuration.token, reportToken: configuration.reportToken))
+        CacheRoutes(server: self).register(on: router)
+        ReportRoutes(store: store, metrics: metrics.fleet, retryAfterSeconds: configuration.retryAfterSeconds).register(on: router)
         let idle = configuration.idleTimeout.components
         let idleTimeout = TimeAmount.nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000)
         return Application(
@@ -191,7 +240,8 @@ public final class CacheMasterServer: Service, Sendable {
 
     /// The Prometheus text exposition of the server's metrics.
     public func metricsText() -> String {
-        metrics.exposition(activeTransfers: transfers.active)
+        if let store = reports.withLock({ $0 }) { metrics.fleet.refresh(store.summary, now: Date()) }
+        return metrics.exposition(activeTransfers: transfers.active)
     }
 }
 

@@ -9,6 +9,8 @@ final class ServerMetrics: Sendable {
     let bytesServed: Prometheus.Counter
     let bytesReceived: Prometheus.Counter
     let activeTransfers: Prometheus.Gauge
+    /// The aggregates of the fleet's reports, in the same registry.
+    let fleet: FleetMetrics
 
     private static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "cachetiers", subsystem: "server", metricName: metric, unitName: unit, helpText: help)
@@ -21,6 +23,7 @@ final class ServerMetrics: Sendable {
         bytesServed = registry.makeCounter(descriptor: Self.name("bytes_served", "total", "Archive bytes sent to clients."))
         bytesReceived = registry.makeCounter(descriptor: Self.name("bytes_received", "total", "Archive bytes received in uploads."))
         activeTransfers = registry.makeGauge(descriptor: Self.name("active", "transfers", "Downloads and uploads in flight."))
+        fleet = FleetMetrics(registry: registry)
     }
 
     func recordRequest(route: String, method: String, status: Int) {
@@ -87,22 +90,39 @@ struct OneLineErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 
 /// Requires `Authorization: Bearer <token>` on everything but `/healthz`, compared in
 /// constant time. The scheme is case-insensitive (RFC 7235), the token is not.
+///
+/// `token` may do everything; `reportToken` (what VMs hold to report their restores)
+/// may only `POST /v1/reports`, and is answered 403 on every other route. With neither
+/// set, every route is open.
 struct BearerTokenMiddleware<Context: RequestContext>: RouterMiddleware {
     let token: String?
+    let reportToken: String?
+
+    init(token: String?, reportToken: String? = nil) {
+        self.token = token
+        self.reportToken = reportToken
+    }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let token, request.uri.path != "/healthz" else { return try await next(request, context) }
-        let presented = request.headers[.authorization].flatMap { value -> Substring? in
+        guard token != nil || reportToken != nil, request.uri.path != "/healthz" else { return try await next(request, context) }
+        let presented = request.headers[.authorization].flatMap { value -> [UInt8]? in
             let scheme = "bearer "
-            return value.prefix(scheme.count).lowercased() == scheme ? value.dropFirst(scheme.count) : nil
+            return value.prefix(scheme.count).lowercased() == scheme ? Array(value.utf8.dropFirst(scheme.count)) : nil
         }
-        guard let presented, constantTimeEquals(Array(presented.utf8), Array(token.utf8)) else {
-            throw HTTPError(
-                .unauthorized, headers: [.wwwAuthenticate: "Bearer realm=\"cachetiers\""],
-                message: presented == nil ? "this cache master needs Authorization: Bearer <token>\n" : "the bearer token was refused\n"
-            )
+        // Both are compared whatever the first answered, so timing tells nothing of either.
+        let mayDoEverything = presented.map { presented in token.map { constantTimeEquals(presented, Array($0.utf8)) } ?? false }
+        let mayReport = presented.map { presented in reportToken.map { constantTimeEquals(presented, Array($0.utf8)) } ?? false }
+        if mayDoEverything == true { return try await next(request, context) }
+        if mayReport == true {
+            guard request.method == .post, request.uri.path == "/v1/reports" else {
+                throw HTTPError(.forbidden, message: "this bearer token may only send reports (POST /v1/reports)\n")
+            }
+            return try await next(request, context)
         }
-        return try await next(request, context)
+        throw HTTPError(
+            .unauthorized, headers: [.wwwAuthenticate: "Bearer realm=\"cachetiers\""],
+            message: presented == nil ? "this cache master needs Authorization: Bearer <token>\n" : "the bearer token was refused\n"
+        )
     }
 }
 

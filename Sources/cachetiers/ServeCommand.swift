@@ -25,6 +25,18 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A file holding the bearer token every request but /healthz must present.")
     var tokenFile: String?
 
+    @Option(name: .long, help: "A file holding a token that may only send reports (POST /v1/reports); needs --token-file.")
+    var reportTokenFile: String?
+
+    @Option(name: .long, help: "The SQLite database of fleet reports (default: ROOT/.cachetiers/reports.sqlite).")
+    var reportsDb: String?
+
+    @Option(name: .long, parsing: .unconditional, help: "Days a report is kept (by when its restore finished).")
+    var reportRetentionDays = 30
+
+    @Option(name: .long, parsing: .unconditional, help: "Reports kept at most; beyond it the oldest are deleted.")
+    var maxReports = 1_000_000
+
     @Option(name: .long, parsing: .unconditional, help: "Downloads and uploads served at once; beyond it, 503 with Retry-After.")
     var maxTransfers = 64
 
@@ -47,6 +59,12 @@ struct ServeCommand: AsyncParsableCommand {
         }
         guard (0...3600).contains(shutdownGrace) else { throw ValidationError("--shutdown-grace must be 0 to 3600 seconds") }
         guard (1...1_000_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 1000000") }
+        guard (1...3650).contains(reportRetentionDays) else { throw ValidationError("--report-retention-days must be 1 to 3650") }
+        guard (1...100_000_000).contains(maxReports) else { throw ValidationError("--max-reports must be 1 to 100000000") }
+        guard reportTokenFile == nil || tokenFile != nil else {
+            throw ValidationError("--report-token-file needs --token-file: without it every route is open to anyone")
+        }
+        if let reportsDb, reportsDb.isEmpty { throw ValidationError("--reports-db must name a file") }
         guard maxTransfers <= maxConnections else {
             throw ValidationError("--max-transfers (\(maxTransfers)) cannot exceed --max-connections (\(maxConnections))")
         }
@@ -56,9 +74,15 @@ struct ServeCommand: AsyncParsableCommand {
         var logger = logging.makeLogger(label: "cachetiers.serve")
         if !logging.verbose { logger.logLevel = .info }
         let token = try tokenFile.map { try readToken($0, option: "--token-file") }
+        let reportToken = try reportTokenFile.map { try readToken($0, option: "--report-token-file") }
+        if let reportToken, reportToken == token {
+            throw UsageFailure("--report-token-file holds the same token as --token-file; give VMs a token of their own")
+        }
         let server = CacheMasterServer(
             configuration: .init(
-                root: FilePath(root), host: host, port: port, token: token, maxConcurrentTransfers: maxTransfers,
+                root: FilePath(root), host: host, port: port, token: token, reportToken: reportToken,
+                reportsDatabase: reportsDb.map { FilePath($0) }, reportRetention: .seconds(reportRetentionDays * 86_400),
+                maxReports: maxReports, maxConcurrentTransfers: maxTransfers,
                 idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), maxConnections: maxConnections
             ),
             logger: logger,

@@ -106,7 +106,35 @@ import Testing
         await server.stop()
 
         let names = try FileManager.default.contentsOfDirectory(atPath: root.string).sorted()
-        #expect(names == ["by-directory.tar.zst", "by-directory.tar.zst.manifest.json", "by-peer.tar.zst", "by-peer.tar.zst.manifest.json"])
+        #expect(names == [".cachetiers", "by-directory.tar.zst", "by-directory.tar.zst.manifest.json", "by-peer.tar.zst", "by-peer.tar.zst.manifest.json"])
+    }
+
+    /// The cache master keeps its report database in `ROOT/.cachetiers/`; the recovery
+    /// that moves half-published files aside at start must never take it for one.
+    @Test func recoveryAtStartLeavesTheReportDatabaseAlone() async throws {
+        let scratch = try TemporaryDirectory(prefix: "recovery-reports")
+        defer { scratch.remove() }
+        let root = try scratch.makeDirectory("root")
+        let reports = try scratch.makeDirectory("root/\(CacheMasterServer.reportsFolderName)")
+        let longAgo = Date(timeIntervalSinceNow: -30 * 86_400)
+        var files: [String: Data] = [:]
+        for name in ["reports.sqlite", "reports.sqlite-wal", "reports.sqlite-shm"] {
+            let path = reports.appending(name).string
+            files[name] = Data("SQLite format 3 \(name)".utf8)
+            try files[name]!.write(to: URL(fileURLWithPath: path))
+            try FileManager.default.setAttributes([.modificationDate: longAgo], ofItemAtPath: path)
+        }
+        try FileManager.default.setAttributes([.modificationDate: longAgo], ofItemAtPath: reports.string)
+        // An archive without its manifest, settled: this one the recovery does move aside.
+        try Data("orphan".utf8).write(to: URL(fileURLWithPath: root.appending("orphan.tar.zst").string))
+
+        let preparation = try ArchiveFolder(root: root).prepare(gracePeriod: .zero, logger: PeerHarness.quietLogger)
+        #expect(preparation.quarantined == ["orphan.tar.zst"], "the recovery ran")
+        #expect(preparation.removed == [])
+        for (name, contents) in files {
+            #expect(try Data(contentsOf: URL(fileURLWithPath: reports.appending(name).string)) == contents, "\(name) untouched")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root.string).sorted() == [".cachetiers", ".quarantine"])
     }
 
     @Test func aFileThatDoesNotMatchItsManifestIsNotPublishedAndLeavesNothing() async throws {

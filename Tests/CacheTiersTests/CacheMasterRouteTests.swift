@@ -129,7 +129,7 @@ import Testing
             let mismatched = try await peer.send(.PUT, "/v1/caches/api2", headers: [("X-CacheTiers-Manifest", header)], body: bytes)
             #expect(mismatched.status == 400, "the manifest names another key")
             let names = try FileManager.default.contentsOfDirectory(atPath: peer.scratch.path.appending("root").string).sorted()
-            #expect(names == ["api.tar.zst", "api.tar.zst.manifest.json"], "no half object: \(names)")
+            #expect(names == [".cachetiers", "api.tar.zst", "api.tar.zst.manifest.json"], "no half object: \(names)")
             #expect(try await peer.send(.GET, "/v1/caches/other").status == 404)
         }
     }
@@ -168,7 +168,7 @@ import Testing
         )
         let url = try await server.start()
         let names = try FileManager.default.contentsOfDirectory(atPath: root.string).sorted()
-        #expect(names == [running, ".quarantine", "Not A Key.tar.zst", "README.txt", "good.tar.zst", "good.tar.zst.manifest.json"].sorted())
+        #expect(names == [running, ".cachetiers", ".quarantine", "Not A Key.tar.zst", "README.txt", "good.tar.zst", "good.tar.zst.manifest.json"].sorted())
         let quarantined = try FileManager.default.contentsOfDirectory(atPath: root.appending(".quarantine").string).sorted()
         #expect(
             quarantined == ["cut.tar.zst", "cut.tar.zst.manifest.json", "lone.tar.zst.manifest.json", "orphan.tar.zst"],

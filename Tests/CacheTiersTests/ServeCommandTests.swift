@@ -12,25 +12,9 @@ import Testing
         let tokenFile = scratch.path.appending("token").string
         try Data("t0ken\n".utf8).write(to: URL(fileURLWithPath: tokenFile))
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
-        process.arguments = ["serve", "--root", scratch.path.appending("root").string, "--port", "0", "--token-file", tokenFile]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
-
-        // The first line on stdout names the address; read it without a fixed sleep.
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = output.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            line.append(chunk)
-        }
-        let first = String(decoding: line, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
-        #expect(first.hasPrefix("listening on http://127.0.0.1:"), "\(first)")
-        let url = String(first.dropFirst("listening on ".count))
+        let serve = try ServeProcess(["--root", scratch.path.appending("root").string, "--token-file", tokenFile])
+        #expect(serve.url.hasPrefix("http://127.0.0.1:"), "\(serve.url)")
+        let url = serve.url
 
         let tree = scratch.path.appending("tree")
         try SampleTree.write(to: tree)
@@ -51,11 +35,9 @@ import Testing
         guard case .restored = outcome else { Issue.record("expected a restore, got \(outcome)"); return }
         #expect(try TreeSnapshot(of: staging).differences(from: TreeSnapshot(of: tree)) == [])
 
-        process.terminate()  // SIGTERM
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit)
-        #expect(process.terminationStatus == 0)
+        #expect(serve.stop() == 0, "SIGTERM is a clean stop")
+        #expect(serve.process.terminationReason == .exit)
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.path.appending("root").string).sorted()
-        #expect(leftovers == ["served.tar.zst", "served.tar.zst.manifest.json"])
+        #expect(leftovers == [".cachetiers", "served.tar.zst", "served.tar.zst.manifest.json"], "the archives and the report database")
     }
 }

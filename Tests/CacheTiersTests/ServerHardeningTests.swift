@@ -206,7 +206,7 @@ import Testing
         _ = try await server.start()
         await server.stop()
         let names = try FileManager.default.contentsOfDirectory(atPath: root.string).sorted()
-        #expect(names == ["..upload-1", ".upload-", ".upload-7", ".x.upload-"], "not names the server makes: left alone")
+        #expect(names == ["..upload-1", ".cachetiers", ".upload-", ".upload-7", ".x.upload-"], "not names the server makes: left alone")
     }
 
     @Test func quarantiningNeverOverwritesAnEarlierFileAndKeepsAPairTogether() async throws {
@@ -260,7 +260,7 @@ import Testing
         await server.stop()
         let names = try FileManager.default.contentsOfDirectory(atPath: root.string).sorted()
         #expect(
-            names == [".being-seeded.upload-42", "Not A Key!.tar.zst", "being-seeded.tar.zst", "notes.txt"],
+            names == [".being-seeded.upload-42", ".cachetiers", "Not A Key!.tar.zst", "being-seeded.tar.zst", "notes.txt"],
             "with the default grace period, fresh files stay: \(names)"
         )
     }

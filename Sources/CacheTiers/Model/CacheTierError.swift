@@ -93,7 +93,7 @@ public struct CacheTierError: Error, CustomStringConvertible {
 extension String {
     /// The string with line breaks as spaces and every other control character (C0, DEL,
     /// C1) written out as `\u{XX}`.
-    var printableOnOneLine: String {
+    package var printableOnOneLine: String {
         guard unicodeScalars.contains(where: \.isControl) else { return self }
         var result = String.UnicodeScalarView()
         for scalar in unicodeScalars {

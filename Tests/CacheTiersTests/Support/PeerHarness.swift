@@ -22,13 +22,15 @@ struct PeerHarness {
     /// Starts a server, runs `body`, and always stops the server and removes the folder.
     static func with<T>(
         token: String? = nil,
+        reportToken: String? = nil,
         maxTransfers: Int = 64,
         _ body: (PeerHarness) async throws -> T
     ) async throws -> T {
         let scratch = try TemporaryDirectory(prefix: "peer")
         let server = CacheMasterServer(
             configuration: .init(
-                root: scratch.path.appending("root"), port: 0, token: token, maxConcurrentTransfers: maxTransfers
+                root: scratch.path.appending("root"), port: 0, token: token, reportToken: reportToken,
+                maxConcurrentTransfers: maxTransfers
             ),
             logger: quietLogger
         )
