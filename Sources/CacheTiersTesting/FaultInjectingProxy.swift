@@ -33,6 +33,9 @@ public final class FaultInjectingProxy: Sendable {
         /// `delay` before connecting it to the server: time for a test to change the
         /// server between a cut and the client's resume.
         case cutThenDelay(afterBytes: Int, delay: Duration)
+        /// Hold what the server sends on every connection for `delay` before forwarding
+        /// its first byte: a slow first answer (a busy master, a long round trip).
+        case delayFirstByte(Duration)
     }
 
     private struct State {
@@ -224,6 +227,8 @@ public final class FaultInjectingProxy: Sendable {
                     if wait > .zero { Thread.sleep(forTimeInterval: wait.inSeconds) }
                 case .trickle(let bytes, let interval) where forwarded >= bytes:
                     Thread.sleep(forTimeInterval: interval.inSeconds)
+                case .delayFirstByte(let delay) where forwarded == 0:
+                    Thread.sleep(forTimeInterval: delay.inSeconds)
                 default:
                     break
                 }

@@ -3,10 +3,6 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// fake-gcs-server, the GCS emulator, started on a free loopback port with an
 /// in-memory backend: for tests and benchmarks of ``GCSSource`` against a real server.
 ///
@@ -54,7 +50,7 @@ public final class GCSEmulator: @unchecked Sendable {
             )
         }
         for _ in 0..<5 {
-            let port = try freePort()
+            let port = try LoopbackPort.free()
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments = ["-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", "\(port)", "-log-level", "error"]
@@ -116,27 +112,9 @@ public final class GCSEmulator: @unchecked Sendable {
         let body = try await response.body.collect(upTo: 16 << 20)
         return (Int(response.status.code), Data(body.readableBytesView))
     }
-
-    private static func freePort() throws -> Int {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(socket) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0 else { throw EmulatorError("cannot find a free port") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
 }
 
-/// The emulator could not be found, started or driven.
+/// An emulator or test server (fake-gcs-server, Prometheus) could not be found, started or driven.
 public struct EmulatorError: Error, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }

@@ -28,6 +28,12 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Write the JSON report to FILE, or - for stdout.")
     var report: String?
 
+    @Option(
+        name: .long,
+        help: "Write the restore's gauges to FILE for node_exporter's textfile collector (default: the config's monitoring.metricsFile)."
+    )
+    var metricsFile: String?
+
     @Flag(name: .long, help: "Print nothing but errors.")
     var quiet = false
 
@@ -51,6 +57,7 @@ struct RestoreCommand: AsyncParsableCommand {
             // The report would be packed into the cache by write-back, and served to every VM.
             throw UsageFailure("--report \(reportFile.path) is inside the destination \(destination); write it elsewhere")
         }
+        let textfile = try metricsTextfile(settings, destination: destination)
 
         let console = ProgressConsole(mode: quiet ? .quiet : (isatty(STDERR_FILENO) == 1 ? .terminal : .lines))
         var logger = logging.makeLogger()
@@ -104,6 +111,7 @@ struct RestoreCommand: AsyncParsableCommand {
                         estimatedCostUSD: nil, attempts: finished.records, writeBack: []
                     )
                     try? reportFile?.write(stopped)
+                    textfile?.write(stopped)
                     throw CommandFailure("restore of \(cacheKey) stopped by \(signal); \(destination) is as it was")
                 }
                 throw CommandFailure("restore: \(error)")
@@ -118,6 +126,14 @@ struct RestoreCommand: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("cachetiers: \(error)\n".utf8))
             }
         }
+        // The tree is in place (or the destination as it was) and the write-back done:
+        // the result leaves the VM. Neither changes the exit status.
+        textfile?.write(outcome)
+        if let reporting = settings.monitoring.report {
+            for warning in await FleetReporter(configuration: reporting).send(outcome).warnings {
+                warn(warning)
+            }
+        }
         if let failure {
             throw CommandFailure(failure)
         }
@@ -126,6 +142,46 @@ struct RestoreCommand: AsyncParsableCommand {
         console.line(
             "restored \(cacheKey) from \(outcome.servedBy ?? "?") in \(String(format: "%.2f", outcome.durationSeconds)) s\(bytes)\(cost)"
         )
+    }
+}
+
+extension RestoreCommand {
+    /// The metrics file of `--metrics-file` (relative to the current folder) or of the
+    /// config's `monitoring.metricsFile`; never inside the destination, where write-back
+    /// would pack it into the cache.
+    func metricsTextfile(_ settings: CacheTiersConfig, destination: FilePath) throws -> MetricsTextfile? {
+        let option = metricsFile.map { (FilePath(FileManager.default.currentDirectoryPath).pushing(FilePath($0)), "--metrics-file") }
+        guard let chosen = option ?? settings.monitoring.metricsFile.map({ ($0, "monitoring.metricsFile") }) else { return nil }
+        let (path, source) = chosen
+        guard path.lastComponent != nil, metricsFile?.isEmpty != true else { throw UsageFailure("\(source) needs a file path") }
+        if ProtectedPath.isInside(path, destination) {
+            throw UsageFailure("\(source) \(path) is inside the destination \(destination); write it elsewhere")
+        }
+        return MetricsTextfile(file: RestoreTextfile(path: path, tiers: settings.tiers.map(\.name)), warn: warn)
+    }
+
+    /// One `cachetiers: warning:` line on stderr, unless --quiet (nothing but errors).
+    var warn: @Sendable (String) -> Void {
+        let quiet = quiet
+        return { warning in
+            guard !quiet else { return }
+            FileHandle.standardError.write(Data("cachetiers: warning: \(warning)\n".utf8))
+        }
+    }
+}
+
+/// The metrics file of one restore: a failure to write it is one warning line, and the
+/// restore's outcome stands.
+struct MetricsTextfile: Sendable {
+    let file: RestoreTextfile
+    let warn: @Sendable (String) -> Void
+
+    func write(_ report: RestoreReport) {
+        do {
+            try file.write(report)
+        } catch {
+            warn("metrics file not written: \(error)")
+        }
     }
 }
 

@@ -24,6 +24,8 @@ import Testing
                 "deadlineSeconds": 120,
                 "tiers": tiers,
                 "writeBack": writeBack,
+                // Each test's own spool: a report one test could not deliver must not reach another's master.
+                "monitoring": ["report": ["spoolDirectory": scratch.appending("report-spool").string]],
             ])
         }
 

@@ -202,6 +202,22 @@ import Testing
          "tiers[0].name: must be 1 to 64 characters with no spaces or control characters"),
         (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://"]}]}"#,
          "tiers[0].urls[0]: expected an http:// or https:// URL, got \"http://\""),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}],"monitoring":{"report":{"enabled":true}}}"#,
+         "monitoring.report.enabled: needs a peer tier: reports go to its cache masters"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://a:1"]}],"monitoring":{"report":{"timeout":1}}}"#,
+         "monitoring.report.timeout: unknown field"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}],"monitoring":{"report":{"enabled":false,"maxSpooled":1}}}"#,
+         "monitoring.report.maxSpooled: unknown field"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}],"monitoring":{"metricFile":"m.prom"}}"#,
+         "monitoring.metricFile: unknown field"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://a:1"]}],"monitoring":{"report":{"timeoutSeconds":120}}}"#,
+         "monitoring.report.timeoutSeconds: must be at most 60"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://a:1"]}],"monitoring":{"report":{"maxSpooledReports":-1}}}"#,
+         "monitoring.report.maxSpooledReports: must be at least 0"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://a:1"]}],"monitoring":{"report":{"spoolDirectory":""}}}"#,
+         "monitoring.report.spoolDirectory: must not be empty"),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}],"monitoring":{"metricsFile":""}}"#,
+         "monitoring.metricsFile: must not be empty"),
     ])
     func mistakesNameTheirField(json: String, message: String) {
         #expect {
@@ -209,6 +225,36 @@ import Testing
         } throws: { error in
             (error as? ConfigError)?.description.hasPrefix(message) == true
         }
+    }
+
+    /// `monitoring`: reports go to the first peer tier's masters with its token unless the
+    /// section says otherwise; without a peer tier nothing is sent.
+    @Test func monitoringDefaultsToThePeerTierAndResolvesItsPaths() throws {
+        let base = #"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"},"#
+            + #"{"kind":"peer","urls":["http://a:1/","http://b:2"],"tokenFile":"peer.token"}]"#
+        let scratch = try Self.project(base + "}")
+        defer { scratch.remove() }
+        let folder = scratch.path.lexicallyNormalized()
+        let defaults = try CacheTiersConfig.load(from: scratch.path.appending("cachetiers.json"))
+        let report = try #require(defaults.monitoring.report)
+        #expect(report.urls == ["http://a:1", "http://b:2"] && report.token == "t0ken")
+        #expect(report.timeout == .seconds(1) && report.spoolDirectory == nil && report.maxSpooledReports == 100)
+        #expect(defaults.monitoring.metricsFile == nil)
+
+        try Data("r3port\n".utf8).write(to: URL(fileURLWithPath: scratch.path.appending("report.token").string))
+        let configured = base + #","monitoring":{"metricsFile":"metrics/cachetiers.prom","report":{"tokenFile":"report.token","#
+            + #""timeoutSeconds":0.25,"spoolDirectory":"spool","maxSpooledReports":7}}}"#
+        try Data(configured.utf8).write(to: URL(fileURLWithPath: scratch.path.appending("cachetiers.json").string))
+        let config = try CacheTiersConfig.load(from: scratch.path.appending("cachetiers.json"))
+        #expect(config.monitoring.metricsFile == folder.appending("metrics/cachetiers.prom"))
+        #expect(config.monitoring.report?.token == "r3port" && config.monitoring.report?.timeout == .milliseconds(250))
+        #expect(config.monitoring.report?.spoolDirectory == folder.appending("spool") && config.monitoring.report?.maxSpooledReports == 7)
+        #expect(config.protectedPaths.contains { $0.path == folder.appending("report.token") }, "the report token is one of the config's files")
+
+        let off = base + #","monitoring":{"report":{"enabled":false}}}"#
+        #expect(try CacheTiersConfig(json: Data(off.utf8), baseDirectory: folder, readingSecrets: false).monitoring.report == nil)
+        let noPeer = #"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}]}"#
+        #expect(try CacheTiersConfig(json: Data(noPeer.utf8), baseDirectory: folder).monitoring.report == nil)
     }
 
     /// Files a tier needs are read while the config loads, so a missing or empty one

@@ -593,16 +593,20 @@ import Testing
         #expect(report.servedBy == "gcs")
         #expect(report.bytesTransferred == 5000)
         #expect(report.destination == h.destination.string)
+        // A source that is no archive source has none of a download's phases.
+        let none = AttemptTimings()
         #expect(report.attempts == [
-            AttemptRecord(tier: "peer", attempt: 1, outcome: .error, durationSeconds: 0, bytes: 0, error: "peer: connection refused"),
-            AttemptRecord(tier: "peer", attempt: 2, outcome: .error, durationSeconds: 0, bytes: 0, error: "peer: connection refused"),
-            AttemptRecord(tier: "gcs", attempt: 1, outcome: .hit, durationSeconds: 0, bytes: 5000, error: nil),
+            AttemptRecord(tier: "peer", attempt: 1, outcome: .error, durationSeconds: 0, bytes: 0, error: "peer: connection refused", timings: none),
+            AttemptRecord(tier: "peer", attempt: 2, outcome: .error, durationSeconds: 0, bytes: 0, error: "peer: connection refused", timings: none),
+            AttemptRecord(tier: "gcs", attempt: 1, outcome: .hit, durationSeconds: 0, bytes: 5000, error: nil, timings: none),
         ])
 
         let json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(report)) as? [String: Any]
         #expect(Set(json?.keys.map { $0 } ?? []) == [
             "key", "outcome", "servedBy", "destination", "durationSeconds", "bytesTransferred", "estimatedCostUSD",
             "attempts", "writeBack",
+            // The fleet's extensions.
+            "id", "finishedAt", "host", "archive", "throughputBytesPerSecond", "timings",
         ])
 
         let started = h.events.compactMap { if case .attemptStarted(let tier, let attempt) = $0 { "\(tier)#\(attempt)" } else { nil } }

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 import SystemPackage
 
 /// Unpacks one archive arriving in pieces: hash and decompress as bytes come in, write
@@ -53,6 +54,7 @@ public final class UnpackSession {
     private let options: Options
     private let progress: TransferProgress?
     private let queue = ChunkQueue(capacity: UnpackSession.queueCapacity)
+    private let busy = BusyTime()
     private let writer: Task<UnpackSummary, any Error>
     private var hasher = SHA256()
     private var decoder: (any StreamDecoder)?
@@ -73,15 +75,22 @@ public final class UnpackSession {
         let root = staging.string
         let limits = options.limits
         let writerThreads = options.writerThreads
+        let busy = self.busy
         self.writer = Task {
             try await DedicatedThread.run(name: "cachetiers-unpack") { _ in
                 let extractor = TarExtractor(root: root, limits: limits, writerThreads: writerThreads)
                 do {
                     while var chunk = try queue.next() {
-                        try chunk.withUnsafeBytes { bytes in try extractor.consume(bytes) }
+                        do {
+                            // Not in a closure: one capturing `chunk` could keep its buffer
+                            // from coming back to the queue unshared, to be reused.
+                            busy.enter()
+                            defer { busy.leave() }
+                            try chunk.withUnsafeBytes { bytes in try extractor.consume(bytes) }
+                        }
                         queue.recycle(&chunk)
                     }
-                    return try extractor.finish()
+                    return try busy.measure { try extractor.finish() }
                 } catch {
                     extractor.abort()
                     queue.fail(error)
@@ -94,6 +103,11 @@ public final class UnpackSession {
 
     /// Bytes received so far.
     public var bytesReceived: Int64 { received }
+
+    /// How long hashing, decoding or extracting kept at least one of the session's
+    /// threads at work so far (they overlap each other and the transfer; waiting for
+    /// bytes is not counted). Complete once ``finish()`` has returned.
+    public var busyDuration: Duration { busy.total }
 
     /// Hashes, decompresses and hands on the next bytes of the archive.
     /// - Throws: an ``UnpackError`` as soon as the problem is found.
@@ -113,6 +127,8 @@ public final class UnpackSession {
     /// more memory than any other.
     private func ingest(_ withInput: (_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int) async throws {
         precondition(!done, "write(_:) after finish() or cancel()")
+        busy.enter()
+        defer { busy.leave() }
         let count = try withInput { buffer in
             guard !buffer.isEmpty else { return 0 }
             hasher.update(bufferPointer: buffer)
@@ -196,6 +212,8 @@ public final class UnpackSession {
     /// writer, and verifies size and SHA-256.
     public func finish() async throws -> UnpackSummary {
         precondition(!done, "finish() called twice")
+        busy.enter()
+        defer { busy.leave() }
         if decoder == nil {
             done = true
             queue.fail(CancellationError())
@@ -254,5 +272,45 @@ public final class UnpackSession {
         } catch {
             return UnpackError.describing(error)
         }
+    }
+}
+
+/// The time during which at least one of several threads was at work: the union of
+/// their busy intervals, measured on the continuous clock.
+final class BusyTime: Sendable {
+    private struct State {
+        var active = 0
+        var since = ContinuousClock.now
+        var total = Duration.zero
+    }
+
+    private let state = Mutex(State())
+
+    func enter() {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            if state.active == 0 { state.since = now }
+            state.active += 1
+        }
+    }
+
+    func leave() {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            state.active -= 1
+            if state.active == 0 { state.total += now - state.since }
+        }
+    }
+
+    func measure<T>(_ body: () throws -> T) rethrows -> T {
+        enter()
+        defer { leave() }
+        return try body()
+    }
+
+    /// The busy time so far, the interval still open included.
+    var total: Duration {
+        let now = ContinuousClock.now
+        return state.withLock { $0.active > 0 ? $0.total + (now - $0.since) : $0.total }
     }
 }

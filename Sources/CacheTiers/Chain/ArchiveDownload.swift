@@ -18,6 +18,9 @@ import Darwin
 /// times. Once every byte is in it checks the CRC32C, the size and the SHA-256. It is
 /// the one place where the archive engine's errors and a stream's failures become
 /// ``CacheTierError``s. The attempt's time limit and stall rules are the chain's, around it.
+///
+/// It marks the attempt's phases as it passes them (``AttemptPhases``): the tier's answer,
+/// the first and the last archive byte, the tree verified.
 struct ArchiveDownload<Source: ArchiveSource>: Sendable {
     let source: Source
     let clock: ChainClock
@@ -25,12 +28,16 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
     /// `maxDelay`, is honoured; a longer one ends the attempt, for the chain to honour).
     let backoff: RetryPolicy
     var random: @Sendable () -> Double = { Double.random(in: 0..<1) }
+    /// The attempt's timeline; by default one nobody reads.
+    var phases: AttemptPhases? = nil
 
     func run(_ request: RestoreRequest, into staging: FilePath, progress: TransferProgress, logger: Logger) async throws
         -> SourceRestoreOutcome
     {
         let found: FoundArchive<Source.Archive>
-        switch try await source.findArchive(request, logger: logger) {
+        let lookup = try await source.findArchive(request, logger: logger)
+        phases?.markAnswered()
+        switch lookup {
         case .miss(let reason):
             return .miss(reason)
         case .found(let archive):
@@ -57,7 +64,10 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
             } catch {
                 throw Self.failure(unpacking: error)
             }
-            return .restored(source.restoreDetails(for: found, bytesTransferred: summary.archiveBytes, streams: streams))
+            phases?.markComplete(busy: session.busyDuration)
+            var details = source.restoreDetails(for: found, bytesTransferred: summary.archiveBytes, streams: streams)
+            details.archive = ArchiveSizes(compressedBytes: summary.archiveBytes, uncompressedBytes: summary.uncompressedBytes)
+            return .restored(details)
         } catch let error as CacheTierError where error.kind == .miss {
             await session.cancel()
             return .miss(error.message)
@@ -78,6 +88,7 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
         var crc: CRC32C? = found.crc32c == nil ? nil : CRC32C()
         var streams = 0
         var resumes = 0
+        var sawFirstByte = false
         while true {
             let offset = session.bytesReceived
             streams += 1
@@ -85,6 +96,10 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
                 try await source.streamArchive(found, from: offset, progress: progress, logger: logger) { buffer in
                     // However the tier streams, a cancelled download stops at the next buffer.
                     try Task.checkCancellation()
+                    if !sawFirstByte, buffer.readableBytes > 0 {
+                        sawFirstByte = true
+                        phases?.markFirstByte()
+                    }
                     crc?.update(buffer)
                     do {
                         try await session.write(buffer)
@@ -93,7 +108,10 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
                         throw UnpackFailed(underlying: error)
                     }
                 }
-                if session.bytesReceived >= found.size { break }
+                if session.bytesReceived >= found.size {
+                    phases?.markLastByte()
+                    break
+                }
                 throw CacheTierError(.transient, "the stream ended at byte \(session.bytesReceived) of \(found.size)")
             } catch let failure as UnpackFailed {
                 throw Self.failure(unpacking: failure.underlying)

@@ -69,12 +69,29 @@ package struct DestinationStaging: Sendable {
         return path
     }
 
+    /// How long a promotion took, on the clock it was given.
+    struct Promotion: Sendable {
+        /// The rename (or two) that put the tree in place.
+        var rename: Duration
+        /// Removing the tree it replaced; `nil` when there was none.
+        var removal: Duration?
+    }
+
     /// Replaces the destination with `staging` atomically; the previous tree is removed afterwards.
-    func promote(_ staging: FilePath, logger: Logger) async throws(CacheTierError) {
+    /// - Parameter now: the clock that times the rename and the removal.
+    @discardableResult
+    func promote(_ staging: FilePath, now: @Sendable () -> Duration, logger: Logger) async throws(CacheTierError) -> Promotion {
+        let started = now()
+        /// The old tree at `previous` goes now; the promotion is timed in two parts.
+        func removing(_ previous: FilePath) async -> Promotion {
+            let placed = now()
+            await discard(previous, logger: logger)
+            return Promotion(rename: placed - started, removal: now() - placed)
+        }
         if FileSystem.kind(of: destination) == nil {
             do {
                 try FileSystem.rename(staging, to: destination)
-                return
+                return Promotion(rename: now() - started, removal: nil)
             } catch .directoryNotEmpty, .fileExists {
                 // Another process created it meanwhile: exchange below.
             } catch {
@@ -83,8 +100,7 @@ package struct DestinationStaging: Sendable {
         }
         if cachetiers_exchange_paths(staging.string, destination.string) == 0 {
             // `staging` now names the previous tree.
-            await discard(staging, logger: logger)
-            return
+            return await removing(staging)
         }
         // No RENAME_EXCHANGE here: move the old tree aside, then the new one in. In between,
         // the destination is briefly absent, never mixed.
@@ -100,7 +116,7 @@ package struct DestinationStaging: Sendable {
             try? FileSystem.rename(previous, to: destination)
             throw CacheTierError(.fatal, "cannot move the restored tree into \(destination): \(error)", underlying: error)
         }
-        await discard(previous, logger: logger)
+        return await removing(previous)
     }
 
     /// Removes the staging, write-back and previous-tree folders (whatever their purpose)

@@ -34,10 +34,15 @@ final class StagingDirectory: Sendable {
 
     /// Replaces the destination with this tree atomically. On failure the tree is
     /// removed and the destination is as it was.
-    func promote(logger: Logger) async throws(CacheTierError) {
+    /// - Parameter now: the clock that times the promotion (the continuous clock by default).
+    @discardableResult
+    func promote(
+        now: @Sendable () -> Duration = ChainClock(ContinuousClock()).now,
+        logger: Logger
+    ) async throws(CacheTierError) -> DestinationStaging.Promotion {
         precondition(take(), "a staging directory was promoted after it was promoted or discarded")
         do {
-            try await staging.promote(path, logger: logger)
+            return try await staging.promote(path, now: now, logger: logger)
         } catch {
             await staging.discard(path, logger: logger)
             throw error

@@ -30,40 +30,45 @@ extension RestoreRun {
 
             emit(.attemptStarted(tier: tier.name, attempt: attempt))
             let started = clock.now()
+            let phases = AttemptPhases(clock: clock)
             let limitedByDeadline = remaining < policy.timeout
             let outcome = await runAttempt(
                 tier,
                 attempt: attempt,
+                phases: phases,
                 staging: tree.path,
                 limit: limitedByDeadline ? remaining : policy.timeout,
                 limitedByDeadline: limitedByDeadline,
                 activity: activity
             )
             let duration = clock.now() - started
+            let conclude = { (outcome: AttemptRecord.Outcome, bytes: Int64, error: String?) in
+                self.finish(tier.name, attempt, outcome, duration, bytes, error, timings: phases.timings)
+            }
 
             switch outcome {
             case .restored(let details, let bytes):
                 breaker.record(.success, for: permit)
                 chain.retryBudget.recordSuccess()
-                finish(tier.name, attempt, .hit, duration, bytes, nil)
+                conclude(.hit, bytes, nil)
                 return .restored(staging: tree, details: details, tierIndex: index)
 
             case .miss(let reason, let bytes):
                 await tree.discard(logger: logger)
                 breaker.record(.success, for: permit)
-                finish(tier.name, attempt, .miss, duration, bytes, reason)
+                conclude(.miss, bytes, reason)
                 return .exhausted
 
             case .cancelled(let bytes):
                 await tree.discard(logger: logger)
                 breaker.record(.abandoned, for: permit)
-                finish(tier.name, attempt, .cancelled, duration, bytes, "cancelled before it finished")
+                conclude(.cancelled, bytes, "cancelled before it finished")
                 return .cancelled
 
             case .failed(let error, let bytes):
                 await tree.discard(logger: logger)
                 breaker.record(error.kind == .fatal ? .abandoned : .failure, for: permit)
-                finish(tier.name, attempt, AttemptRecord.Outcome(error.kind), duration, bytes, error.description)
+                conclude(AttemptRecord.Outcome(error.kind), bytes, error.description)
                 if error.kind == .fatal { return .fatal(error) }
                 guard error.kind.isRetryable, attempt < policy.retry.maxAttempts else { return .exhausted }
                 if error.kind == .timeout || error.kind == .stalled, bytes < deadTierBytes(policy) {
@@ -115,10 +120,12 @@ extension RestoreRun {
         _ outcome: AttemptRecord.Outcome,
         _ duration: Duration,
         _ bytes: Int64,
-        _ error: String?
+        _ error: String?,
+        timings: AttemptTimings? = nil
     ) {
         let record = AttemptRecord(
-            tier: tier, attempt: attempt, outcome: outcome, durationSeconds: duration.inSeconds, bytes: bytes, error: error
+            tier: tier, attempt: attempt, outcome: outcome, durationSeconds: duration.inSeconds, bytes: bytes, error: error,
+            timings: timings
         )
         attempts.append(record)
         chain.metrics.recordAttempt(record, duration: duration)
@@ -149,6 +156,7 @@ extension RestoreRun {
     func runAttempt(
         _ tier: TierChain.Tier,
         attempt: Int,
+        phases: AttemptPhases,
         staging stagingPath: FilePath,
         limit: Duration,
         limitedByDeadline: Bool,
@@ -171,7 +179,11 @@ extension RestoreRun {
             group.addTask {
                 do {
                     return .finished(
-                        .success(try await restore(request, from: tier, into: stagingPath, progress: progress, logger: sourceLogger))
+                        .success(
+                            try await restore(
+                                request, from: tier, into: stagingPath, progress: progress, phases: phases, logger: sourceLogger
+                            )
+                        )
                     )
                 } catch {
                     return .finished(.failure(error))
@@ -257,12 +269,15 @@ extension RestoreRun {
         from tier: TierChain.Tier,
         into staging: FilePath,
         progress: TransferProgress,
+        phases: AttemptPhases,
         logger: Logger
     ) async throws -> SourceRestoreOutcome {
         guard let archives = tier.source as? any ArchiveSource else {
             return try await tier.source.restore(request, into: staging, progress: progress, logger: logger)
         }
-        return try await download(request, from: archives, policy: tier.policy, into: staging, progress: progress, logger: logger)
+        return try await download(
+            request, from: archives, policy: tier.policy, into: staging, progress: progress, phases: phases, logger: logger
+        )
     }
 
     private func download<Source: ArchiveSource>(
@@ -271,9 +286,10 @@ extension RestoreRun {
         policy: TierChain.TierPolicy,
         into staging: FilePath,
         progress: TransferProgress,
+        phases: AttemptPhases,
         logger: Logger
     ) async throws -> SourceRestoreOutcome {
-        try await ArchiveDownload(source: source, clock: clock, backoff: policy.retry, random: configuration.random)
+        try await ArchiveDownload(source: source, clock: clock, backoff: policy.retry, random: configuration.random, phases: phases)
             .run(request, into: staging, progress: progress, logger: logger)
     }
 }

@@ -149,12 +149,13 @@ struct RestoreRun: Sendable {
                     await tree.discard(logger: logger)
                     break tiers
                 }
+                let promotion: DestinationStaging.Promotion
                 do {
-                    try await tree.promote(logger: logger)
+                    promotion = try await tree.promote(now: clock.now, logger: logger)
                 } catch {
                     throw failure(start: start, fatal: error)
                 }
-                return await finishRestored(tierIndex: tierIndex, details: details, start: start)
+                return await finishRestored(tierIndex: tierIndex, details: details, promotion: promotion, start: start)
             case .fatal(let error):
                 throw failure(start: start, fatal: error)
             case .cancelled:
@@ -185,7 +186,12 @@ struct RestoreRun: Sendable {
         return failure
     }
 
-    private func finishRestored(tierIndex: Int, details: RestoreDetails, start: Duration) async -> RestoreReport {
+    private func finishRestored(
+        tierIndex: Int,
+        details: RestoreDetails,
+        promotion: DestinationStaging.Promotion,
+        start: Duration
+    ) async -> RestoreReport {
         let tier = chain.tiers[tierIndex]
         let duration = clock.now() - start
         chain.metrics.recordRestore(servedBy: tier.name, duration: duration)
@@ -196,16 +202,25 @@ struct RestoreRun: Sendable {
                 "tier": "\(tier.name)", "seconds": "\(duration.inSeconds)", "bytes": "\(details.bytesTransferred)",
             ]
         )
+        let records = attempts.records
+        let transfer = records.last { $0.tier == tier.name && $0.outcome == .hit }?.timings?.transferSeconds
         var report = RestoreReport(
             key: key, outcome: .restored, servedBy: tier.name, destination: staging.destination.string,
             durationSeconds: duration.inSeconds, bytesTransferred: details.bytesTransferred,
-            estimatedCostUSD: details.estimatedCostUSD, attempts: attempts.records, writeBack: []
+            estimatedCostUSD: details.estimatedCostUSD, archive: details.archive,
+            throughputBytesPerSecond: details.archive.flatMap { archive in
+                transfer.flatMap { $0 > 0 ? Double(archive.compressedBytes) / $0 : nil }
+            },
+            timings: RestoreTimings(promotionSeconds: promotion.rename.inSeconds, oldTreeRemovalSeconds: promotion.removal?.inSeconds),
+            attempts: records, writeBack: []
         )
         let sinks = writeBackTargets(above: tierIndex)
         guard !sinks.isEmpty else { return report }
         let writeBack = WriteBackJob(run: self, sinks: sinks)
         if configuration.writeBack.waitForCompletion {
-            report.writeBack = await writeBack.run()
+            let finished = await writeBack.run()
+            report.writeBack = finished.records
+            report.timings.writeBackSeconds = finished.duration.inSeconds
         } else {
             report.writeBack = sinks.map { WriteBackRecord(tier: $0.name, outcome: .pending) }
             report.pendingWriteBack = WriteBackCompletion(task: Task { await writeBack.run() })

@@ -9,9 +9,12 @@ struct WriteBackJob: Sendable {
     let run: RestoreRun
     let sinks: [any CacheSink]
 
-    func run() async -> [WriteBackRecord] {
+    /// Publishes, and times it from now (the tree in place) to the last sink's end.
+    func run() async -> FinishedWriteBack {
         let logger = run.logger
+        let started = run.clock.now()
         let records = await publish()
+        let duration = run.clock.now() - started
         for record in records {
             run.chain.metrics.recordWriteBack(record)
             run.emit(.writeBackFinished(record))
@@ -19,7 +22,7 @@ struct WriteBackJob: Sendable {
             if let error = record.error { metadata["error"] = "\(error)" }
             logger.log(level: record.outcome == .failed ? .warning : .info, "write-back finished", metadata: metadata)
         }
-        return records
+        return FinishedWriteBack(records: records, duration: duration)
     }
 
     private func publish() async -> [WriteBackRecord] {

@@ -69,6 +69,8 @@ public struct CacheTiersConfig: Sendable {
     /// The `compression` object: the codec of ``packer``, which `cachetiers publish`
     /// uses; loading gives ``chainConfiguration``'s write-back a packer with it too.
     public var compression: ZstdCodec
+    /// The `monitoring` object: the metrics file and the report to the fleet.
+    public var monitoring: Monitoring
 
     /// Reads and checks a config file.
     /// - Parameter readingSecrets: false to check the file without reading its token and
@@ -139,6 +141,16 @@ public struct CacheTiersConfig: Sendable {
             try compressionReader.finish()
         }
         chainConfiguration = try TierChain.Configuration(configReader: &reader, packer: ArchivePacker(codec: compression))
+        let peer = tiers.lazy.compactMap { tier -> VMPeerSource.Configuration? in
+            if case .peer(let configuration) = tier.source { return configuration }
+            return nil
+        }.first
+        if var monitoringReader = try reader.object("monitoring") {
+            monitoring = try Monitoring(configReader: &monitoringReader, peer: peer)
+            try monitoringReader.finish()
+        } else {
+            monitoring = Monitoring(peer: peer)
+        }
         try reader.finish()
         secretFiles = reader.inputs.all
         secretsRead = readingSecrets

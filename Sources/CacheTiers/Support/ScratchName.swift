@@ -95,10 +95,7 @@ enum ScratchName {
     }
 
     static let hostName: String = {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
-        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         // A host name never holds '/', but a file name must not either.
-        return name.isEmpty ? "localhost" : String(name.map { $0 == "/" ? "_" : $0 })
+        systemHostName.map { String($0.map { $0 == "/" ? "_" : $0 }) } ?? "localhost"
     }()
 }

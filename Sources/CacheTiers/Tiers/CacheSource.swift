@@ -113,6 +113,8 @@ public struct RestoreDetails: Sendable, Hashable {
     public var estimatedCostUSD: Double?
     /// The manifest of the archive that was restored, when there was one.
     public var manifest: CacheManifest?
+    /// The archive's size received and unpacked; the chain's download sets it.
+    public var archive: ArchiveSizes?
 
     public init(
         bytesTransferred: Int64,
