@@ -145,7 +145,7 @@ import Testing
         let ledger = Ledger()
         let url = serve.url
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<4 {
+            for _ in 0..<3 {
                 group.addTask {
                     while true {
                         let report = FleetReport(key: "node-modules-\(Int.random(in: 0..<50))")
@@ -158,7 +158,7 @@ import Testing
             }
             // Bounded only against a hang: the clients stop at the first failed request.
             for _ in 0..<60_000 {
-                if ledger.acknowledged.withLock({ $0.count }) >= 200 { break }
+                if ledger.acknowledged.withLock({ $0.count }) >= 100 { break }
                 try await Task.sleep(for: .milliseconds(5))
             }
             serve.kill9()
