@@ -286,11 +286,7 @@ import Testing
 
     // MARK: The real cache master
 
-    static let serveStoresReports: Bool = {
-        (try? Fixtures.runBlocking([Fixtures.cliPath, "serve", "--help"]).stdout.contains("--report-token-file")) ?? false
-    }()
-
-    @Test(.needsFleetMaster) func aRealMasterCountsEveryRestoreOnceThroughADowntime() async throws {
+    @Test func aRealMasterCountsEveryRestoreOnceThroughADowntime() async throws {
         let scene = try await Scene(peerURL: CommandLineEndToEndTests.deadURL)
         defer { scene.remove() }
         let root = scene.scratch.path.appending("root").string
@@ -489,12 +485,6 @@ enum NodeExporter {
 }
 
 extension Trait where Self == ConditionTrait {
-    /// Runs the test when this build's `cachetiers serve` stores fleet reports (the cache
-    /// master's side of the same feature, built in parallel).
-    static var needsFleetMaster: Self {
-        .enabled(if: FleetMonitoringTests.serveStoresReports, "SKIPPED: this build's cachetiers serve has no --report-token-file")
-    }
-
     /// Runs the test when node_exporter is installed, and always in CI (where a missing
     /// one fails the test, not skips it).
     static var needsNodeExporter: Self {
