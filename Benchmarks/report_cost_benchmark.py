@@ -11,6 +11,8 @@ report goes. The same restore, alternating, medians of --runs:
   down       the master's port closed: connection refused, report spooled
   silent     a master that accepts connections and never answers: the bound
              (monitoring.report.timeoutSeconds, --bound) is what it costs
+  curl       the stock way to send the same report: `curl -X POST --data-binary @report.json`
+             to the running master (a new id each time, so each is stored)
 
 Each side also runs with monitoring.report.enabled false, against the same master (the
 peer tier's own attempt costs the same either way: a silent master holds it for the
@@ -111,11 +113,29 @@ def main():
                         prepare()
                     times[(name, enabled)].append(timed(restore))
 
+        # The stock baseline: curl posting a real report of this restore (a new id each
+        # time, so each is stored and fsynced like ours), a new process and connection.
+        configure(up_url, False)
+        shutil.rmtree(os.path.join(project, "node_modules"), ignore_errors=True)
+        report_path = os.path.join(work, "report.json")
+        timed(restore + ["--report", report_path])
+        with open(report_path) as file:
+            report = json.load(file)
+        curl = []
+        for _ in range(a.runs):
+            report["id"] = str(uuid.uuid4())
+            with open(report_path, "w") as file:
+                json.dump(report, file)
+            curl.append(timed(["curl", "-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/json",
+                               "--data-binary", "@" + report_path, up_url + "/v1/reports"]))
+
         print("restore of %d files, %d runs, medians (binary %s, bound %.1f s)\n" % (a.files, a.runs, a.binary, a.bound))
         print("%-8s %12s %12s %10s" % ("side", "off s", "reporting s", "added ms"))
         for name, _, _ in sides:
             off, on = statistics.median(times[(name, False)]), statistics.median(times[(name, True)])
             print("%-8s %12.3f %12.3f %10.1f" % (name, off, on, (on - off) * 1000))
+        print("\ncurl -X POST of the same report to the running master: %.1f ms median (%s)" % (
+            statistics.median(curl) * 1000, " ".join("%.1f" % (t * 1000) for t in curl)))
     finally:
         hole.close()
         if server:

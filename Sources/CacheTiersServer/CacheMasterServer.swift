@@ -39,6 +39,9 @@ public final class CacheMasterServer: Service, Sendable {
         public var reportRetention: Duration
         /// Beyond this many stored reports the oldest are deleted.
         public var maxReports: Int
+        /// Beyond this many bytes of database pages in use, the oldest reports are deleted
+        /// (a report is up to 256 KiB, so the row cap alone does not bound the disk).
+        public var maxReportsDatabaseBytes: Int64
         /// Archive downloads and uploads served at once; more get 503 with Retry-After.
         public var maxConcurrentTransfers: Int
         /// What 503 answers put in Retry-After, in seconds.
@@ -69,6 +72,7 @@ public final class CacheMasterServer: Service, Sendable {
             reportsDatabase: FilePath? = nil,
             reportRetention: Duration = .seconds(30 * 86_400),
             maxReports: Int = 1_000_000,
+            maxReportsDatabaseBytes: Int64 = 2 << 30,
             maxConcurrentTransfers: Int = 64,
             retryAfterSeconds: Int = 1,
             chunkSize: Int = 256 * 1024,
@@ -84,6 +88,7 @@ public final class CacheMasterServer: Service, Sendable {
             self.reportsDatabase = reportsDatabase
             self.reportRetention = reportRetention
             self.maxReports = max(1, maxReports)
+            self.maxReportsDatabaseBytes = max(1 << 20, maxReportsDatabaseBytes)
             self.maxConcurrentTransfers = maxConcurrentTransfers
             self.retryAfterSeconds = retryAfterSeconds
             self.chunkSize = chunkSize
@@ -151,8 +156,12 @@ public final class CacheMasterServer: Service, Sendable {
         do {
             store = try ReportStore.open(
                 at: configuration.reportsDatabasePath, retention: configuration.reportRetention,
-                maxReports: configuration.maxReports, logger: logger
+                maxReports: configuration.maxReports, maxBytes: configuration.maxReportsDatabaseBytes, logger: logger
             )
+            // Series of the tiers the fleet already reported exist at 0 from the start, so
+            // after a restart rate() sees their next restore (a new series' first sample
+            // counts as no increase).
+            metrics.fleet.prepareSeries(servedBy: (try? store.servingTiers(limit: FleetMetrics.maximumTierLabels)) ?? [])
         } catch {
             throw CacheMasterError(error.description)
         }

@@ -53,6 +53,19 @@ final class FleetMetrics: Sendable {
         for reason in Rejection.allCases { rejections(reason).increment(by: Int64(0)) }
     }
 
+    /// Creates at 0 the series a report served by each of `tiers` (and a failed one)
+    /// would move: a series that first appears with its first sample is an increase
+    /// Prometheus never sees.
+    func prepareSeries(servedBy tiers: [String]) {
+        registry.makeValueHistogram(descriptor: Self.durations, labels: [("served_by", Self.noTier)], buckets: Self.durationBuckets)
+        for tier in tiers.map(label) {
+            restores(outcome: ReceivedReport.Outcome.restored.rawValue, servedBy: tier).increment(by: Int64(0))
+            registry.makeValueHistogram(descriptor: Self.durations, labels: [("served_by", tier)], buckets: Self.durationBuckets)
+            registry.makeCounter(descriptor: Self.bytes, labels: [("tier", tier)]).increment(by: Int64(0))
+            registry.makeCounter(descriptor: Self.cost, labels: [("tier", tier)]).increment(by: 0.0)
+        }
+    }
+
     /// Counts a report that was just stored.
     func record(_ report: ReceivedReport) {
         let servedBy = report.servedBy.map(label) ?? Self.noTier

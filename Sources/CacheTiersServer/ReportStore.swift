@@ -37,6 +37,8 @@ final class ReportStore: Sendable {
     let path: FilePath
     let retention: Duration
     let maxReports: Int
+    /// Database pages in use (not free) beyond this make the oldest reports go.
+    let maxBytes: Int64
     private let pool: DatabasePool
     private let summaryState: Mutex<Summary>
     private let pending = Mutex<[Pending]>([])
@@ -52,18 +54,19 @@ final class ReportStore: Sendable {
     /// runs once per batch of inserts, not after each one.
     private var slack: Int { max(1, min(1000, maxReports / 100)) }
 
-    private init(path: FilePath, pool: DatabasePool, retention: Duration, maxReports: Int, summary: Summary) {
+    private init(path: FilePath, pool: DatabasePool, retention: Duration, maxReports: Int, maxBytes: Int64, summary: Summary) {
         self.path = path
         self.pool = pool
         self.retention = retention
         self.maxReports = maxReports
+        self.maxBytes = maxBytes
         self.summaryState = Mutex(summary)
     }
 
     /// Opens (creating when missing) the database at `path`, migrates its schema, and
     /// deletes what the retention and the row cap no longer allow.
     static func open(
-        at path: FilePath, retention: Duration, maxReports: Int, logger: Logger
+        at path: FilePath, retention: Duration, maxReports: Int, maxBytes: Int64 = 2 << 30, logger: Logger
     ) throws(ReportStoreError) -> ReportStore {
         let folder = path.removingLastComponent()
         do {
@@ -77,6 +80,9 @@ final class ReportStore: Sendable {
         configuration.busyMode = .timeout(5)
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // The WAL is truncated back to 64 MiB after a checkpoint, so it cannot keep
+            // the size of the largest burst for good.
+            try db.execute(sql: "PRAGMA journal_size_limit = 67108864")
         }
         do {
             let pool = try DatabasePool(path: path.string, configuration: configuration)
@@ -87,7 +93,9 @@ final class ReportStore: Sendable {
                     newestArrival: try Double.fetchOne(db, sql: "SELECT max(receivedAt) FROM report").map(Date.init(timeIntervalSince1970:))
                 )
             }
-            let store = ReportStore(path: path, pool: pool, retention: retention, maxReports: maxReports, summary: summary)
+            let store = ReportStore(
+                path: path, pool: pool, retention: retention, maxReports: maxReports, maxBytes: maxBytes, summary: summary
+            )
             let removed = try store.pruneNow(Date())
             logger.info(
                 "report store open",
@@ -143,6 +151,7 @@ final class ReportStore: Sendable {
                 if count > maxReports + slack {
                     removed = try deleteOldest(count - maxReports, db)
                 }
+                removed += try shrinkToByteBound(count: count - removed, db)
                 return .commit
             }
             summaryState.withLock { summary in
@@ -206,6 +215,7 @@ final class ReportStore: Sendable {
             removed = db.changesCount
             let count = summaryState.withLock { $0.count } - removed
             if count > maxReports { removed += try deleteOldest(count - maxReports, db) }
+            removed += try shrinkToByteBound(count: count - removed, db)
             return .commit
         }
         let newest = try Double.fetchOne(db, sql: "SELECT max(receivedAt) FROM report").map(Date.init(timeIntervalSince1970:))
@@ -214,6 +224,45 @@ final class ReportStore: Sendable {
             summary.newestArrival = newest
         }
         return removed
+    }
+
+    /// The bytes of database pages holding data (free pages, which SQLite reuses before
+    /// it grows the file, do not count).
+    private static func bytesInUse(_ db: Database) throws -> Int64 {
+        let pages = try Int64.fetchOne(db, sql: "PRAGMA page_count") ?? 0
+        let free = try Int64.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0
+        let size = try Int64.fetchOne(db, sql: "PRAGMA page_size") ?? 4096
+        return (pages - free) * size
+    }
+
+    /// While the pages in use exceed ``maxBytes``, deletes the oldest hundredth of the
+    /// reports (their pages become free and are reused), a bounded number of rounds.
+    /// - Returns: how many were deleted.
+    private func shrinkToByteBound(count: Int, _ db: Database) throws -> Int {
+        var removed = 0
+        var remaining = count
+        for _ in 0..<16 where remaining > 0 {
+            guard try Self.bytesInUse(db) > maxBytes else { break }
+            let batch = try deleteOldest(max(1, remaining / 100), db)
+            guard batch > 0 else { break }
+            removed += batch
+            remaining -= batch
+        }
+        return removed
+    }
+
+    /// The names of the tiers that served the stored reports, most recent first.
+    func servingTiers(limit: Int) throws -> [String] {
+        try pool.read { db in
+            try String.fetchAll(
+                db,
+                sql: """
+                    SELECT servedBy FROM report WHERE servedBy IS NOT NULL
+                    GROUP BY servedBy ORDER BY max(finishedAt) DESC LIMIT ?
+                    """,
+                arguments: [limit]
+            )
+        }
     }
 
     /// Deletes the `count` reports that finished first (their attempts go with them).

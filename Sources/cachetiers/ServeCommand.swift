@@ -37,6 +37,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "Reports kept at most; beyond it the oldest are deleted.")
     var maxReports = 1_000_000
 
+    @Option(name: .long, parsing: .unconditional, help: "MiB of database pages the reports may use; beyond it the oldest are deleted.")
+    var maxReportsDbMb = 2048
+
     @Option(name: .long, parsing: .unconditional, help: "Downloads and uploads served at once; beyond it, 503 with Retry-After.")
     var maxTransfers = 64
 
@@ -61,6 +64,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard (1...1_000_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 1000000") }
         guard (1...3650).contains(reportRetentionDays) else { throw ValidationError("--report-retention-days must be 1 to 3650") }
         guard (1...100_000_000).contains(maxReports) else { throw ValidationError("--max-reports must be 1 to 100000000") }
+        guard (1...1_048_576).contains(maxReportsDbMb) else { throw ValidationError("--max-reports-db-mb must be 1 to 1048576") }
         guard reportTokenFile == nil || tokenFile != nil else {
             throw ValidationError("--report-token-file needs --token-file: without it every route is open to anyone")
         }
@@ -82,7 +86,7 @@ struct ServeCommand: AsyncParsableCommand {
             configuration: .init(
                 root: FilePath(root), host: host, port: port, token: token, reportToken: reportToken,
                 reportsDatabase: reportsDb.map { FilePath($0) }, reportRetention: .seconds(reportRetentionDays * 86_400),
-                maxReports: maxReports, maxConcurrentTransfers: maxTransfers,
+                maxReports: maxReports, maxReportsDatabaseBytes: Int64(maxReportsDbMb) << 20, maxConcurrentTransfers: maxTransfers,
                 idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), maxConnections: maxConnections
             ),
             logger: logger,

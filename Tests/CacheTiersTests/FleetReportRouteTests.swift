@@ -279,6 +279,53 @@ import Testing
         #expect(kept.topKeys.map(\.key) == ["key-5", "key-6", "key-7", "key-8", "key-9"], "the newest five are kept")
     }
 
+    @Test func theDatabaseStaysUnderItsByteBoundByDroppingTheOldestReports() async throws {
+        let scratch = try TemporaryDirectory(prefix: "byte-bound")
+        defer { scratch.remove() }
+        let root = scratch.path.appending("root")
+        let server = CacheMasterServer(
+            configuration: .init(root: root, port: 0, maxReportsDatabaseBytes: 1 << 20), logger: PeerHarness.quietLogger
+        )
+        let peer = PeerHarness(scratch: scratch, server: server, url: try await server.start())
+        // Reports of about 200 KiB each (25 attempts with an 8,000-character error): 30 of
+        // them are 6 MB, six times the bound; the row cap (a million) never applies.
+        let error = String(repeating: "e", count: 8000)
+        for index in 0..<30 {
+            var report = FleetReport(key: "key-\(index)").json
+            report["attempts"] = (0..<25).map { attempt -> [String: Any] in
+                ["tier": "cache-master", "attempt": attempt + 1, "outcome": "error", "durationSeconds": 1.0, "bytes": 0, "error": error]
+            }
+            #expect(try await post(peer, FleetReport.encode(report)).status == 201)
+        }
+        let kept = try await stats(peer, window: "1h")
+        await server.stop()
+        #expect(kept.restores >= 1 && kept.restores < 10, "\(kept.restores) reports of 200 KiB kept under a 1 MiB bound")
+        #expect(kept.topKeys.map(\.key).contains("key-29"), "the newest is kept")
+        #expect(!kept.topKeys.map(\.key).contains("key-0"), "the oldest went")
+        let database = try FileManager.default.attributesOfItem(atPath: root.appending(".cachetiers/reports.sqlite").string)
+        #expect((database[.size] as? Int ?? .max) < 2 << 20, "the file, checkpointed at close, stays near the bound")
+    }
+
+    @Test func aRestartedMasterExportsTheServingTiersSeriesAtZero() async throws {
+        let scratch = try TemporaryDirectory(prefix: "late-series")
+        defer { scratch.remove() }
+        let root = scratch.path.appending("root")
+        let first = CacheMasterServer(configuration: .init(root: root, port: 0), logger: PeerHarness.quietLogger)
+        let peer = PeerHarness(scratch: scratch, server: first, url: try await first.start())
+        #expect(try await post(peer, FleetReport(servedBy: "gcs", attempts: [("gcs", "hit")]).body).status == 201)
+        await first.stop()
+
+        let second = CacheMasterServer(configuration: .init(root: root, port: 0), logger: PeerHarness.quietLogger)
+        let restarted = PeerHarness(scratch: scratch, server: second, url: try await second.start())
+        let lines = try await metrics(restarted)
+        await second.stop()
+        // Present before the next report, so rate() counts that report's increase.
+        #expect(lines.contains(#"cachetiers_fleet_restores_total{outcome="restored",served_by="gcs"} 0"#), "\(lines)")
+        #expect(lines.contains(#"cachetiers_fleet_restore_duration_seconds_count{served_by="gcs"} 0"#), "\(lines)")
+        #expect(lines.contains(#"cachetiers_fleet_restore_duration_seconds_count{served_by="none"} 0"#), "\(lines)")
+        #expect(lines.contains(#"cachetiers_fleet_bytes_total{tier="gcs"} 0"#), "\(lines)")
+    }
+
     @Test func aCorruptReportDatabaseStopsTheStartWithOneLineNamingIt() async throws {
         let scratch = try TemporaryDirectory(prefix: "corrupt")
         defer { scratch.remove() }
