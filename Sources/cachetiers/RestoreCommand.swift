@@ -80,6 +80,15 @@ struct RestoreCommand: AsyncParsableCommand {
 
             let phase = Mutex(RestorePhase.restoring)
             let started = ContinuousClock.now
+            // Signals are watched before the restore starts, so a SIGTERM at any moment
+            // stops it the same way (never the default action, which would leave staging).
+            let running = Mutex<Task<RestoreReport, any Error>?>(nil)
+            let interrupts = Interrupts(describe: {
+                switch phase.withLock({ $0 }) {
+                case .restoring: "the destination is left as it was"
+                case .restored(let tier): "\(destination) was restored from \(tier) and stays; the write-back to the tiers above is cut short"
+                }
+            }) { running.withLock { $0 }?.cancel() }
             let restore = Task {
                 let report = try await chain.restore(cacheKey, into: destination)
                 phase.withLock { $0 = .restored(tier: report.servedBy ?? "?") }
@@ -88,12 +97,8 @@ struct RestoreCommand: AsyncParsableCommand {
                 if report.pendingWriteBack != nil, let reportFile, reportFile.path != "-" { try? reportFile.write(report) }
                 return await report.completingWriteBack()
             }
-            let interrupts = Interrupts(describe: {
-                switch phase.withLock({ $0 }) {
-                case .restoring: "the destination is left as it was"
-                case .restored(let tier): "\(destination) was restored from \(tier) and stays; the write-back to the tiers above is cut short"
-                }
-            }) { restore.cancel() }
+            running.withLock { $0 = restore }
+            if interrupts.interruptedBy != nil { restore.cancel() }
             let result = await restore.result
             interrupts.stop()
             console.finish()
