@@ -98,7 +98,10 @@ def main():
                 with open(os.path.join(spool, ident + ".json"), "w") as file:
                     json.dump({"id": ident, "finishedAt": "2026-12-01T00:00:00.000Z", "host": None, "key": key,
                                "outcome": "restored", "servedBy": "directory", "destination": "/x", "durationSeconds": 1,
-                               "bytesTransferred": 1, "estimatedCostUSD": None, "attempts": [], "writeBack": []}, file)
+                               "bytesTransferred": 1, "estimatedCostUSD": None,
+                               "attempts": [{"tier": "directory", "attempt": 1, "outcome": "hit", "durationSeconds": 0.1,
+                                             "bytes": 1, "error": None}],
+                               "writeBack": []}, file)
 
         sides = [("up", up_url, None), ("backlog", up_url, backlog), ("down", down_url, None), ("silent", silent_url, None)]
         times = {(name, enabled): [] for name, _, _ in sides for enabled in (False, True)}
