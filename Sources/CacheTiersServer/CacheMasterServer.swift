@@ -62,6 +62,10 @@ public final class CacheMasterServer: Service, Sendable {
         /// younger one may still be being written. A create-only PUT also replaces an
         /// archive that has stood this long without its manifest.
         public var orphanGracePeriod: Duration
+        /// How long the whole body of a `POST /v1/reports` may take (at most 256 KiB);
+        /// past it the answer is 408 and the connection closes, so clients dripping
+        /// bodies cannot hold every connection. Archive uploads have no such deadline.
+        public var reportBodyDeadline: Duration
 
         public init(
             root: FilePath,
@@ -78,7 +82,8 @@ public final class CacheMasterServer: Service, Sendable {
             chunkSize: Int = 256 * 1024,
             idleTimeout: Duration = .seconds(30),
             maxConnections: Int = 512,
-            orphanGracePeriod: Duration = .seconds(600)
+            orphanGracePeriod: Duration = .seconds(600),
+            reportBodyDeadline: Duration = .seconds(10)
         ) {
             self.root = root
             self.host = host
@@ -95,6 +100,7 @@ public final class CacheMasterServer: Service, Sendable {
             self.idleTimeout = idleTimeout
             self.maxConnections = maxConnections
             self.orphanGracePeriod = orphanGracePeriod
+            self.reportBodyDeadline = reportBodyDeadline
         }
 
         /// Where the report database is: ``reportsDatabase``, or its default in the root.
@@ -226,7 +232,10 @@ public final class CacheMasterServer: Service, Sendable {
         router.add(middleware: OneLineErrorMiddleware())
         router.add(middleware: BearerTokenMiddleware(token: configuration.token, reportToken: configuration.reportToken))
         CacheRoutes(server: self).register(on: router)
-        ReportRoutes(store: store, metrics: metrics.fleet, retryAfterSeconds: configuration.retryAfterSeconds).register(on: router)
+        ReportRoutes(
+            store: store, metrics: metrics.fleet, retryAfterSeconds: configuration.retryAfterSeconds,
+            bodyDeadline: configuration.reportBodyDeadline, databaseErrors: RateLimitedLog(logger: logger)
+        ).register(on: router)
         let idle = configuration.idleTimeout.components
         let idleTimeout = TimeAmount.nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000)
         return Application(

@@ -67,6 +67,9 @@ public struct FleetStats: Codable, Sendable, Equatable {
         }
     }
 
+    /// Tiers named in ``byTier`` before the rest become one `other` row.
+    public static let maximumTierRows = 20
+
     /// The window, in seconds.
     public var window: Int
     public var restores: Int
@@ -75,6 +78,8 @@ public struct FleetStats: Codable, Sendable, Equatable {
     /// restored / restores; null when there were none.
     public var successRate: Double?
     public var durationSeconds: Percentiles
+    /// The ``maximumTierRows`` tiers with the most restores, then, when more served,
+    /// one row `other` summing the rest (its percentiles null).
     public var byTier: [Tier]
     /// Restored reports whose serving tier is not the first attempt's.
     public var fallbacks: Int

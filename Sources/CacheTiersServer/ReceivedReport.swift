@@ -20,6 +20,8 @@ struct ReceivedReport: Sendable, Equatable {
     static let maximumSeconds = 30.0 * 86_400
     static let maximumBytes = Int64(1) << 50
     static let maximumCostUSD = 1_000_000.0
+    /// What /metrics and /v1/stats call a failed restore's tier and the tiers beyond their caps.
+    static let reservedTierNames: Set<String> = [FleetMetrics.noTier, FleetMetrics.otherTier]
 
     enum Outcome: String, Sendable, CaseIterable {
         case restored, failed
@@ -143,6 +145,9 @@ private struct Wire: Decodable {
             throw fields.problem(.finishedAt, "expected an RFC 3339 UTC time such as 2026-12-01T18:40:12.345Z")
         }
         let host = try fields.text(.host, required: false)
+        if let host, !DisplayText.isPlain(host) {
+            throw fields.problem(.host, DisplayText.problem)
+        }
         let rawKey = try fields.decode(String.self, forKey: .key)
         guard let key = try? CacheKey(rawKey) else {
             throw fields.problem(.key, "not a cache key: 1 to 200 of A-Z a-z 0-9 . _ - starting with a letter or digit")
@@ -168,6 +173,13 @@ private struct Wire: Decodable {
         let writeBacks = try fields.decode([WriteBack].self, forKey: .writeBack)
         guard writeBacks.count <= ReceivedReport.maximumWriteBacks else {
             throw fields.problem(.writeBack, "at most \(ReceivedReport.maximumWriteBacks) write-backs")
+        }
+        // The serving tier is the one whose attempt hit: a report naming another is not a
+        // restore any chain performed.
+        if outcome == .restored, let servedBy,
+            !attempts.contains(where: { $0.attempt.tier == servedBy && $0.attempt.outcome == .hit })
+        {
+            throw fields.problem(.servedBy, "must be the tier of an attempt whose outcome is hit")
         }
         report = ReceivedReport(
             id: uuid.uuidString.lowercased(), finishedAt: date, host: host, key: key, outcome: outcome,
@@ -305,21 +317,65 @@ extension KeyedDecodingContainer {
         guard let name = required ? try decode(String.self, forKey: key) : try decodeIfPresent(String.self, forKey: key) else {
             return nil
         }
-        let printable = name.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) }
-        guard !name.isEmpty, name.count <= ReceivedReport.maximumTierNameLength, printable else {
-            throw problem(key, "a tier name is 1 to \(ReceivedReport.maximumTierNameLength) printable characters")
+        guard !name.isEmpty, name.count <= ReceivedReport.maximumTierNameLength, DisplayText.isPlain(name) else {
+            throw problem(
+                key, "a tier name is 1 to \(ReceivedReport.maximumTierNameLength) printable characters, \(DisplayText.problem)"
+            )
+        }
+        // `none` and `other` are the labels /metrics and /v1/stats give failed restores
+        // and the tiers beyond their caps: a tier of that name would merge with them.
+        guard !ReceivedReport.reservedTierNames.contains(name) else {
+            throw problem(key, "\(name) is reserved (it labels failed restores and the tiers beyond the caps)")
         }
         return name
     }
 }
 
-/// RFC 3339 times in UTC, with or without fractional seconds.
+/// Text from a report that is printed as a row or a label (a tier name, a host): no
+/// control characters (C0, DEL, C1), no invisible format characters (Unicode category
+/// Cf: bidi overrides, zero-width spaces), no line or paragraph separators, and no
+/// whitespace at either end, so what a terminal shows is what was sent.
+enum DisplayText {
+    static let problem = "without control or format characters or whitespace at either end"
+
+    static func isPlain(_ text: String) -> Bool {
+        guard let first = text.unicodeScalars.first, let last = text.unicodeScalars.last,
+            !first.properties.isWhitespace, !last.properties.isWhitespace
+        else { return false }
+        return text.unicodeScalars.allSatisfy { scalar in
+            switch scalar.properties.generalCategory {
+            case .control, .format, .lineSeparator, .paragraphSeparator: false
+            default: true
+            }
+        }
+    }
+}
+
+/// RFC 3339 times in UTC, with or without fractional seconds, such as
+/// `2026-12-01T18:40:12.345Z`; strictly: a date or time that does not exist (February
+/// 30th, 25:00, a 61st minute, a leap second) is refused, not rolled over.
 enum Timestamp {
     private static let fractional = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
     private static let whole = Date.ISO8601FormatStyle()
 
     static func parse(_ text: String) -> Date? {
-        guard text.utf8.count <= 40, text.hasSuffix("Z") else { return nil }
-        return (try? fractional.parse(text)) ?? (try? whole.parse(text))
+        let bytes = Array(text.utf8)
+        guard bytes.count >= 20, bytes.count <= 40, bytes.last == UInt8(ascii: "Z") else { return nil }
+        // YYYY-MM-DDTHH:MM:SS, then either Z or a fraction of 1 to 9 digits and Z.
+        let shape = Array("dddd-dd-ddTdd:dd:dd".utf8)
+        for (byte, expected) in zip(bytes, shape) {
+            guard expected == UInt8(ascii: "d") ? (0x30...0x39).contains(byte) : byte == expected else { return nil }
+        }
+        let fraction = bytes[19..<(bytes.count - 1)]
+        if !fraction.isEmpty {
+            guard fraction.first == UInt8(ascii: "."), (2...10).contains(fraction.count),
+                fraction.dropFirst().allSatisfy({ (0x30...0x39).contains($0) })
+            else { return nil }
+        }
+        guard let date = (try? fractional.parse(text)) ?? (try? whole.parse(text)) else { return nil }
+        // The parser rolls an impossible field over (February 30th is March 2nd):
+        // formatted back, a real instant gives the same fields.
+        guard whole.format(date).utf8.elementsEqual(bytes[..<19] + [UInt8(ascii: "Z")]) else { return nil }
+        return date
     }
 }

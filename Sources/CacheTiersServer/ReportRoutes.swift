@@ -2,13 +2,24 @@ import CacheTiers
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
+import Synchronization
 
 /// `POST /v1/reports` and `GET /v1/stats` (see Documentation/CacheMasterAPI.md).
 struct ReportRoutes: Sendable {
     let store: ReportStore
     let metrics: FleetMetrics
     let retryAfterSeconds: Int
+    /// How long a report's whole body may take to arrive (the idle timeout only catches
+    /// silence; a body dripped a byte at a time would hold its connection for good).
+    let bodyDeadline: Duration
+    /// Database failures while serving, logged at most once every 10 s.
+    let databaseErrors: RateLimitedLog
+
+    /// The header of every 200 and 201 answer to a report: its stored id, lowercase, so
+    /// a VM tells a cache master's acknowledgement from a proxy's or captive portal's 200.
+    static let reportIDHeader = HTTPField.Name("X-CacheTiers-Report-Id")!
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/v1/reports") { request, _ in try await receive(request) }
@@ -26,13 +37,30 @@ struct ReportRoutes: Sendable {
             metrics.reject(.tooLarge)
             throw tooLarge
         }
-        var body = ByteBuffer()
-        for try await part in request.body {
-            guard body.readableBytes + part.readableBytes <= limit else {
-                metrics.reject(.tooLarge)
-                throw tooLarge
+        let body = try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
+            group.addTask {
+                var body = ByteBuffer()
+                for try await part in request.body {
+                    guard body.readableBytes + part.readableBytes <= limit else {
+                        metrics.reject(.tooLarge)
+                        throw tooLarge
+                    }
+                    body.writeImmutableBuffer(part)
+                }
+                return body
             }
-            body.writeImmutableBuffer(part)
+            group.addTask { [bodyDeadline] in
+                try await Task.sleep(for: bodyDeadline)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let body = try await group.next()! else {
+                throw HTTPError(
+                    .requestTimeout, headers: [.connection: "close"],
+                    message: "a report's body must arrive within \(bodyDeadline.components.seconds) s\n"
+                )
+            }
+            return body
         }
         let report: ReceivedReport
         do {
@@ -46,6 +74,7 @@ struct ReportRoutes: Sendable {
             outcome = try await store.insert(report, json: String(buffer: body), receivedAt: Date())
         } catch {
             metrics.reject(.storeFailed)
+            databaseErrors.error("cannot store a report; answering 503", error: "\(error)")
             throw HTTPError(
                 .serviceUnavailable, headers: [.retryAfter: "\(retryAfterSeconds)"],
                 message: "\(error); the report can be sent again\n"
@@ -54,9 +83,9 @@ struct ReportRoutes: Sendable {
         switch outcome {
         case .stored:
             metrics.record(report)
-            return Response(status: .created)
+            return Response(status: .created, headers: [Self.reportIDHeader: report.id])
         case .duplicate:
-            return Response(status: .ok)
+            return Response(status: .ok, headers: [Self.reportIDHeader: report.id])
         }
     }
 
@@ -69,6 +98,7 @@ struct ReportRoutes: Sendable {
         do {
             stats = try await store.stats(window: window, now: Date())
         } catch {
+            databaseErrors.error("cannot compute the fleet's stats; answering 500", error: ReportStore.describe(error))
             throw HTTPError(.internalServerError, message: "the report database cannot be read: \(ReportStore.describe(error))\n")
         }
         return Response(
@@ -76,5 +106,41 @@ struct ReportRoutes: Sendable {
             headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(bytes: try stats.jsonData()))
         )
+    }
+}
+
+/// Logs a recurring failure at error level at most once per `interval`, with how many
+/// were left unlogged since, so a database that fails every request is visible in the
+/// log without flooding it.
+final class RateLimitedLog: Sendable {
+    private struct State {
+        var lastLogged: ContinuousClock.Instant?
+        var suppressed = 0
+    }
+
+    private let logger: Logger
+    private let interval: Duration
+    private let state = Mutex(State())
+
+    init(logger: Logger, interval: Duration = .seconds(10)) {
+        self.logger = logger
+        self.interval = interval
+    }
+
+    func error(_ message: Logger.Message, error: String) {
+        let now = ContinuousClock.now
+        let suppressed = state.withLock { state -> Int? in
+            if let last = state.lastLogged, now - last < interval {
+                state.suppressed += 1
+                return nil
+            }
+            defer {
+                state.lastLogged = now
+                state.suppressed = 0
+            }
+            return state.suppressed
+        }
+        guard let suppressed else { return }
+        logger.error(message, metadata: ["error": "\(error)", "suppressed": "\(suppressed)"])
     }
 }

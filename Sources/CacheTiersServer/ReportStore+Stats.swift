@@ -56,18 +56,33 @@ extension ReportStore {
         )
         var overall = FleetStats.Percentiles()
         var tiers: [FleetStats.Tier] = []
+        // Tier names come from reports: the tiers with the most restores are rows, the
+        // rest one `other` row (sums, no percentiles), so the answer stays bounded.
+        var rest = FleetStats.Tier(
+            tier: FleetMetrics.otherTier, restores: 0, share: 0, p50: nil, p90: nil, p99: nil, bytes: 0, estimatedCostUSD: 0
+        )
         for row in rows {
             guard let tier: String = row["tier"] else {
                 overall = FleetStats.Percentiles(p50: row["p50"], p90: row["p90"], p99: row["p99"])
                 continue
             }
             let count: Int = row["restores"]
+            guard tiers.count < FleetStats.maximumTierRows else {
+                rest.restores += count
+                rest.bytes += row["bytes"] as Int64
+                rest.estimatedCostUSD += row["cost"] as Double
+                continue
+            }
             tiers.append(
                 FleetStats.Tier(
                     tier: tier, restores: count, share: Double(count) / Double(max(1, restores)),
                     p50: row["p50"], p90: row["p90"], p99: row["p99"], bytes: row["bytes"], estimatedCostUSD: row["cost"]
                 )
             )
+        }
+        if rest.restores > 0 {
+            rest.share = Double(rest.restores) / Double(max(1, restores))
+            tiers.append(rest)
         }
 
         let topKeys = try keyCounts(

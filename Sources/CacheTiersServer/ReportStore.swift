@@ -84,6 +84,7 @@ final class ReportStore: Sendable {
             // the size of the largest burst for good.
             try db.execute(sql: "PRAGMA journal_size_limit = 67108864")
         }
+        let existed = FileManager.default.fileExists(atPath: path.string)
         do {
             let pool = try DatabasePool(path: path.string, configuration: configuration)
             try migrator.migrate(pool)
@@ -96,13 +97,28 @@ final class ReportStore: Sendable {
             let store = ReportStore(
                 path: path, pool: pool, retention: retention, maxReports: maxReports, maxBytes: maxBytes, summary: summary
             )
-            let removed = try store.pruneNow(Date())
+            // A prune that fails (a full disk) leaves every report where it was: the store
+            // still serves, and the next periodic prune tries again.
+            var removed = 0
+            do {
+                removed = try store.pruneNow(Date())
+            } catch {
+                logger.warning(
+                    "cannot prune the report database at start; serving without pruning until the next try",
+                    metadata: ["database": "\(path)", "error": "\(Self.describe(error))"]
+                )
+            }
             logger.info(
                 "report store open",
                 metadata: ["database": "\(path)", "reports": "\(store.summary.count)", "pruned": "\(removed)"]
             )
             return store
         } catch {
+            guard existed else {
+                throw ReportStoreError(
+                    "the report database \(path) cannot be created: \(Self.describe(error)); make its folder writable, or give another --reports-db"
+                )
+            }
             throw ReportStoreError(
                 "the report database \(path) cannot be used: \(Self.describe(error)); move it aside to start a new one, or give another --reports-db"
             )
@@ -251,14 +267,16 @@ final class ReportStore: Sendable {
         return removed
     }
 
-    /// The names of the tiers that served the stored reports, most recent first.
+    /// The names of the tiers that served the most stored reports, most first: by
+    /// volume, so a burst of reports naming new tiers cannot push the fleet's real ones
+    /// out of the label slots a restart pre-creates.
     func servingTiers(limit: Int) throws -> [String] {
         try pool.read { db in
             try String.fetchAll(
                 db,
                 sql: """
                     SELECT servedBy FROM report WHERE servedBy IS NOT NULL
-                    GROUP BY servedBy ORDER BY max(finishedAt) DESC LIMIT ?
+                    GROUP BY servedBy ORDER BY count(*) DESC, servedBy LIMIT ?
                     """,
                 arguments: [limit]
             )

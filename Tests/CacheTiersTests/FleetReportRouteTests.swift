@@ -26,6 +26,17 @@ import Testing
         return try JSONDecoder().decode(FleetStats.self, from: Data(answer.body))
     }
 
+    /// Why `server` refused to start, or nil when it started (it is stopped again).
+    func startFailure(_ server: CacheMasterServer) async -> String? {
+        do {
+            _ = try await server.start()
+            await server.stop()
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
     func metrics(_ peer: PeerHarness) async throws -> [String] {
         let answer = try await peer.send(.GET, "/metrics")
         return String(decoding: answer.body, as: UTF8.self).split(separator: "\n").map(String.init).filter { $0.hasPrefix("cachetiers_fleet_") }
@@ -108,6 +119,32 @@ import Testing
             (mutated(attempt { $0["tier"] = "\u{1B}[31mred" }), "attempts[0].tier: a tier name is 1 to 64 printable characters"),
             (mutated(attempt { $0["tier"] = "" }), "attempts[0].tier: a tier name is 1 to 64 printable characters"),
             (mutated(attempt { $0["outcome"] = "won" }), "attempts[0].outcome: expected one of hit, miss, timeout"),
+            // Names that display as something else: a bidi override, a zero-width space,
+            // a line separator, blank or padded names (a row that looks empty or aligned).
+            (mutated(attempt { $0["tier"] = "gcs\u{202E}retsam" }), "attempts[0].tier: a tier name is 1 to 64 printable characters"),
+            (mutated(attempt { $0["tier"] = "c\u{200B}m" }), "attempts[0].tier: a tier name is 1 to 64 printable characters"),
+            (mutated(attempt { $0["tier"] = "gcs\u{2028}fake" }), "attempts[0].tier: a tier name is 1 to 64 printable characters"),
+            (mutated(attempt { $0["tier"] = " " }), "attempts[0].tier: a tier name is 1 to 64 printable characters"),
+            (mutated { $0["servedBy"] = "cache-master\u{2029}" }, "servedBy: a tier name is 1 to 64 printable characters"),
+            (mutated { $0["servedBy"] = " cache-master" }, "servedBy: a tier name is 1 to 64 printable characters"),
+            (mutated { $0["writeBack"] = [["tier": "gcs ", "outcome": "published"]] }, "writeBack[0].tier: a tier name is 1 to 64"),
+            (mutated { $0["host"] = "vm-17\u{202E}" }, "host: without control or format characters"),
+            (mutated { $0["host"] = "  " }, "host: without control or format characters"),
+            // The labels of failed restores and of the tiers beyond the caps.
+            (mutated { $0["servedBy"] = "none"; $0["attempts"] = [["tier": "none", "attempt": 1, "outcome": "hit", "durationSeconds": 1.0, "bytes": 1]] }, "servedBy: none is reserved"),
+            (mutated(attempt { $0["tier"] = "other" }), "attempts[0].tier: other is reserved"),
+            // The serving tier is one whose attempt hit.
+            (mutated { $0["servedBy"] = "ghost" }, "servedBy: must be the tier of an attempt whose outcome is hit"),
+            (mutated { $0["attempts"] = [] as [Any] }, "servedBy: must be the tier of an attempt whose outcome is hit"),
+            (mutated(attempt { $0["outcome"] = "miss" }), "servedBy: must be the tier of an attempt whose outcome is hit"),
+            // Instants that do not exist are refused, not rolled over.
+            (mutated { $0["finishedAt"] = "2026-02-30T10:00:00Z" }, "finishedAt: expected an RFC 3339 UTC time"),
+            (mutated { $0["finishedAt"] = "2026-11-31T10:00:00.000Z" }, "finishedAt: expected an RFC 3339 UTC time"),
+            (mutated { $0["finishedAt"] = "2026-12-01T25:00:00Z" }, "finishedAt: expected an RFC 3339 UTC time"),
+            (mutated { $0["finishedAt"] = "2026-12-01T10:61:00Z" }, "finishedAt: expected an RFC 3339 UTC time"),
+            (mutated { $0["finishedAt"] = "2026-12-01T23:59:60Z" }, "finishedAt: expected an RFC 3339 UTC time"),
+            (mutated { $0["finishedAt"] = "2026-11-1T10:00:00Z" }, "finishedAt: expected an RFC 3339 UTC time"),
+            (mutated { $0["finishedAt"] = "2026-12-01T10:00:00.Z" }, "finishedAt: expected an RFC 3339 UTC time"),
             (mutated(attempt { $0["timings"] = ["connectSeconds": "fast"] }), "attempts[0].timings.connectSeconds: expected a number"),
             (mutated { $0["writeBack"] = [["tier": "gcs", "outcome": "maybe"]] }, "writeBack[0].outcome: expected one of published"),
             (Array("[1, 2]".utf8), "(top level): expected an object"),
@@ -287,14 +324,14 @@ import Testing
             configuration: .init(root: root, port: 0, maxReportsDatabaseBytes: 1 << 20), logger: PeerHarness.quietLogger
         )
         let peer = PeerHarness(scratch: scratch, server: server, url: try await server.start())
-        // Reports of about 200 KiB each (25 attempts with an 8,000-character error): 30 of
+        // Reports of about 200 KiB each (25 failed attempts with an 8,000-character error, then a hit): 30 of
         // them are 6 MB, six times the bound; the row cap (a million) never applies.
         let error = String(repeating: "e", count: 8000)
         for index in 0..<30 {
             var report = FleetReport(key: "key-\(index)").json
             report["attempts"] = (0..<25).map { attempt -> [String: Any] in
                 ["tier": "cache-master", "attempt": attempt + 1, "outcome": "error", "durationSeconds": 1.0, "bytes": 0, "error": error]
-            }
+            } + [["tier": "cache-master", "attempt": 26, "outcome": "hit", "durationSeconds": 1.0, "bytes": 1000]]
             #expect(try await post(peer, FleetReport.encode(report)).status == 201)
         }
         let kept = try await stats(peer, window: "1h")
@@ -312,7 +349,15 @@ import Testing
         let root = scratch.path.appending("root")
         let first = CacheMasterServer(configuration: .init(root: root, port: 0), logger: PeerHarness.quietLogger)
         let peer = PeerHarness(scratch: scratch, server: first, url: try await first.start())
-        #expect(try await post(peer, FleetReport(servedBy: "gcs", attempts: [("gcs", "hit")]).body).status == 201)
+        for _ in 0..<2 {
+            let gcs = FleetReport(finishedAt: Date().addingTimeInterval(-3600), servedBy: "gcs", attempts: [("gcs", "hit")])
+            #expect(try await post(peer, gcs.body).status == 201)
+        }
+        // 32 tier names reported once each, after gcs: the slots go by volume, not recency.
+        for index in 0..<32 {
+            let name = "junk-\(index)"
+            #expect(try await post(peer, FleetReport(servedBy: name, attempts: [(name, "hit")]).body).status == 201)
+        }
         await first.stop()
 
         let second = CacheMasterServer(configuration: .init(root: root, port: 0), logger: PeerHarness.quietLogger)
@@ -334,15 +379,12 @@ import Testing
         let database = folder.appending("reports.sqlite")
         try Data(repeating: 0x5A, count: 8192).write(to: URL(fileURLWithPath: database.string))
         let server = CacheMasterServer(configuration: .init(root: root, port: 0), logger: PeerHarness.quietLogger)
-        do {
-            _ = try await server.start()
-            await server.stop()
-            Issue.record("a cache master started over a corrupt report database")
-        } catch {
-            let text = "\(error)"
+        if let text = await startFailure(server) {
             #expect(text.contains("the report database \(database) cannot be used"), "\(text)")
             #expect(text.contains("move it aside"), "\(text)")
             #expect(!text.contains("\n"))
+        } else {
+            Issue.record("a cache master started over a corrupt report database")
         }
         #expect(try Data(contentsOf: URL(fileURLWithPath: database.string)) == Data(repeating: 0x5A, count: 8192), "left as it was")
     }
