@@ -131,6 +131,24 @@ import Glibc
         }
     }
 
+    @Test func statsCommandPrintsThoseLinesAndBlamesNoWrongHost() async throws {
+        let router = Router()
+        router.get("/big/v1/stats") { _, _ -> Response in
+            Response(status: .ok, body: .init(byteBuffer: ByteBuffer(repeating: UInt8(ascii: "x"), count: (4 << 20) + 1)))
+        }
+        router.get("/elsewhere/v1/stats") { _, _ -> Response in Response(status: .internalServerError) }
+        router.get("/moved/v1/stats") { _, _ -> Response in Response(status: .found, headers: [.location: "/elsewhere/v1/stats"]) }
+        try await FakeHTTPServer.with(router) { url in
+            let big = try await Fixtures.cli(["stats", "--peer", url + "/big"])
+            #expect(big.status == 1)
+            #expect(big.stderr == "cachetiers: stats: cannot reach \(url)/big: the answer is larger than 4 MiB\n", "\(big.stderr)")
+            let moved = try await Fixtures.cli(["stats", "--peer", url + "/moved"])
+            #expect(moved.status == 1)
+            #expect(moved.stderr.contains("\(url)/moved answered 302, a redirect to /elsewhere/v1/stats"), "\(moved.stderr)")
+            #expect(!moved.stderr.contains("answered 500"), "the redirect is not followed: \(moved.stderr)")
+        }
+    }
+
     // MARK: F9, F10: the table escapes what the master sent and cuts no number
 
     @Test func statsEscapesWhatTheMasterSentAndCutsNoNumber() async throws {
