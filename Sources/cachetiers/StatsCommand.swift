@@ -37,21 +37,11 @@ struct StatsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let token = try tokenFile.map { try readToken($0, option: "--token-file") }
-        let base = peer.hasSuffix("/") ? String(peer.dropLast()) : peer
-        var request = HTTPClientRequest(url: "\(base)/v1/stats?window=\(window)")
-        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         let body: ByteBuffer
-        let status: UInt
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
-            status = response.status.code
-            body = try await response.body.collect(upTo: 4 << 20)
+            body = try await FleetStatsClient(peer: peer).fetch(window: window, token: token)
         } catch {
-            throw CommandFailure("stats: cannot reach \(peer): \(error)")
-        }
-        guard status == 200 else {
-            let reason = String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines).printableOnOneLine
-            throw CommandFailure("stats: \(peer) answered \(status): \(reason.prefix(300))")
+            throw CommandFailure("stats: \(error)")
         }
         let stats: FleetStats
         do {
@@ -66,7 +56,10 @@ struct StatsCommand: AsyncParsableCommand {
         }
     }
 
-    /// The stats as `ccache -s` would put them: a label, its value, and the detail.
+    /// The stats as `ccache -s` would put them: a label, its value, and the detail. Every
+    /// string the master sent (tier names, keys, targets, notes) is printed escaped
+    /// (``Swift/String/printableOnOneLine``): a master, or what a VM reported to it, must
+    /// not move the cursor, forge a line or reorder what the terminal shows.
     static func table(_ stats: FleetStats, window: String) -> String {
         var lines: [String] = []
         func line(_ label: String, _ value: String) {
@@ -91,10 +84,10 @@ struct StatsCommand: AsyncParsableCommand {
 
         lines.append("Served by:")
         if stats.byTier.isEmpty { lines.append("  (no restore)") }
-        let width = max(4, stats.byTier.map(\.tier.count).max() ?? 0)
+        let width = max(4, stats.byTier.map(\.tier.printableOnOneLine.count).max() ?? 0)
         for tier in stats.byTier {
             lines.append(
-                "  " + tier.tier.padding(toLength: width, withPad: " ", startingAt: 0)
+                "  " + tier.tier.printableOnOneLine.padding(toLength: width, withPad: " ", startingAt: 0)
                     + "  \(tier.restores) (\(formatPercent(tier.share))), p50 / p90 / p99 \(durations(tier.p50, tier.p90, tier.p99)),"
                     + " \(formatBytes(tier.bytes)), \(formatUSD(tier.estimatedCostUSD))"
             )
@@ -103,11 +96,12 @@ struct StatsCommand: AsyncParsableCommand {
             lines.append("")
             lines.append(title)
             if keys.isEmpty { lines.append("  (none)") }
-            for entry in keys { lines.append("  \(entry.count)  \(entry.key)") }
+            for entry in keys { lines.append("  \(entry.count)  \(entry.key.printableOnOneLine)") }
         }
         lines.append("")
         lines.append("Targets:")
-        for target in stats.targets {
+        // Each column as wide as its widest cell: a number is never cut, nor run into the verdict.
+        let rows = stats.targets.map { target -> [String] in
             let verdict = target.met.map { $0 ? "met" : "NOT MET" } ?? (target.note ?? "no data")
             let value: String
             switch target.name {
@@ -116,11 +110,11 @@ struct StatsCommand: AsyncParsableCommand {
             case "monthlyCost": value = target.value.map(formatUSD) ?? "-"
             default: value = target.value.map { "\($0)" } ?? "-"
             }
-            lines.append(
-                "  " + target.name.padding(toLength: 12, withPad: " ", startingAt: 0)
-                    + target.target.padding(toLength: 22, withPad: " ", startingAt: 0)
-                    + value.padding(toLength: 12, withPad: " ", startingAt: 0) + verdict
-            )
+            return [target.name, target.target, value, verdict].map(\.printableOnOneLine)
+        }
+        let widths = zip([12, 22, 12], 0...).map { least, column in max(least, (rows.map { $0[column].count }.max() ?? 0) + 1) }
+        for row in rows {
+            lines.append("  " + zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined() + row[3])
         }
         return lines.joined(separator: "\n") + "\n"
     }

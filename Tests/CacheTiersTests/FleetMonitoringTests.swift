@@ -71,8 +71,10 @@ import Testing
     }
 
     /// A cache master's `POST /v1/reports` as the contract has it: 401 without the report
-    /// token, 400 for a body that is no report, 201 when new, 200 for an id it holds; or
-    /// whatever status a test makes it answer.
+    /// token, 400 for a body that is no report, 201 when new, 200 for an id it holds, 2xx
+    /// naming the report in `X-CacheTiers-Report-Id`, every answer with `Server:
+    /// cachetiers/...`; or whatever status a test makes it answer, as a master would or
+    /// (`asPortal`) as a captive portal would, with neither header.
     final class FleetMaster: Sendable {
         struct Received: Sendable {
             var id: String
@@ -84,6 +86,7 @@ import Testing
             var received: [Received] = []
             var stored: Set<String> = []
             var forced: (HTTPResponse.Status, String)?
+            var asPortal = false
         }
 
         private let state = Mutex(State())
@@ -91,29 +94,38 @@ import Testing
         var received: [Received] { state.withLock { $0.received } }
         var stored: Set<String> { state.withLock { $0.stored } }
 
-        func answer(_ status: HTTPResponse.Status?, _ body: String = "") {
-            state.withLock { $0.forced = status.map { ($0, body) } }
+        func answer(_ status: HTTPResponse.Status?, _ body: String = "", asPortal: Bool = false) {
+            state.withLock {
+                $0.forced = status.map { ($0, body) }
+                $0.asPortal = asPortal
+            }
         }
+
+        static let server = HTTPField.Name("Server")!
+        static let reportId = HTTPField.Name("X-CacheTiers-Report-Id")!
 
         var router: Router<BasicRequestContext> {
             let router = Router()
             router.post("/v1/reports") { [self] request, _ -> Response in
                 guard request.headers[.authorization] == "Bearer report-token" else {
-                    return Response(status: .unauthorized, body: .init(byteBuffer: ByteBuffer(string: "wrong token")))
+                    return Response(status: .unauthorized, headers: [Self.server: "cachetiers/test"], body: .init(byteBuffer: ByteBuffer(string: "wrong token")))
                 }
                 let body = Array(buffer: try await request.body.collect(upTo: 256 << 10))
-                if let (status, text) = state.withLock({ $0.forced }) {
-                    return Response(status: status, body: .init(byteBuffer: ByteBuffer(string: text)))
+                let report = try? JSONDecoder().decode(RestoreReport.self, from: Data(body))
+                if let (status, text, asPortal) = state.withLock({ state in state.forced.map { ($0.0, $0.1, state.asPortal) } }) {
+                    var headers: HTTPFields = asPortal ? [:] : [Self.server: "cachetiers/test"]
+                    if !asPortal, let report { headers[Self.reportId] = report.id.uuidString.lowercased() }
+                    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
                 }
-                guard let report = try? JSONDecoder().decode(RestoreReport.self, from: Data(body)) else {
-                    return Response(status: .badRequest, body: .init(byteBuffer: ByteBuffer(string: "not a report")))
+                guard let report else {
+                    return Response(status: .badRequest, headers: [Self.server: "cachetiers/test"], body: .init(byteBuffer: ByteBuffer(string: "not a report")))
                 }
                 let id = report.id.uuidString.lowercased()
                 let isNew = state.withLock { state in
                     state.received.append(Received(id: id, body: body, contentType: request.headers[.contentType]))
                     return state.stored.insert(id).inserted
                 }
-                return Response(status: isNew ? .created : .ok)
+                return Response(status: isNew ? .created : .ok, headers: [Self.server: "cachetiers/test", Self.reportId: id])
             }
             return router
         }
@@ -228,6 +240,33 @@ import Testing
             #expect(unauthorized.stderr.contains("answered 401"), "\(unauthorized.stderr)")
             #expect(warnings(unauthorized.stderr).count == 2, "this report and the spooled one: \(unauthorized.stderr)")
             #expect(scene.spooled == [], "a 401 is final: the master will never take these")
+        }
+    }
+
+    @Test func aCaptivePortalOrMiddleboxEmptiesNoSpool() async throws {
+        let master = FleetMaster()
+        try await FakeHTTPServer.with(master.router) { url in
+            let scene = try await Scene(peerURL: url)
+            defer { scene.remove() }
+            master.answer(.serviceUnavailable)
+            _ = try await restore(scene)
+            #expect(scene.spooled.count == 1)
+
+            for status in [HTTPResponse.Status.ok, .created, .badRequest, .forbidden] {
+                master.answer(status, "<html>Sign in to the hotel Wi-Fi</html>", asPortal: true)
+                let before = scene.spooled.count
+                let run = try await restore(scene)
+                #expect(run.status == 0)
+                #expect(scene.spooled.count == before + 1, "\(status): this report and the earlier ones stay spooled")
+                #expect(warnings(run.stderr).count == 1, "\(run.stderr)")
+                #expect(run.stderr.contains("answered \(status.code)") && run.stderr.contains("did not come from a cache master"), "\(run.stderr)")
+            }
+            // The master is back: everything kept arrives.
+            master.answer(nil)
+            let delivered = try await restore(scene)
+            #expect(warnings(delivered.stderr) == [], "\(delivered.stderr)")
+            #expect(scene.spooled == [], "the real master takes them all")
+            #expect(master.stored.count == 6)
         }
     }
 

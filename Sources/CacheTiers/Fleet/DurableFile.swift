@@ -43,8 +43,31 @@ enum DurableFile {
         }
     }
 
-    /// Writes `bytes` to `path` durably and atomically, with `mode` (the umask applies).
+    /// Throws unless `path` does not exist or is a regular file: a rename onto a device,
+    /// a FIFO or a symbolic link (`/dev/full`, `/dev/stdout`) would replace it with a file,
+    /// a system file when run as root. The link itself is looked at, never followed.
+    static func requireReplaceable(_ path: FilePath) throws(Failure) {
+        var info = stat()
+        guard lstat(path.string, &info) == 0 else {
+            if errno == ENOENT { return }
+            throw Failure(path: path, reason: "lstat: \(String(cString: strerror(errno)))")
+        }
+        let kind: String
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return
+        case S_IFLNK: kind = "a symbolic link"
+        case S_IFDIR: kind = "a directory"
+        case S_IFIFO: kind = "a FIFO"
+        case S_IFSOCK: kind = "a socket"
+        default: kind = "a device"
+        }
+        throw Failure(path: path, reason: "it is \(kind), not a regular file; left as it is")
+    }
+
+    /// Writes `bytes` to `path` durably and atomically, with `mode` (the umask applies),
+    /// when `path` is a regular file or does not exist (``requireReplaceable(_:)``).
     static func replace(_ path: FilePath, with bytes: some Collection<UInt8>, mode: mode_t = 0o644) throws(Failure) {
+        try requireReplaceable(path)
         let temporary = FilePath(path.string + temporarySuffix)
         func failure(_ call: String, _ code: Int32) -> Failure {
             Failure(path: path, reason: "\(call): \(String(cString: strerror(code)))")

@@ -11,10 +11,12 @@ import SystemPackage
 /// ``Configuration/timeout``: a down or silent master costs the restore at most that.
 /// The report is spooled first (``ReportSpool``), so whatever the master has not
 /// acknowledged when the time is up, or when the process dies, is sent by the next run;
-/// the master counts a report sent twice once, by its id. An answer of 2xx removes a
-/// report from the spool; a 4xx other than 408 and 429 means the master will never take
-/// it, and it is dropped with a warning; anything else (5xx, 408, 429, no connection, no
-/// answer in time) leaves it spooled.
+/// the master counts a report sent twice once, by its id. A 2xx that names the report
+/// (``ReportAnswer/reportIdHeader``) removes it from the spool; a 4xx other than 408 and
+/// 429 from a cache master (its `Server` header) means the master will never take it,
+/// and it is dropped with a warning; anything else (5xx, 408, 429, no connection, no
+/// answer in time, and any answer a captive portal or middlebox gives in the master's
+/// place) leaves it spooled.
 ///
 /// The current report goes first, then the spooled ones, newest first: the freshest
 /// numbers are the ones the fleet's alerts look at, and the oldest are the ones the
@@ -117,7 +119,7 @@ public struct FleetReporter: Sendable {
         into outcome: inout Outcome
     ) async {
         var masters = Masters(urls: configuration.urls)
-        switch await masters.post(json, token: configuration.token, client: client, deadline: deadline) {
+        switch await masters.post(json, id: report.id, token: configuration.token, client: client, deadline: deadline) {
         case .acknowledged:
             outcome.delivered.append(report.id)
             spool?.remove(report.id)
@@ -145,7 +147,7 @@ public struct FleetReporter: Sendable {
             }
         }
         while let entry = entries.popFirst() {
-            switch await masters.post(entry.json, token: configuration.token, client: client, deadline: deadline) {
+            switch await masters.post(entry.json, id: entry.report.id, token: configuration.token, client: client, deadline: deadline) {
             case .acknowledged:
                 outcome.delivered.append(entry.report.id)
                 spool.remove(entry.report.id)
@@ -173,11 +175,17 @@ public struct FleetReporter: Sendable {
 
 /// How a cache master answered one report.
 enum ReportAnswer: Sendable {
-    /// 2xx: stored now, or already.
+    /// The header a cache master's 200 and 201 carry: the id of the report it stored.
+    static let reportIdHeader = "X-CacheTiers-Report-Id"
+    /// How a cache master's `Server` header begins.
+    static let serverPrefix = "cachetiers/"
+
+    /// 2xx naming the report: stored now, or already.
     case acknowledged
-    /// A 4xx other than 408 and 429: never to be taken; the status and the master's words.
+    /// A cache master's 4xx other than 408 and 429: never to be taken; the status and the master's words.
     case refused(String)
-    /// No connection, no answer in time, 5xx, 408 or 429: for a later run.
+    /// No connection, no answer in time, 5xx, 408, 429, or an answer that is not a cache
+    /// master's: for a later run.
     case unavailable(String)
 }
 
@@ -190,10 +198,10 @@ struct Masters {
         self.urls = urls
     }
 
-    mutating func post(_ json: [UInt8], token: String?, client: HTTPClient, deadline: NIODeadline) async -> ReportAnswer {
+    mutating func post(_ json: [UInt8], id: UUID, token: String?, client: HTTPClient, deadline: NIODeadline) async -> ReportAnswer {
         var last = ReportAnswer.unavailable("no cache master URL")
         while let url = urls.first {
-            let answer = await Self.post(json, to: url, token: token, client: client, deadline: deadline)
+            let answer = await Self.post(json, id: id, to: url, token: token, client: client, deadline: deadline)
             guard case .unavailable = answer else { return answer }
             last = answer
             urls.removeFirst()
@@ -201,7 +209,7 @@ struct Masters {
         return last
     }
 
-    static func post(_ json: [UInt8], to base: String, token: String?, client: HTTPClient, deadline: NIODeadline) async
+    static func post(_ json: [UInt8], id: UUID, to base: String, token: String?, client: HTTPClient, deadline: NIODeadline) async
         -> ReportAnswer
     {
         let endpoint = base + "/v1/reports"
@@ -217,10 +225,15 @@ struct Masters {
             let body = (try? await response.body.collect(upTo: 4096)).map { String(buffer: $0) } ?? ""
             let words = body.split(whereSeparator: \.isNewline).first.map { ": " + String($0.prefix(200)) } ?? ""
             let answer = "\(endpoint) answered \(code)\(words)".printableOnOneLine
+            let notAMaster = "\(answer), an answer that did not come from a cache master"
             switch code {
-            case 200...299: return .acknowledged
+            case 200...299:
+                let named = response.headers.first(name: ReportAnswer.reportIdHeader)?.lowercased() == id.uuidString.lowercased()
+                return named ? .acknowledged : .unavailable(notAMaster + " (no \(ReportAnswer.reportIdHeader) naming the report)")
             case 408, 429: return .unavailable(answer)
-            case 400...499: return .refused(answer)
+            case 400...499:
+                let fromMaster = response.headers.first(name: "Server")?.hasPrefix(ReportAnswer.serverPrefix) == true
+                return fromMaster ? .refused(answer) : .unavailable(notAMaster + " (no Server: \(ReportAnswer.serverPrefix)...)")
             default: return .unavailable(answer)
             }
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .cancelled {
@@ -228,7 +241,8 @@ struct Masters {
         } catch is CancellationError {
             return .unavailable("\(endpoint) did not answer within the report's bound")
         } catch {
-            return .unavailable("cannot reach \(endpoint): \(HTTPClient.describeConnectionFailure(error))".printableOnOneLine)
+            let reason = HTTPClient.describeAnswerFailure(error, maxBytes: 4096)
+            return .unavailable("cannot reach \(endpoint): \(reason)".printableOnOneLine)
         }
     }
 }

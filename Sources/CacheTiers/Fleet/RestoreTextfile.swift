@@ -26,6 +26,8 @@ public struct RestoreTextfile: Sendable {
     /// Writes the gauges of `report`.
     /// - Throws: a one-line description of what went wrong, naming the path.
     public func write(_ report: RestoreReport) throws {
+        // Before the old contents are read: a FIFO would be opened, a link followed.
+        try DurableFile.requireReplaceable(path)
         try DurableFile.replace(path, with: Array(render(report, previousSuccess: previousSuccess()).utf8))
         // node_exporter ignores them (not `*.prom`), but they would pile up.
         DurableFile.sweepAbandoned(besides: path)

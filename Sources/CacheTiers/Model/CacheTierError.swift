@@ -92,7 +92,8 @@ public struct CacheTierError: Error, CustomStringConvertible {
 
 extension String {
     /// The string with line breaks as spaces and every other control character (C0, DEL,
-    /// C1) written out as `\u{XX}`.
+    /// C1), line or paragraph separator (U+2028, U+2029) and invisible format character
+    /// (bidi overrides such as U+202E, zero-width ones such as U+200B) written out as `\u{XX}`.
     package var printableOnOneLine: String {
         guard unicodeScalars.contains(where: \.isControl) else { return self }
         var result = String.UnicodeScalarView()
@@ -110,5 +111,8 @@ extension String {
 }
 
 extension Unicode.Scalar {
-    fileprivate var isControl: Bool { value < 0x20 || (0x7F...0x9F).contains(value) }
+    fileprivate var isControl: Bool {
+        value < 0x20 || (0x7F...0x9F).contains(value)
+            || [.format, .lineSeparator, .paragraphSeparator].contains(properties.generalCategory)
+    }
 }
