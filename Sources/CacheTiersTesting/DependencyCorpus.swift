@@ -82,15 +82,16 @@ public enum DependencyCorpus {
     }
 }
 
-/// SplitMix64: tiny, fast, and the same sequence on every platform for a seed.
-struct CorpusRandom {
+/// SplitMix64: tiny, fast, and the same sequence on every platform for a seed (the
+/// corpus's, and any test data that must be the same every run).
+public struct CorpusRandom: Sendable {
     private var state: UInt64
 
-    init(seed: UInt64) {
+    public init(seed: UInt64) {
         state = seed &+ 0x9E37_79B9_7F4A_7C15
     }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -99,7 +100,7 @@ struct CorpusRandom {
     }
 
     /// Uniform in `0..<bound`.
-    mutating func below(_ bound: Int) -> Int {
+    public mutating func below(_ bound: Int) -> Int {
         precondition(bound > 0)
         return Int(next() % UInt64(bound))
     }
