@@ -15,15 +15,18 @@ struct DemoCommand: AsyncParsableCommand {
             master in-process on loopback, publishes the tree, and restores it three times \
             through the same config a VM would use: from the cache master; with the cache \
             master stopped, by a fresh install (written back to the local directory tier); \
-            and again, now from the directory tier. Prints who served and how long each \
-            attempt took. Exit 0 when every step did what it should, 1 otherwise.
+            again, now from the directory tier; and, with the cache master back, from it, \
+            which also delivers the reports the VM spooled while it was away. Prints who \
+            served and how long each attempt took, and where the cache master's dashboard \
+            is (--keep leaves it running until Ctrl-C). Exit 0 when every step did what it \
+            should, 1 otherwise.
             """
     )
 
     @Option(name: .long, help: "Packages in the generated workspace.")
     var packages = 60
 
-    @Flag(name: .long, help: "Keep the temporary folder and print its path.")
+    @Flag(name: .long, help: "Keep the temporary folder, and the cache master and its dashboard running until Ctrl-C.")
     var keep = false
 
     @OptionGroup var logging: LoggingOptions
@@ -42,12 +45,15 @@ struct DemoCommand: AsyncParsableCommand {
 
         var serverLogger = logger
         serverLogger.logLevel = .error
-        let server = CacheMasterServer(configuration: .init(root: scratch.appending("cache-master"), port: 0), logger: serverLogger)
+        let root = scratch.appending("cache-master")
+        var server = CacheMasterServer(configuration: .init(root: root, port: 0), logger: serverLogger)
         let peerURL = try await server.start()
-        var stopped = false
+        var running = true
         do {
             let configFile = workspace.appending("cachetiers.json")
-            try DemoWorkspace.writeConfig(to: configFile, peer: peerURL, install: installer.command)
+            try DemoWorkspace.writeConfig(
+                to: configFile, peer: peerURL, install: installer.command, spool: scratch.appending("report-spool")
+            )
             let settings = try CacheTiersConfig.load(from: configFile)
             let key = try settings.cacheKey()
             print("CacheTiers demo: workspace \(workspace)")
@@ -63,40 +69,76 @@ struct DemoCommand: AsyncParsableCommand {
             print("published \(formatBytes(manifest.archiveSize)) (\(manifest.entryCount) entries) to the cache master: \(published.rawValue)\n")
 
             var table = DemoTable(installNote: installer.name == "npm" ? "npm ci --offline" : "a copy of vendor/ (npm not on PATH)")
-            let first = try await restore(settings, key: key, logger: logger)
+            var reported = 0
+            let first = try await restore(settings, key: key, reported: &reported, logger: logger)
             table.add(step: "1 peer up", first)
             await server.stop()
-            stopped = true
-            let second = try await restore(settings, key: key, logger: logger)
+            running = false
+            let second = try await restore(settings, key: key, reported: &reported, logger: logger)
             table.add(step: "2 peer down", second)
-            let third = try await restore(settings, key: key, logger: logger)
+            let third = try await restore(settings, key: key, reported: &reported, logger: logger)
             table.add(step: "3 peer down", third)
+            // The same master, on the same port and root, as after a reboot.
+            server = CacheMasterServer(configuration: .init(root: root, port: Self.port(of: peerURL)), logger: serverLogger)
+            _ = try await server.start()
+            running = true
+            let fourth = try await restore(settings, key: key, reported: &reported, logger: logger)
+            table.add(step: "4 peer back", fourth)
             print(table.render())
 
-            let expected = ["cache-master", "fresh-install", "local"]
-            let served = [first, second, third].map { $0.servedBy ?? "nobody" }
+            let expected = ["cache-master", "fresh-install", "local", "cache-master"]
+            let served = [first, second, third, fourth].map { $0.servedBy ?? "nobody" }
             guard served == expected else {
                 throw CommandFailure("demo: expected the restores to be served by \(expected.joined(separator: ", ")), got \(served.joined(separator: ", "))")
             }
             let tree = try DemoWorkspace.fileCount(settings.destination)
             print("\nnode_modules holds \(tree) files; the peer served restore 1, the fresh install (\(installer.name)) restore 2")
-            print("(and wrote it back to the local tier), the local tier restore 3.")
+            print("(and wrote it back to the local tier), the local tier restore 3, the peer again restore 4.")
+            print("The cache master holds \(reported) of the 4 restores' reports (2 and 3 were spooled while it was down")
+            print("and sent with restore 4's).\n")
+            if keep {
+                print("Dashboard: \(peerURL)/ (the cache master keeps running; Ctrl-C stops it)")
+                // Seen now, even when stdout is a pipe or a file (block-buffered): fflush(NULL) flushes every stream.
+                fflush(nil)
+                await Self.untilInterrupted()
+            } else {
+                print("Dashboard: \(peerURL)/ while the demo ran (run `cachetiers demo --keep` to leave it open)")
+            }
+            await server.stop()
         } catch {
-            if !stopped { await server.stop() }
+            if running { await server.stop() }
             throw error
         }
     }
 
-    private func restore(_ settings: CacheTiersConfig, key: CacheKey, logger: Logger) async throws -> RestoreReport {
+    /// Waits for SIGINT or SIGTERM.
+    private static func untilInterrupted() async {
+        let (signals, signalled) = AsyncStream.makeStream(of: Void.self)
+        let interrupts = Interrupts(describe: { "the cache master stops" }) { signalled.finish() }
+        for await _ in signals {}
+        interrupts.stop()
+    }
+
+    private static func port(of url: String) -> Int {
+        url.split(separator: ":").last.flatMap { Int($0) } ?? 0
+    }
+
+    /// Restores as `cachetiers restore` would, and sends the report (and the spooled ones)
+    /// to the fleet, counting those the cache master acknowledged.
+    private func restore(_ settings: CacheTiersConfig, key: CacheKey, reported: inout Int, logger: Logger) async throws -> RestoreReport {
         var quiet = logger
         quiet.logLevel = logging.verbose ? .debug : .critical
-        return try await settings.withConfiguredChain(logger: quiet) { chain, _ in
+        let report = try await settings.withConfiguredChain(logger: quiet) { chain, _ in
             do {
                 return try await chain.restore(key, into: settings.destination).completingWriteBack()
             } catch let failure as RestoreFailure {
                 return failure.report
             }
         }
+        if let reporting = settings.monitoring.report {
+            reported += await FleetReporter(configuration: reporting).send(report).delivered.count
+        }
+        return report
     }
 }
 
@@ -235,7 +277,7 @@ enum DemoWorkspace {
 
     /// The config a VM of this workspace would use: the cache master, a local directory
     /// tier, and the fresh install.
-    static func writeConfig(to file: FilePath, peer: String, install: [String]) throws {
+    static func writeConfig(to file: FilePath, peer: String, install: [String], spool: FilePath) throws {
         let command = "[" + install.map { "\"\($0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\""))\"" }
             .joined(separator: ", ") + "]"
         let config = """
@@ -251,7 +293,8 @@ enum DemoWorkspace {
                   "command": \(command),
                   "produces": "node_modules", "timeoutSeconds": 120 }
               ],
-              "writeBack": { "enabled": true, "wait": true }
+              "writeBack": { "enabled": true, "wait": true },
+              "monitoring": { "report": { "spoolDirectory": "\(spool)" } }
             }
             """
         try write(config, to: file)

@@ -301,5 +301,44 @@ import Testing
         #expect(result.stdout.contains("the fresh install (npm) restore 2"), "\(result.stdout)")
         let installRow = result.stdout.split(separator: "\n").first { $0.contains("fresh-install") && $0.contains("hit") }
         #expect(installRow?.hasSuffix("npm ci --offline") == true, "the table says which package manager ran: \(installRow ?? "")")
+        // The master came back for restore 4, and took the reports spooled while it was down.
+        #expect(result.stdout.contains("4 peer back  cache-master  hit"), "\(result.stdout)")
+        #expect(result.stdout.contains("The cache master holds 4 of the 4 restores' reports"), "\(result.stdout)")
+        #expect(result.stdout.contains("Dashboard: http://127.0.0.1:"), "\(result.stdout)")
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func theDemoWithKeepLeavesItsDashboardOpenUntilCtrlC() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.cliPath)
+        process.arguments = ["demo", "--packages", "10", "--keep"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+
+        // Read until the dashboard's line; the demo then waits for the signal.
+        var text = ""
+        while !text.contains("Ctrl-C stops it") {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        let line = text.split(separator: "\n").first { $0.hasPrefix("Dashboard: http://") }
+        let url = try #require(line.flatMap { $0.split(separator: " ").dropFirst().first }.map(String.init), "\(text)")
+        let page = try await Fixtures.run(["curl", "-sS", "--max-time", "10", url])
+        #expect(page.status == 0, "the dashboard answers while the demo waits: \(page.stderr)")
+        #expect(page.stdout.contains(#/data-metric="restores"[^>]*data-value="4"/#), "the demo's 4 restores are on it")
+
+        kill(process.processIdentifier, SIGINT)
+        let rest = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let kept = rest.split(separator: "\n").first { $0.hasPrefix("kept ") }.map { String($0.dropFirst(5)) }
+        #expect(kept != nil, "\(rest)")
+        if let kept { try? FileManager.default.removeItem(atPath: kept) }
+        let after = try await Fixtures.run(["curl", "-sS", "--max-time", "5", url])
+        #expect(after.status != 0, "Ctrl-C stopped the cache master")
     }
 }
