@@ -62,9 +62,10 @@ public final class CacheMasterServer: Service, Sendable {
         /// younger one may still be being written. A create-only PUT also replaces an
         /// archive that has stood this long without its manifest.
         public var orphanGracePeriod: Duration
-        /// How long the whole body of a `POST /v1/reports` may take (at most 256 KiB);
-        /// past it the answer is 408 and the connection closes, so clients dripping
-        /// bodies cannot hold every connection. Archive uploads have no such deadline.
+        /// How long the whole body of a `POST /v1/reports` (at most 256 KiB) or of a
+        /// `POST /login` (at most 4 KiB) may take; past it the answer is 408 and the
+        /// connection closes, so clients dripping bodies cannot hold every connection.
+        /// Archive uploads have no such deadline.
         public var reportBodyDeadline: Duration
 
         public init(
@@ -230,11 +231,17 @@ public final class CacheMasterServer: Service, Sendable {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: MetricsMiddleware(metrics: metrics))
         router.add(middleware: OneLineErrorMiddleware())
-        router.add(middleware: BearerTokenMiddleware(token: configuration.token, reportToken: configuration.reportToken))
+        let authentication = BearerTokenMiddleware<BasicRequestContext>(token: configuration.token, reportToken: configuration.reportToken)
+        router.add(middleware: authentication)
+        let databaseErrors = RateLimitedLog(logger: logger)
         CacheRoutes(server: self).register(on: router)
         ReportRoutes(
             store: store, metrics: metrics.fleet, retryAfterSeconds: configuration.retryAfterSeconds,
-            bodyDeadline: configuration.reportBodyDeadline, databaseErrors: RateLimitedLog(logger: logger)
+            bodyDeadline: configuration.reportBodyDeadline, databaseErrors: databaseErrors
+        ).register(on: router)
+        DashboardRoutes(
+            store: store, tokens: authentication.tokens, throttle: LoginThrottle(), upSince: Date(),
+            loginDeadline: configuration.reportBodyDeadline, databaseErrors: databaseErrors
         ).register(on: router)
         let idle = configuration.idleTimeout.components
         let idleTimeout = TimeAmount.nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000)

@@ -30,38 +30,11 @@ struct ReportRoutes: Sendable {
     /// stored on any other answer. The answer is sent once the row is committed.
     private func receive(_ request: Request) async throws -> Response {
         let limit = ReceivedReport.maximumBodyBytes
-        let tooLarge = HTTPError(.contentTooLarge, message: "a report is at most \(limit / 1024) KiB of JSON\n")
-        // A declared length over the cap is refused before a byte of the body is read;
-        // an undeclared one (chunked) is refused as soon as it passes the cap.
-        if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit {
-            metrics.reject(.tooLarge)
-            throw tooLarge
-        }
-        let body = try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
-            group.addTask {
-                var body = ByteBuffer()
-                for try await part in request.body {
-                    guard body.readableBytes + part.readableBytes <= limit else {
-                        metrics.reject(.tooLarge)
-                        throw tooLarge
-                    }
-                    body.writeImmutableBuffer(part)
-                }
-                return body
-            }
-            group.addTask { [bodyDeadline] in
-                try await Task.sleep(for: bodyDeadline)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let body = try await group.next()! else {
-                throw HTTPError(
-                    .requestTimeout, headers: [.connection: "close"],
-                    message: "a report's body must arrive within \(bodyDeadline.components.seconds) s\n"
-                )
-            }
-            return body
-        }
+        let body = try await request.collectBody(
+            upTo: limit, within: bodyDeadline, what: "a report's body",
+            tooLarge: HTTPError(.contentTooLarge, message: "a report is at most \(limit / 1024) KiB of JSON\n"),
+            onTooLarge: { metrics.reject(.tooLarge) }
+        )
         let report: ReceivedReport
         do {
             report = try ReceivedReport.decode(body.readableBytesView)
@@ -106,6 +79,48 @@ struct ReportRoutes: Sendable {
             headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(bytes: try stats.jsonData()))
         )
+    }
+}
+
+extension Request {
+    /// The whole body: `tooLarge` as soon as it is known to pass `limit` bytes (from its
+    /// declared length, before a byte is read, or while it arrives), 408 with
+    /// `Connection: close` when it has not all arrived within `deadline` (the idle
+    /// timeout only catches silence; a body dripped a byte at a time would hold its
+    /// connection for good).
+    func collectBody(
+        upTo limit: Int, within deadline: Duration, what: String, tooLarge: HTTPError, onTooLarge: @escaping @Sendable () -> Void = {}
+    ) async throws -> ByteBuffer {
+        if let declared = headers[.contentLength].flatMap(Int.init), declared > limit {
+            onTooLarge()
+            throw tooLarge
+        }
+        let body = self.body
+        return try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
+            group.addTask {
+                var collected = ByteBuffer()
+                for try await part in body {
+                    guard collected.readableBytes + part.readableBytes <= limit else {
+                        onTooLarge()
+                        throw tooLarge
+                    }
+                    collected.writeImmutableBuffer(part)
+                }
+                return collected
+            }
+            group.addTask {
+                try await Task.sleep(for: deadline)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let collected = try await group.next()! else {
+                throw HTTPError(
+                    .requestTimeout, headers: [.connection: "close"],
+                    message: "\(what) must arrive within \(deadline.components.seconds) s\n"
+                )
+            }
+            return collected
+        }
     }
 }
 

@@ -360,6 +360,7 @@ final class ReportStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v2: the dashboard's rollup of reports", migrate: { db in try createRollup(db) })
         return migrator
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import HTTPTypes
 import NIOCore
@@ -88,36 +89,90 @@ struct OneLineErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// Requires `Authorization: Bearer <token>` on everything but `/healthz`, compared in
-/// constant time. The scheme is case-insensitive (RFC 7235), the token is not.
+/// The master's tokens, and what a presented one may do: compared in constant time,
+/// both whatever the first answered, so timing tells nothing of either.
+struct MasterTokens: Sendable {
+    enum Holder: Sendable, Equatable {
+        /// The master's token: every route.
+        case everything
+        /// The report-only token: `POST /v1/reports` alone.
+        case reportsOnly
+        case refused
+    }
+
+    let token: String?
+    let reportToken: String?
+    /// The browser sessions of ``token`` (nil without one: nobody can log in).
+    let sessions: DashboardSession?
+
+    init(token: String?, reportToken: String?) {
+        self.token = token
+        self.reportToken = reportToken
+        self.sessions = token.map(DashboardSession.init(token:))
+    }
+
+    /// Whether every route is open (neither token set).
+    var open: Bool { token == nil && reportToken == nil }
+
+    func holder(of presented: some Collection<UInt8>) -> Holder {
+        let presented = Array(presented)
+        let mayDoEverything = token.map { constantTimeEquals(presented, Array($0.utf8)) } ?? false
+        let mayReport = reportToken.map { constantTimeEquals(presented, Array($0.utf8)) } ?? false
+        return mayDoEverything ? .everything : mayReport ? .reportsOnly : .refused
+    }
+}
+
+/// Requires `Authorization: Bearer <token>` on everything but `/healthz` and the login
+/// routes, compared in constant time. The scheme is case-insensitive (RFC 7235), the
+/// token is not; a token in a query string is never looked at.
 ///
 /// `token` may do everything; `reportToken` (what VMs hold to report their restores)
 /// may only `POST /v1/reports`, and is answered 403 on every other route. With neither
 /// set, every route is open.
+///
+/// Browsers: the session cookie of ``DashboardSession`` stands for the token on the
+/// dashboard's reads only (GET and HEAD of `/`, `/v1/dashboard` and `/v1/stats`), never
+/// on a route that writes, so a cross-site request cannot use it to change anything
+/// (and `SameSite=Strict` keeps it off cross-site requests anyway). `GET /` without
+/// credentials answers 401 with the login page instead of a line of text.
 struct BearerTokenMiddleware<Context: RequestContext>: RouterMiddleware {
-    let token: String?
-    let reportToken: String?
+    let tokens: MasterTokens
 
     init(token: String?, reportToken: String? = nil) {
-        self.token = token
-        self.reportToken = reportToken
+        self.tokens = MasterTokens(token: token, reportToken: reportToken)
     }
 
+    /// Routes open without a token: the health check, and logging in and out.
+    static var openPaths: Set<String> { ["/healthz", DashboardRoutes.loginPath, DashboardRoutes.logoutPath] }
+    /// The reads a session cookie opens.
+    static var sessionPaths: Set<String> { [DashboardRoutes.pagePath, DashboardRoutes.snapshotPath, "/v1/stats"] }
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard token != nil || reportToken != nil, request.uri.path != "/healthz" else { return try await next(request, context) }
+        guard !tokens.open, !Self.openPaths.contains(request.uri.path) else { return try await next(request, context) }
         let presented = request.headers[.authorization].flatMap { value -> [UInt8]? in
             let scheme = "bearer "
             return value.prefix(scheme.count).lowercased() == scheme ? Array(value.utf8.dropFirst(scheme.count)) : nil
         }
-        // Both are compared whatever the first answered, so timing tells nothing of either.
-        let mayDoEverything = presented.map { presented in token.map { constantTimeEquals(presented, Array($0.utf8)) } ?? false }
-        let mayReport = presented.map { presented in reportToken.map { constantTimeEquals(presented, Array($0.utf8)) } ?? false }
-        if mayDoEverything == true { return try await next(request, context) }
-        if mayReport == true {
+        switch presented.map({ tokens.holder(of: $0) }) {
+        case .everything:
+            return try await next(request, context)
+        case .reportsOnly:
             guard request.method == .post, request.uri.path == "/v1/reports" else {
                 throw HTTPError(.forbidden, message: "this bearer token may only send reports (POST /v1/reports)\n")
             }
             return try await next(request, context)
+        case .refused:
+            break
+        case nil:
+            let read = request.method == .get || request.method == .head
+            if read, Self.sessionPaths.contains(request.uri.path),
+                tokens.sessions?.accepts(cookieHeader: request.headers[.cookie], now: Date()) == true
+            {
+                return try await next(request, context)
+            }
+            if read, request.uri.path == DashboardRoutes.pagePath {
+                return DashboardPage.loginResponse(status: .unauthorized, window: DashboardRoutes.window(in: request) ?? .default)
+            }
         }
         throw HTTPError(
             .unauthorized, headers: [.wwwAuthenticate: "Bearer realm=\"cachetiers\""],
