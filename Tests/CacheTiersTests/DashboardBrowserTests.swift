@@ -110,7 +110,8 @@ struct DashboardBrowserTests {
                 by: "document.getElementById('token').value = '\(Self.token)'; document.getElementById('login').submit()"
             )
             let shown: Rendered = try await page.evaluate(Self.readPage)
-            #expect(shown.path == "/", "the token never lands in the address bar (or a log)")
+            #expect(shown.path == "/?window=24h", "the login lands on the dashboard's window")
+            #expect(!shown.path.contains(Self.token), "the token never lands in the address bar (or a log)")
             #expect(!shown.cookie.contains("cachetiers_session"), "the session cookie is HttpOnly: page scripts cannot read it")
             #expect(!shown.cookie.contains(Self.token))
             #expect(shown.window == "24h")
@@ -204,7 +205,7 @@ struct DashboardBrowserTests {
                 let duration = 40 + Double(generator.below(3_000)) / 100
                 var report = FleetReport(
                     finishedAt: now.addingTimeInterval(-age), key: "node-modules-\(["3f9a", "b71c", "e204"][index % 3])",
-                    durationSeconds: duration, bytes: 420_000_000
+                    durationSeconds: duration, bytes: 420_000_000, measuredPhases: true
                 )
                 switch roll {
                 case 0..<86: break
