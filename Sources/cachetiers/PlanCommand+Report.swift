@@ -108,12 +108,12 @@ struct PlanReport: Encodable {
             return text
         } ?? Self.mebibytes(inputs.archiveBytes) + mark("archiveBytes")
         lines += Self.wrap(
-            "Inputs: \(PlanFormat.count(inputs.workspacesPerDay)) workspaces a day\(mark("workspacesPerDay")), archive \(size); "
+            "Inputs: \(PlanFormat.perDay(inputs.workspacesPerDay)) workspaces a day\(mark("workspacesPerDay")), archive \(size); "
                 + "peer \(PlanFormat.seconds(plan.peerSeconds))\(mark("peerSeconds")), GCS \(PlanFormat.seconds(plan.gcsSeconds))\(mark("gcsSeconds")), "
                 + "fresh install \(PlanFormat.seconds(inputs.installSeconds))\(mark("installSeconds")); "
                 + "fallback \(PlanFormat.percent(inputs.fallbackRate))\(mark("fallbackRate")); "
                 + "GCS \(String(format: "%g", inputs.gcsPricePerGB)) USD a GB\(mark("gcsPricePerGB")) and \(String(format: "%g", inputs.gcsPricePerThousandRequests)) USD per 1,000 reads "
-                + "(\(plan.gcsRequestsPerRestore) a restore): \(PlanFormat.usd(plan.gcsCostPerTransferUSD, digits: 4)) a transfer; "
+                + "(\(PlanFormat.count(Double(plan.gcsRequestsPerRestore))) a restore): \(PlanFormat.usd(plan.gcsCostPerTransferUSD, digits: 4)) a transfer; "
                 + "availability GCS \(PlanFormat.percent(inputs.gcsAvailability, digits: 3)), fresh install \(PlanFormat.percent(inputs.installAvailability, digits: 3)); "
                 + "budget \(PlanFormat.usd(inputs.budgetUSD)) a month.",
             indent: ""
@@ -143,7 +143,7 @@ struct PlanReport: Encodable {
         for cells in rows { lines.append(row(cells)) }
         lines += Self.wrap(
             "Tiers in order: " + plan.options.map { "\($0.name) = \($0.tiers.joined(separator: ", "))" }.joined(separator: "; ")
-                + ". Targets: restore under 90 s, success over 99 %, cost under the budget.",
+                + ". Targets: restore under 90 s, success over 99 %, cost within the budget.",
             indent: ""
         )
         lines.append("")
@@ -189,11 +189,12 @@ struct PlanReport: Encodable {
     /// `400.0 MiB`.
     static func mebibytes(_ bytes: Int64) -> String {
         let mib = Double(bytes) / Double(1 << 20)
-        return mib >= 1024 ? String(format: "%.1f GiB", mib / 1024) : String(format: "%.1f MiB", mib)
+        if mib >= 1024 { return PlanFormat.count(mib / 1024, digits: 1) + " GiB" }
+        return mib >= 1 ? String(format: "%.1f MiB", mib) : String(format: "%.1f KiB", Double(bytes) / 1024)
     }
 
     /// The units a number is never parted from at a line break.
-    static let units: Set<Substring> = ["%", "USD", "s", "min", "h", "MiB", "GiB", "Mbit/s"]
+    static let units: Set<Substring> = ["%", "USD", "s", "min", "h", "KiB", "MiB", "GiB", "Mbit/s"]
 
     /// `text`'s words, a unit (`99.000 %`, `2.94 USD`) kept with the number before it.
     static func words(_ text: Substring) -> [Substring] {

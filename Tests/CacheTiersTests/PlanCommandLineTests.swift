@@ -30,7 +30,7 @@ import Testing
             hybrid                 2.94 USD   69.3 s  99.999 %          9.6 h  all met
             fresh-install          0.00 USD  350.0 s  99.000 %         48.6 h  missed: time, success
             Tiers in order: peer-only = peer, install; gcs-every-restore = gcs, install; hybrid = peer, gcs,
-            install; fresh-install = install. Targets: restore under 90 s, success over 99 %, cost under the
+            install; fresh-install = install. Targets: restore under 90 s, success over 99 %, cost within the
             budget.
 
             Recommendation: hybrid
@@ -92,9 +92,9 @@ import Testing
         let fifo = scratch.path.appending("archive.fifo").string
         #expect(mkfifo(fifo, 0o600) == 0)
         let cases: [([String], String)] = [
-            (["--workspaces-per-day", "0"], "cachetiers: --workspaces-per-day: expected a number more than 0 to 10000000, got 0"),
-            (["--workspaces-per-day", "-1"], "cachetiers: --workspaces-per-day: expected a number more than 0 to 10000000, got -1"),
-            (["--workspaces-per-day", "nan"], "cachetiers: --workspaces-per-day: expected a number more than 0 to 10000000, got nan"),
+            (["--workspaces-per-day", "0"], "cachetiers: --workspaces-per-day: expected a number from 0.01 to 10000000, got 0"),
+            (["--workspaces-per-day", "-1"], "cachetiers: --workspaces-per-day: expected a number from 0.01 to 10000000, got -1"),
+            (["--workspaces-per-day", "nan"], "cachetiers: --workspaces-per-day: expected a number from 0.01 to 10000000, got nan"),
             (["--archive-mb", "1e308"], "cachetiers: --archive-mb: expected a number more than 0 to 1048576 MiB, got 1e+308"),
             (["--fallback-rate", "inf"], "cachetiers: --fallback-rate: expected a number from 0 to 1, got inf"),
             (["--budget-usd", "-5"], "cachetiers: --budget-usd: expected a number from 0 to 1000000000 USD, got -5"),
@@ -239,7 +239,7 @@ import Testing
         let check = try #require((object["fromStats"] as? [String: Any])?["deployment"] as? [String: Any])
         #expect(check["meetsCostTarget"] as? Bool == true)
         let findings = try #require(check["findings"] as? [String])
-        #expect(findings == ["The deployment meets the cost target: 0.02 USD a month projected from the last 7.0 days, under the 10.00 USD budget."])
+        #expect(findings == ["The deployment meets the cost target: 0.02 USD a month projected from the last 7.0 days, within the 10.00 USD budget."])
     }
 
     @Test(.timeLimit(.minutes(2))) func anUnreachableOrGarbageMasterIsOneLineAndExitOne() async throws {
@@ -269,7 +269,7 @@ import Testing
             #expect(absurd.status == 1)
             #expect(
                 absurd.stderr
-                    == "cachetiers: plan: the stats of \(url)/absurd give 1440000000000 for --workspaces-per-day, which expects a number more than 0 to 10000000; give --workspaces-per-day to plan with another figure\n"
+                    == "cachetiers: plan: the stats of \(url)/absurd give 1440000000000 for --workspaces-per-day, which expects a number from 0.01 to 10000000; give --workspaces-per-day to plan with another figure\n"
             )
             let overridden = try await Fixtures.cli(["plan", "--from-stats", url + "/absurd", "--window", "1m", "--workspaces-per-day", "100"])
             #expect(overridden.status == 0, "\(overridden.stderr)")

@@ -173,11 +173,12 @@ import Testing
             }
         }
         #expect(problem { _ in } == nil)
-        #expect(problem { $0.workspacesPerDay = 0 } == "--workspaces-per-day: expected a number more than 0 to 10000000, got 0")
-        #expect(problem { $0.workspacesPerDay = -1 } == "--workspaces-per-day: expected a number more than 0 to 10000000, got -1")
-        #expect(problem { $0.workspacesPerDay = .nan } == "--workspaces-per-day: expected a number more than 0 to 10000000, got nan")
-        #expect(problem { $0.workspacesPerDay = .infinity } == "--workspaces-per-day: expected a number more than 0 to 10000000, got inf")
-        #expect(problem { $0.workspacesPerDay = 1e308 } == "--workspaces-per-day: expected a number more than 0 to 10000000, got 1e+308")
+        #expect(problem { $0.workspacesPerDay = 0 } == "--workspaces-per-day: expected a number from 0.01 to 10000000, got 0")
+        #expect(problem { $0.workspacesPerDay = -1 } == "--workspaces-per-day: expected a number from 0.01 to 10000000, got -1")
+        #expect(problem { $0.workspacesPerDay = .nan } == "--workspaces-per-day: expected a number from 0.01 to 10000000, got nan")
+        #expect(problem { $0.workspacesPerDay = .infinity } == "--workspaces-per-day: expected a number from 0.01 to 10000000, got inf")
+        #expect(problem { $0.workspacesPerDay = 1e-300 } == "--workspaces-per-day: expected a number from 0.01 to 10000000, got 1e-300")
+        #expect(problem { $0.workspacesPerDay = 1e308 } == "--workspaces-per-day: expected a number from 0.01 to 10000000, got 1e+308")
         #expect(problem { $0.peerTransfer = .seconds(0) } == "--peer-seconds: expected a number more than 0 to 86400 s, got 0")
         #expect(problem { $0.gcsTransfer = .linkMbps(-5) } == "--gcs-link-mbps: expected a number from 0.001 to 1000000 Mbit/s, got -5")
         #expect(problem { $0.fallbackRate = 1.5 } == "--fallback-rate: expected a number from 0 to 1, got 1.5")
@@ -234,7 +235,7 @@ import Testing
 
         let check = DeploymentCheck(fleet, plan: try DeploymentPlan(inputs))
         #expect(check.meetsCostTarget == true)
-        #expect(check.findings == ["The deployment meets the cost target: 3.90 USD a month projected from the last 7.0 days, under the 10.00 USD budget."])
+        #expect(check.findings == ["The deployment meets the cost target: 3.90 USD a month projected from the last 7.0 days, within the 10.00 USD budget."])
     }
 
     @Test func aDeploymentOverBudgetIsToldWhatToChange() throws {
@@ -282,5 +283,17 @@ import Testing
         #expect(!measured.contains("workspacesPerDay") && !measured.contains("fallbackRate") && !measured.contains("peerSeconds"))
         #expect(measured.contains("gcsSeconds"))
         #expect(throws: PlanInputs.Problem.self) { try DeploymentPlan(inputs) }
+
+        // A tier name that would clear the screen, 100,000 characters long, costing the most.
+        let name = "<script>\u{1B}[2J" + String(repeating: "x", count: 100_000)
+        let forged = FleetMeasurement(
+            windowSeconds: 86_400, restores: 10, restored: 10, fallbacks: 0,
+            tiers: [.init(name: name, restores: 10, p50: 60, bytes: 10 * Int64(400 << 20), estimatedCostUSD: 5)],
+            projectedMonthlyCostUSD: 150, peerTier: "peer", gcsTier: "gcs", installTier: "install"
+        )
+        let check = DeploymentCheck(forged, plan: try DeploymentPlan(forged.applied(to: PlanInputs()).inputs))
+        let line = try #require(check.findings.first { $0.hasPrefix("Most of the cost is the tier") })
+        #expect(line.hasPrefix("Most of the cost is the tier \"<script>\\u{1B}[2Jxxxxx"), "\(line)")
+        #expect(!line.contains("\u{1B}") && line.count < 300)
     }
 }

@@ -22,7 +22,8 @@ public struct DeploymentPlan: Sendable, Hashable, Codable {
         public var waitingHoursPerDay: Double
         /// The share of restores each tier serves, by tier.
         public var servedShares: [String: Double]
-        /// Each target (`transfer`, `successRate`, `monthlyCost`) and whether this option meets it.
+        /// Each target and whether this option meets it: `transfer` (the expected restore
+        /// under 90 s), `successRate` (over 99 %), `monthlyCost` (within the budget).
         public var meetsTargets: [String: Bool]
     }
 
@@ -124,7 +125,7 @@ public struct DeploymentPlan: Sendable, Hashable, Codable {
             name: name, tiers: stages.map(\.tier), monthlyCostUSD: monthly, expectedRestoreSeconds: seconds,
             successRate: success, waitingHoursPerDay: inputs.workspacesPerDay * seconds / 3600,
             servedShares: shares,
-            meetsTargets: ["transfer": seconds < 90, "successRate": success > 0.99, "monthlyCost": monthly < inputs.budgetUSD]
+            meetsTargets: ["transfer": seconds < 90, "successRate": success > 0.99, "monthlyCost": monthly <= inputs.budgetUSD]
         )
     }
 
@@ -165,7 +166,7 @@ public struct DeploymentPlan: Sendable, Hashable, Codable {
         let hybrid = option("hybrid")!
         let peerOnly = option("peer-only")!
         let install = option("fresh-install")!
-        let perDay = PlanFormat.count(inputs.workspacesPerDay)
+        let perDay = PlanFormat.perDay(inputs.workspacesPerDay)
         let budget = PlanFormat.usd(inputs.budgetUSD)
         var reasons: [String] = []
         let choice: String
@@ -242,6 +243,11 @@ package enum PlanFormat {
         let scale = pow(10, Double(digits))
         let percent = fraction < 1 ? (fraction * 100 * scale).rounded(.down) / scale : fraction * 100
         return String(format: "%.\(digits)f %%", percent)
+    }
+
+    /// Restores a day: whole ones as `1,250`, a measured fraction under 100 as `1.4`.
+    package static func perDay(_ value: Double) -> String {
+        count(value, digits: value < 100 && value != value.rounded() ? 1 : 0)
     }
 
     /// `1,250`, or with `digits` decimals `2.1`.

@@ -150,11 +150,11 @@ public struct DeploymentCheck: Sendable, Hashable, Codable {
         let gcs = measurement.tier(measurement.gcsTier)
         let share = Double(gcs?.restores ?? 0) / Double(measurement.restores)
         gcsShare = share
-        let meets = measurement.projectedMonthlyCostUSD < budget
+        let meets = measurement.projectedMonthlyCostUSD <= budget
         meetsCostTarget = meets
         var findings: [String] = []
         if meets {
-            findings.append("The deployment meets the cost target: \(projected) a month projected from the last \(window) days, under the \(PlanFormat.usd(budget)) budget.")
+            findings.append("The deployment meets the cost target: \(projected) a month projected from the last \(window) days, within the \(PlanFormat.usd(budget)) budget.")
             self.findings = findings
             return
         }
@@ -178,7 +178,7 @@ public struct DeploymentCheck: Sendable, Hashable, Codable {
         if gcsCost > 0 || share > 0 {
             let ceiling = perTransfer > 0 ? min(1, budget / (monthly * perTransfer)) : 1
             findings.append(
-                "GCS served \(PlanFormat.percent(share)) of restores and the peer \(PlanFormat.percent(peerShare)); to fit the budget GCS may serve at most \(PlanFormat.percent(ceiling)) (\(PlanFormat.usd(perTransfer, digits: 4)) a transfer at \(PlanFormat.count(plan.inputs.workspacesPerDay)) restores a day)."
+                "GCS served \(PlanFormat.percent(share)) of restores and the peer \(PlanFormat.percent(peerShare)); to fit the budget GCS may serve at most \(PlanFormat.percent(ceiling)) (\(PlanFormat.usd(perTransfer, digits: 4)) a transfer at \(PlanFormat.perDay(plan.inputs.workspacesPerDay)) restores a day)."
             )
             if peerShare == 0 {
                 let hybrid = plan.option("hybrid")!

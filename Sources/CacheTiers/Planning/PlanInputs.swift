@@ -30,7 +30,8 @@ public struct PlanInputs: Sendable, Hashable, Codable {
     /// master serves at once.
     public static let transfersPerMaster = 64
 
-    /// Restores a day: one per workspace boot (500).
+    /// Restores a day: one per workspace boot (500). From 0.01 (one in the longest
+    /// window, 90 days, measures 0.011) to 10 million.
     public var workspacesPerDay = 500.0
     /// The compressed archive a restore downloads, in bytes (400 MiB: 0.004 USD a
     /// transfer at 0.01 USD a GB, the analysis's figures).
@@ -123,7 +124,7 @@ public struct PlanInputs: Sendable, Hashable, Codable {
         }
     }
 
-    static let workspacesRange = Bounds(option: "--workspaces-per-day", lower: 0, lowerIncluded: false, upper: 10_000_000, unit: "")
+    static let workspacesRange = Bounds(option: "--workspaces-per-day", lower: 0.01, lowerIncluded: true, upper: 10_000_000, unit: "")
     static let archiveRange = Bounds(option: "--archive-mb", lower: 0, lowerIncluded: false, upper: 1_048_576, unit: " MiB")
     static let secondsUpper = 86_400.0
     static let linkUpper = 1_000_000.0
