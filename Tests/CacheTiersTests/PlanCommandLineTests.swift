@@ -191,6 +191,7 @@ import Testing
 
             """
         #expect(deployment == expected, "\(deployment)")
+        for line in run.stdout.split(separator: "\n") { #expect(line.count <= 100, "\(line)") }
 
         let json = try Self.object(try await Fixtures.cli(arguments + ["--json"]).stdout)
         let sources = try #require(json["sources"] as? [String: String])
