@@ -126,6 +126,15 @@ struct PlanCommand: AsyncParsableCommand {
         if let archive { archiveFile = try ArchiveFile(path: archive) }
         let token = try tokenFile.map { try readToken($0, option: "--token-file") }
 
+        // The options are checked before a master is asked: a bad one is exit 2 at once.
+        var optionsAlone = PlanInputs()
+        _ = try apply(to: &optionsAlone, archiveFile: archiveFile)
+        do {
+            try optionsAlone.validate()
+        } catch {
+            throw UsageFailure(error.description)
+        }
+
         var inputs = PlanInputs()
         var measured: Set<String> = []
         var measurement: FleetMeasurement?

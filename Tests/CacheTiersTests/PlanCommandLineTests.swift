@@ -106,6 +106,8 @@ import Testing
             (["--from-stats", "ftp://x"], "cachetiers: --from-stats must be an http:// or https:// URL (see 'cachetiers plan --help')"),
             (["--from-stats", "http://127.0.0.1:9", "--window", "2w"], "cachetiers: --window: \(StatsWindow.problem) (see 'cachetiers plan --help')"),
             (["--token-file", fifo], "cachetiers: --token-file needs --from-stats (see 'cachetiers plan --help')"),
+            // Refused before the (unreachable) master is asked.
+            (["--from-stats", "http://127.0.0.1:9", "--fallback-rate", "2"], "cachetiers: --fallback-rate: expected a number from 0 to 1, got 2"),
         ]
         for (arguments, line) in cases {
             let run = try await Fixtures.cli(["plan"] + arguments)
