@@ -155,7 +155,7 @@ struct PlanCommand: AsyncParsableCommand {
             plan = try DeploymentPlan(inputs)
         } catch {
             // A measured figure beyond what can be planned is the master's, not a usage error.
-            if measured.contains(Self.inputName(ofOption: error.option)) {
+            if measured.contains(error.input) {
                 throw CommandFailure(
                     "plan: the stats of \(fromStats ?? "") give \(error.got) for \(error.option), which expects \(error.allowed); give \(error.option) to plan with another figure"
                         .printableOnOneLine
@@ -208,19 +208,6 @@ struct PlanCommand: AsyncParsableCommand {
         set(masterLinkMbps, "masterLinkMbps", \.masterLinkMbps)
         set(masterUtilisation, "masterUtilisation", \.masterUtilisation)
         return given
-    }
-
-    /// The input an option sets, as ``apply(to:archiveFile:)`` names it.
-    static func inputName(ofOption option: String) -> String {
-        switch option {
-        case "--archive-mb": "archiveBytes"
-        case "--gcs-price-per-gb": "gcsPricePerGB"
-        case "--gcs-price-per-1000-requests": "gcsPricePerThousandRequests"
-        case "--budget-usd": "budgetUSD"
-        default:
-            option.dropFirst(2).split(separator: "-").enumerated()
-                .map { $0.offset == 0 ? String($0.element) : $0.element.prefix(1).uppercased() + $0.element.dropFirst() }.joined()
-        }
     }
 
     /// `GET /v1/stats` of the master, decoded; a failure is one line, exit 1.

@@ -96,6 +96,8 @@ public struct PlanInputs: Sendable, Hashable, Codable {
     /// the range it allows and what it got.
     public struct Problem: Error, CustomStringConvertible, Equatable {
         public var option: String
+        /// The input's name, as `--json` and ``FleetMeasurement/applied(to:)`` name it.
+        public var input: String
         public var allowed: String
         public var got: String
         public var description: String { "\(option): expected \(allowed), got \(got)" }
@@ -104,6 +106,7 @@ public struct PlanInputs: Sendable, Hashable, Codable {
     /// A number's allowed range, by the option that sets it.
     struct Bounds {
         var option: String
+        var input: String
         var lower: Double
         var lowerIncluded: Bool
         var upper: Double
@@ -113,7 +116,7 @@ public struct PlanInputs: Sendable, Hashable, Codable {
             let low = lowerIncluded ? value >= lower : value > lower
             guard value.isFinite, low, value <= upper else {
                 let from = lowerIncluded ? "from \(Self.text(lower))" : "more than \(Self.text(lower))"
-                throw Problem(option: option, allowed: "a number \(from) to \(Self.text(upper))\(unit)", got: Self.text(value))
+                throw Problem(option: option, input: input, allowed: "a number \(from) to \(Self.text(upper))\(unit)", got: Self.text(value))
             }
         }
 
@@ -124,8 +127,8 @@ public struct PlanInputs: Sendable, Hashable, Codable {
         }
     }
 
-    static let workspacesRange = Bounds(option: "--workspaces-per-day", lower: 0.01, lowerIncluded: true, upper: 10_000_000, unit: "")
-    static let archiveRange = Bounds(option: "--archive-mb", lower: 0, lowerIncluded: false, upper: 1_048_576, unit: " MiB")
+    static let workspacesRange = Bounds(option: "--workspaces-per-day", input: "workspacesPerDay", lower: 0.01, lowerIncluded: true, upper: 10_000_000, unit: "")
+    static let archiveRange = Bounds(option: "--archive-mb", input: "archiveBytes", lower: 0, lowerIncluded: false, upper: 1_048_576, unit: " MiB")
     static let secondsUpper = 86_400.0
     static let linkUpper = 1_000_000.0
 
@@ -142,28 +145,28 @@ public struct PlanInputs: Sendable, Hashable, Codable {
         for (transfer, name) in [(peerTransfer, "peer"), (gcsTransfer, "gcs")] {
             switch transfer {
             case .seconds(let seconds):
-                try Bounds(option: "--\(name)-seconds", lower: 0, lowerIncluded: false, upper: Self.secondsUpper, unit: " s").check(seconds)
+                try Bounds(option: "--\(name)-seconds", input: "\(name)Seconds", lower: 0, lowerIncluded: false, upper: Self.secondsUpper, unit: " s").check(seconds)
             case .linkMbps(let mbps):
-                try Bounds(option: "--\(name)-link-mbps", lower: 0.001, lowerIncluded: true, upper: Self.linkUpper, unit: " Mbit/s").check(mbps)
+                try Bounds(option: "--\(name)-link-mbps", input: "\(name)LinkMbps", lower: 0.001, lowerIncluded: true, upper: Self.linkUpper, unit: " Mbit/s").check(mbps)
             }
         }
-        try Bounds(option: "--gcs-price-per-gb", lower: 0, lowerIncluded: true, upper: 1_000, unit: " USD").check(gcsPricePerGB)
-        try Bounds(option: "--gcs-price-per-1000-requests", lower: 0, lowerIncluded: true, upper: 1_000, unit: " USD")
+        try Bounds(option: "--gcs-price-per-gb", input: "gcsPricePerGB", lower: 0, lowerIncluded: true, upper: 1_000, unit: " USD").check(gcsPricePerGB)
+        try Bounds(option: "--gcs-price-per-1000-requests", input: "gcsPricePerThousandRequests", lower: 0, lowerIncluded: true, upper: 1_000, unit: " USD")
             .check(gcsPricePerThousandRequests)
         if let gcsRequestsPerRestore {
-            try Bounds(option: "--gcs-requests-per-restore", lower: 1, lowerIncluded: true, upper: 1_000_000, unit: "")
+            try Bounds(option: "--gcs-requests-per-restore", input: "gcsRequestsPerRestore", lower: 1, lowerIncluded: true, upper: 1_000_000, unit: "")
                 .check(Double(gcsRequestsPerRestore))
         }
-        try Bounds(option: "--fallback-rate", lower: 0, lowerIncluded: true, upper: 1, unit: "").check(fallbackRate)
-        try Bounds(option: "--install-seconds", lower: 0, lowerIncluded: false, upper: Self.secondsUpper, unit: " s").check(installSeconds)
-        try Bounds(option: "--gcs-availability", lower: 0, lowerIncluded: true, upper: 1, unit: "").check(gcsAvailability)
-        try Bounds(option: "--install-availability", lower: 0, lowerIncluded: true, upper: 1, unit: "").check(installAvailability)
-        try Bounds(option: "--budget-usd", lower: 0, lowerIncluded: true, upper: 1_000_000_000, unit: " USD").check(budgetUSD)
-        try Bounds(option: "--peak-hour-share", lower: 0, lowerIncluded: false, upper: 1, unit: "").check(peakHourShare)
+        try Bounds(option: "--fallback-rate", input: "fallbackRate", lower: 0, lowerIncluded: true, upper: 1, unit: "").check(fallbackRate)
+        try Bounds(option: "--install-seconds", input: "installSeconds", lower: 0, lowerIncluded: false, upper: Self.secondsUpper, unit: " s").check(installSeconds)
+        try Bounds(option: "--gcs-availability", input: "gcsAvailability", lower: 0, lowerIncluded: true, upper: 1, unit: "").check(gcsAvailability)
+        try Bounds(option: "--install-availability", input: "installAvailability", lower: 0, lowerIncluded: true, upper: 1, unit: "").check(installAvailability)
+        try Bounds(option: "--budget-usd", input: "budgetUSD", lower: 0, lowerIncluded: true, upper: 1_000_000_000, unit: " USD").check(budgetUSD)
+        try Bounds(option: "--peak-hour-share", input: "peakHourShare", lower: 0, lowerIncluded: false, upper: 1, unit: "").check(peakHourShare)
         if let peakBootsPerMinute {
-            try Bounds(option: "--peak-boots-per-minute", lower: 0, lowerIncluded: false, upper: 1_000_000, unit: "").check(peakBootsPerMinute)
+            try Bounds(option: "--peak-boots-per-minute", input: "peakBootsPerMinute", lower: 0, lowerIncluded: false, upper: 1_000_000, unit: "").check(peakBootsPerMinute)
         }
-        try Bounds(option: "--master-link-mbps", lower: 1, lowerIncluded: true, upper: Self.linkUpper, unit: " Mbit/s").check(masterLinkMbps)
-        try Bounds(option: "--master-utilisation", lower: 0.05, lowerIncluded: true, upper: 1, unit: "").check(masterUtilisation)
+        try Bounds(option: "--master-link-mbps", input: "masterLinkMbps", lower: 1, lowerIncluded: true, upper: Self.linkUpper, unit: " Mbit/s").check(masterLinkMbps)
+        try Bounds(option: "--master-utilisation", input: "masterUtilisation", lower: 0.05, lowerIncluded: true, upper: 1, unit: "").check(masterUtilisation)
     }
 }
