@@ -55,6 +55,9 @@ public final class GCSSource: ArchiveSource, CacheSink {
         public var pricePerThousandReads: Double
         public var limits: ExtractionLimits
 
+        /// The default ``segmentSize``: 8 MiB.
+        public static let defaultSegmentSize = 8 << 20
+
         public init(
             bucket: String,
             prefix: String = "",
@@ -62,7 +65,7 @@ public final class GCSSource: ArchiveSource, CacheSink {
             credentials: any AccessTokenProvider = NoAccessToken(),
             connectTimeout: Duration = .seconds(5),
             parallelDownloads: Int = 4,
-            segmentSize: Int = 8 << 20,
+            segmentSize: Int = Configuration.defaultSegmentSize,
             retriesPerRequest: Int = 4,
             uploadChunkSize: Int = 8 << 20,
             pricePerGB: Double = 0.12,
@@ -186,8 +189,17 @@ public final class GCSSource: ArchiveSource, CacheSink {
 
     /// Egress for `bytes` plus the read operations.
     public func estimatedCost(bytes: Int64, requests: Int) -> Double {
-        Double(bytes) / Double(1 << 30) * configuration.pricePerGB
-            + Double(requests) / 1000 * configuration.pricePerThousandReads
+        Self.estimatedCost(
+            bytes: Double(bytes), requests: Double(requests), pricePerGB: configuration.pricePerGB,
+            pricePerThousandReads: configuration.pricePerThousandReads
+        )
+    }
+
+    /// What a download costs: `bytes` of egress at `pricePerGB` a GB of 2^30 bytes (as
+    /// GCS bills), plus `requests` reads (Class B operations) at `pricePerThousandReads`.
+    /// The one rule behind a report's `estimatedCostUSD` and `cachetiers plan`'s costs.
+    public static func estimatedCost(bytes: Double, requests: Double, pricePerGB: Double, pricePerThousandReads: Double) -> Double {
+        bytes / Double(1 << 30) * pricePerGB + requests / 1000 * pricePerThousandReads
     }
 
     /// `range` cut at every multiple of the segment size.
