@@ -33,9 +33,10 @@ public struct PlanInputs: Sendable, Hashable, Codable {
     /// Restores a day: one per workspace boot (500). From 0.01 (one in the longest
     /// window, 90 days, measures 0.011) to 10 million.
     public var workspacesPerDay = 500.0
-    /// The compressed archive a restore downloads, in bytes (400 MiB: 0.004 USD a
-    /// transfer at 0.01 USD a GB, the analysis's figures).
-    public var archiveBytes: Int64 = 400 << 20
+    /// The compressed archive a restore downloads, in bytes (0.4 GiB, 409.6 MiB: at
+    /// 0.01 USD a GB, GCS's GB being 2^30 bytes, exactly the analysis's 0.004 USD a
+    /// transfer before the reads, so its 12, 60 and 120 USD a month come out as it said).
+    public var archiveBytes: Int64 = 429_496_730
     /// The peer's delivery (70 s, the middle of the analysis's 60-80 s).
     public var peerTransfer = TransferTime.seconds(70)
     /// GCS's delivery (55 s, the middle of the analysis's 50-60 s).
