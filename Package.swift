@@ -126,6 +126,8 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 // The cache master in a ServiceGroup beside another service.
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // A report database as an older version left it, for the migration tests.
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             exclude: ["Support/gcs_interop.py", "Support/make_wheels.py"]
         ),

@@ -287,7 +287,7 @@ enum DashboardPage {
         var svg = svgOpen("success-rate", "Success rate per \(s.bucketSeconds / 60) minutes against the 99 % target and the 90 % alert")
         svg += timeAxis(s, maximum: "100 %", minimum: percent(floor))
         svg += "<line data-line=\"target-99\" x1=\"\(f(left))\" x2=\"\(f(width - 8))\" y1=\"\(f(y(0.99)))\" y2=\"\(f(y(0.99)))\" class=\"target\"><title>target: 99 %</title></line>"
-        svg += "<text x=\"\(f(width - 10))\" y=\"\(f(y(0.99) - 3))\" class=\"label end\">99 % target</text>"
+        svg += "<text x=\"\(f(width - 10))\" y=\"\(f(y(0.99) + 12))\" class=\"label end\">99 % target</text>"
         svg += "<line data-line=\"alert-90\" x1=\"\(f(left))\" x2=\"\(f(width - 8))\" y1=\"\(f(y(0.90)))\" y2=\"\(f(y(0.90)))\" class=\"alert\"><title>alert: 90 %</title></line>"
         svg += "<text x=\"\(f(width - 10))\" y=\"\(f(y(0.90) - 3))\" class=\"label end\">90 % alert</text>"
         var path = ""
@@ -354,7 +354,8 @@ enum DashboardPage {
         html += "<svg id=\"cost-meter\" viewBox=\"0 0 640 28\" role=\"img\" aria-label=\"Projected monthly cost against the 10 USD target\">"
         html += "<rect x=\"0\" y=\"6\" width=\"640\" height=\"16\" rx=\"3\" fill=\"#e6e8eb\"></rect>"
         html += "<rect x=\"0\" y=\"6\" width=\"\(f(640 * fraction))\" height=\"16\" rx=\"3\" fill=\"\(s.projectedMonthlyCostUSD < budget ? "#009E73" : failedColour)\"></rect>"
-        html += "</svg><p class=\"muted\">The \(s.window.rawValue)'s estimated cost scaled to 30 days, against the 10 USD a month target.</p>"
+        html += "</svg><p class=\"muted\">The \(s.window.rawValue)'s estimated cost scaled to 30 days: "
+        html += s.projectedMonthlyCostUSD < budget ? "within the 10 USD a month target.</p>" : "over the 10 USD a month target.</p>"
         return html
     }
 
@@ -388,7 +389,7 @@ enum DashboardPage {
 
     /// The axes of a chart over the window: from the first bucket's start to now.
     private static func timeAxis(_ s: DashboardSnapshot, maximum: String, minimum: String = "0") -> String {
-        let long = s.window == .week || s.window == .month
+        let long = s.window != .hour
         let first = Date(timeIntervalSince1970: Double(s.overTime.first?.start ?? 0))
         return axis(maximum: maximum, minimum: minimum, first: time(first, long: long), last: time(s.generatedAt, long: long))
     }

@@ -246,18 +246,29 @@ extension ReportStore {
         return nil
     }
 
-    /// The longest restores since `since`, longest first, with the phases their JSON holds.
+    /// The longest restores since `since`, longest first, with the phases their JSON holds:
+    /// the longest of each outcome walk the (outcome, duration) index from its top, which
+    /// stops after a few rows when the window holds most reports, and only the chosen
+    /// rows' JSON is read.
     private static func slowest(since: Double, _ db: Database) throws -> [DashboardSnapshot.SlowRestore] {
         try Row.fetchAll(
             db,
             sql: """
                 WITH top AS (
-                    SELECT seq FROM report WHERE finishedAt >= ? ORDER BY durationSeconds DESC, seq LIMIT ?
+                    SELECT seq FROM (
+                        SELECT seq FROM report WHERE outcome = 'restored' AND finishedAt >= :since
+                        ORDER BY durationSeconds DESC, seq LIMIT :count
+                    )
+                    UNION ALL
+                    SELECT seq FROM (
+                        SELECT seq FROM report WHERE outcome = 'failed' AND finishedAt >= :since
+                        ORDER BY durationSeconds DESC, seq LIMIT :count
+                    )
                 )
                 SELECT id, finishedAt, durationSeconds, outcome, servedBy, host, key, json
-                FROM report JOIN top USING (seq) ORDER BY durationSeconds DESC, seq
+                FROM report JOIN top USING (seq) ORDER BY durationSeconds DESC, seq LIMIT :count
                 """,
-            arguments: [since, DashboardSnapshot.slowestCount]
+            arguments: ["since": since, "count": DashboardSnapshot.slowestCount]
         ).map { row in
             DashboardSnapshot.SlowRestore(
                 id: row["id"], finishedAt: Date(timeIntervalSince1970: row["finishedAt"]), durationSeconds: row["durationSeconds"],

@@ -80,6 +80,7 @@ import Testing
             #expect(try await DashboardClient.send(peer, .GET, "/v1/dashboard", headers: cookie).status == 200)
             #expect(try await DashboardClient.send(peer, .GET, "/v1/stats", headers: cookie).status == 200)
             #expect(try await DashboardClient.send(peer, .GET, "/?part=main", headers: cookie).status == 200)
+            #expect(try await DashboardClient.send(peer, .DELETE, "/v1/caches/node-modules-aaa", headers: cookie).status == 401)
 
             // Nothing that writes, nor the other reads.
             let put = try await DashboardClient.send(
