@@ -531,7 +531,7 @@ enum DashboardPage {
         thead th{font-size:12px;color:var(--muted);font-weight:600}
         .n{text-align:right}.empty{color:var(--muted);text-align:center;padding:16px}.bad{color:var(--bad);font-weight:600}
         .figures{display:flex;gap:32px;margin:0 0 8px}.figures dd{margin:0;font-size:20px;font-weight:600;font-variant-numeric:tabular-nums}
-        .scroll{overflow-x:auto}
+        .scroll{overflow-x:auto}#slowest{font-size:13px}#slowest th,#slowest td{padding:5px 6px}
         #login-page{max-width:420px;margin:48px auto}
         #login{background:#fff;border:1px solid var(--line);border-radius:6px;padding:20px 22px}
         #login label{display:block;font-weight:600;margin:12px 0 4px}
