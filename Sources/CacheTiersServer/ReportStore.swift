@@ -160,7 +160,10 @@ final class ReportStore: Sendable {
                     outcomes.append(stored ? .stored : .duplicate)
                     if stored {
                         added += 1
-                        newest = max(newest ?? entry.receivedAt, entry.receivedAt)
+                        // As the column holds it (seconds since 1970, a REAL), so the newest
+                        // arrival reads the same before and after a restart.
+                        let arrival = Date(timeIntervalSince1970: entry.receivedAt.timeIntervalSince1970)
+                        newest = max(newest ?? arrival, arrival)
                     }
                 }
                 let count = summaryState.withLock { $0.count } + added
