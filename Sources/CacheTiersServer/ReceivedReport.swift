@@ -14,7 +14,10 @@ struct ReceivedReport: Sendable, Equatable {
     static let maximumAttempts = 256
     static let maximumWriteBacks = 64
     /// Tier names label metrics and name rows in `cachetiers stats`.
+    /// In Unicode scalars.
     static let maximumTierNameLength = 64
+    /// In UTF-8 bytes: a DNS name is at most 253, Linux's host name 64.
+    static let maximumHostLength = 255
     static let maximumTextLength = 8192
     /// A restore's duration is bounded by its deadline, at most 30 days in the config.
     static let maximumSeconds = 30.0 * 86_400
@@ -145,6 +148,9 @@ private struct Wire: Decodable {
             throw fields.problem(.finishedAt, "expected an RFC 3339 UTC time such as 2026-12-01T18:40:12.345Z")
         }
         let host = try fields.text(.host, required: false)
+        if let host, host.utf8.count > ReceivedReport.maximumHostLength {
+            throw fields.problem(.host, "a host name is at most \(ReceivedReport.maximumHostLength) bytes")
+        }
         if let host, !DisplayText.isPlain(host) {
             throw fields.problem(.host, DisplayText.problem)
         }
@@ -317,9 +323,12 @@ extension KeyedDecodingContainer {
         guard let name = required ? try decode(String.self, forKey: key) : try decodeIfPresent(String.self, forKey: key) else {
             return nil
         }
-        guard !name.isEmpty, name.count <= ReceivedReport.maximumTierNameLength, DisplayText.isPlain(name) else {
+        // Counted in Unicode scalars, not characters: one character can carry thousands of
+        // combining marks, and every comparison of such a name normalizes them again.
+        guard !name.isEmpty, name.unicodeScalars.count <= ReceivedReport.maximumTierNameLength, DisplayText.isPlain(name) else {
             throw problem(
-                key, "a tier name is 1 to \(ReceivedReport.maximumTierNameLength) printable characters, \(DisplayText.problem)"
+                key,
+                "a tier name is 1 to \(ReceivedReport.maximumTierNameLength) printable Unicode scalars, \(DisplayText.problem)"
             )
         }
         // `none` and `other` are the labels /metrics and /v1/stats give failed restores

@@ -76,7 +76,8 @@ struct ReportRoutes: Sendable {
         }
         return Response(
             status: .ok,
-            headers: [.contentType: "application/json"],
+            // A browser session may read it too: nothing of it is to be kept in a cache.
+            headers: [.contentType: "application/json", .cacheControl: "no-store"],
             body: .init(byteBuffer: ByteBuffer(bytes: try stats.jsonData()))
         )
     }

@@ -31,9 +31,27 @@ struct DemoCommand: AsyncParsableCommand {
 
     @OptionGroup var logging: LoggingOptions
 
+    /// SIGINT and SIGTERM cancel the tour, from its first step: the restore in progress
+    /// stops its install (and the install's process group), the master stops, and the
+    /// folder is removed (kept with --keep). During --keep's wait, they end it.
     func run() async throws {
-        let logger = logging.makeLogger()
         let scratch = FilePath(NSTemporaryDirectory()).appending("cachetiers-demo-\(UUID().uuidString.prefix(8))")
+        let tour = Task { try await self.tour(in: scratch) }
+        let keep = keep
+        let interrupts = Interrupts(describe: {
+            keep ? "the demo stops; its folder \(scratch) is kept" : "the demo stops and removes its folder \(scratch)"
+        }) { tour.cancel() }
+        defer { interrupts.stop() }
+        do {
+            try await tour.value
+        } catch {
+            if let signal = interrupts.interruptedBy { throw CommandFailure("demo stopped by \(signal)") }
+            throw error
+        }
+    }
+
+    private func tour(in scratch: FilePath) async throws {
+        let logger = logging.makeLogger()
         defer {
             if keep { print("\nkept \(scratch)") } else { try? FileManager.default.removeItem(atPath: scratch.string) }
         }
@@ -100,7 +118,8 @@ struct DemoCommand: AsyncParsableCommand {
                 print("Dashboard: \(peerURL)/ (the cache master keeps running; Ctrl-C stops it)")
                 // Seen now, even when stdout is a pipe or a file (block-buffered): fflush(NULL) flushes every stream.
                 fflush(nil)
-                await Self.untilInterrupted()
+                // Until SIGINT or SIGTERM cancels the tour.
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             } else {
                 print("Dashboard: \(peerURL)/ while the demo ran (run `cachetiers demo --keep` to leave it open)")
             }
@@ -109,14 +128,6 @@ struct DemoCommand: AsyncParsableCommand {
             if running { await server.stop() }
             throw error
         }
-    }
-
-    /// Waits for SIGINT or SIGTERM.
-    private static func untilInterrupted() async {
-        let (signals, signalled) = AsyncStream.makeStream(of: Void.self)
-        let interrupts = Interrupts(describe: { "the cache master stops" }) { signalled.finish() }
-        for await _ in signals {}
-        interrupts.stop()
     }
 
     private static func port(of url: String) -> Int {
@@ -135,6 +146,8 @@ struct DemoCommand: AsyncParsableCommand {
                 return failure.report
             }
         }
+        // A restore cut by the signal is a failure like any other to the chain; the tour stops here.
+        try Task.checkCancellation()
         if let reporting = settings.monitoring.report {
             reported += await FleetReporter(configuration: reporting).send(report).delivered.count
         }
@@ -252,26 +265,61 @@ enum DemoWorkspace {
     }
 
     /// Runs a program to completion off the cooperative pool; its stdout and stderr together.
+    /// Runs a preparation step (tar, npm). Foundation starts it in a process group of its
+    /// own, which a terminal's Ctrl-C does not reach: cancelling the task (the demo's
+    /// signal handling does) ends the whole group.
     private static func run(_ arguments: [String], in directory: FilePath) async throws -> (status: Int32, output: String) {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread {
-                let process = Process()
-                process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-                process.arguments = arguments
-                process.currentDirectoryURL = URL(fileURLWithPath: directory.string)
-                let pipe = Pipe()
-                process.standardOutput = pipe
-                process.standardError = pipe
-                process.standardInput = FileHandle.nullDevice
-                do {
-                    try process.run()
-                    let output = pipe.fileHandleForReading.readDataToEndOfFile()
-                    process.waitUntilExit()
-                    continuation.resume(returning: (process.terminationStatus, String(decoding: output, as: UTF8.self)))
-                } catch {
-                    continuation.resume(throwing: error)
-                }
-            }.start()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory.string)
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        process.standardInput = FileHandle.nullDevice
+        let box = ProcessBox(process)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                Thread {
+                    do {
+                        try box.start()
+                        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+                        box.process.waitUntilExit()
+                        continuation.resume(returning: (box.process.terminationStatus, String(decoding: output, as: UTF8.self)))
+                    } catch {
+                        continuation.resume(throwing: error)
+                    }
+                }.start()
+            }
+        } onCancel: {
+            box.terminateGroup()
+        }
+    }
+
+    /// A process shared with the cancellation handler: a cancellation before the start
+    /// is remembered, one after it signals the group.
+    private final class ProcessBox: @unchecked Sendable {
+        let process: Process
+        private let lock = NSLock()
+        private var started = false
+        private var cancelled = false
+
+        init(_ process: Process) { self.process = process }
+
+        func start() throws {
+            try lock.withLock {
+                guard !cancelled else { throw CancellationError() }
+                try process.run()
+                started = true
+            }
+        }
+
+        /// SIGTERM to the process's group (it leads one of its own).
+        func terminateGroup() {
+            lock.withLock {
+                cancelled = true
+                if started, process.isRunning, process.processIdentifier > 0 { kill(-process.processIdentifier, SIGTERM) }
+            }
         }
     }
 

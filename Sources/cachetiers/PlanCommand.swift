@@ -30,7 +30,7 @@ struct PlanCommand: AsyncParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "Restores a day, one per workspace boot (default 500).")
     var workspacesPerDay: Double?
 
-    @Option(name: .long, parsing: .unconditional, help: "The compressed archive's size in MiB (default 400).")
+    @Option(name: .long, parsing: .unconditional, help: "The compressed archive's size in MiB (default 409.6, 0.4 GiB).")
     var archiveMb: Double?
 
     @Option(name: .long, help: "An archive (.tar.zst) whose size to plan with; its FILE.manifest.json, if any, gives the tree's size.")
@@ -141,6 +141,11 @@ struct PlanCommand: AsyncParsableCommand {
         if let fromStats {
             let stats = try await Self.fetchStats(fromStats, window: window, token: token)
             let fleet = FleetMeasurement(stats, peerTier: peerTier, gcsTier: gcsTier, installTier: installTier)
+            if let inconsistency = fleet.inconsistency {
+                throw CommandFailure(
+                    "plan: the stats of \(fromStats) are not a cache master's (\(inconsistency)); check the URL".printableOnOneLine
+                )
+            }
             (inputs, measured) = fleet.applied(to: inputs)
             measurement = fleet
         }

@@ -74,6 +74,9 @@ struct ServeCommand: AsyncParsableCommand {
         }
     }
 
+    /// Below this many characters a token draws a warning at start.
+    static let minimumTokenLength = 16
+
     func run() async throws {
         var logger = logging.makeLogger(label: "cachetiers.serve")
         if !logging.verbose { logger.logLevel = .info }
@@ -81,6 +84,15 @@ struct ServeCommand: AsyncParsableCommand {
         let reportToken = try reportTokenFile.map { try readToken($0, option: "--report-token-file") }
         if let reportToken, reportToken == token {
             throw UsageFailure("--report-token-file holds the same token as --token-file; give VMs a token of their own")
+        }
+        // The bearer header is not rate-limited (only the dashboard's login form is): a
+        // token's length is what keeps guessing hopeless, so a short one is said at start.
+        for (option, file, value) in [("--token-file", tokenFile, token), ("--report-token-file", reportTokenFile, reportToken)] {
+            if let file, let value, value.utf8.count < Self.minimumTokenLength {
+                FileHandle.standardError.write(Data(
+                    "cachetiers: warning: the token in \(option) \(file) is \(value.utf8.count) characters, which a client on the network can guess; use at least \(Self.minimumTokenLength) random ones (head -c 32 /dev/urandom | base64 > \(file))\n".utf8
+                ))
+            }
         }
         let server = CacheMasterServer(
             configuration: .init(

@@ -267,7 +267,28 @@ import Testing
                 """
             return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: stats)))
         }
+        // Stats that decode but cannot be a master's (attack 15, F9): refused, not planned.
+        let impossible = [
+            ("fallbacks", #""window": 86400, "restores": 10, "restored": 8, "fallbacks": 100, "projectedMonthlyCostUSD": 1"#, "100 fallbacks of 8 restored"),
+            ("negative", #""window": 86400, "restores": -5, "restored": 0, "fallbacks": 0, "projectedMonthlyCostUSD": 1"#, "a negative count of restores"),
+            ("nowindow", #""window": 0, "restores": 5, "restored": 5, "fallbacks": 0, "projectedMonthlyCostUSD": 1"#, "a window of 0 s"),
+            ("cost", #""window": 86400, "restores": 5, "restored": 5, "fallbacks": 0, "projectedMonthlyCostUSD": -3"#, "a projected monthly cost of -3.0 USD"),
+        ]
+        for (path, fields, _) in impossible {
+            router.get("/\(path)/v1/stats") { _, _ -> Response in
+                let stats = """
+                    {\(fields), "failed": 0, "successRate": 1, "durationSeconds": {"p50": 1, "p90": 1, "p99": 1},
+                     "byTier": [], "bytes": 5, "estimatedCostUSD": 0, "topKeys": [], "topMissedKeys": [], "targets": []}
+                    """
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: stats)))
+            }
+        }
         try await FakeHTTPServer.with(router) { url in
+            for (path, _, problem) in impossible {
+                let run = try await Fixtures.cli(["plan", "--from-stats", url + "/" + path])
+                #expect(run.status == 1)
+                #expect(run.stderr == "cachetiers: plan: the stats of \(url)/\(path) are not a cache master's (\(problem)); check the URL\n")
+            }
             let garbage = try await Fixtures.cli(["plan", "--from-stats", url + "/html"])
             #expect(garbage.status == 1)
             #expect(garbage.stderr == "cachetiers: plan: \(url)/html answered something that is not fleet stats; is it a cache master?\n")

@@ -6,6 +6,27 @@ import Testing
 
 /// `cachetiers serve` and `cachetiers publish` as an operator runs them.
 @Suite struct ServeCommandTests {
+    /// The bearer header is not rate-limited, so a guessable token is said at start, once,
+    /// and a strong one is not (attack 15, F1).
+    @Test func aShortTokenIsWarnedAboutAtStart() async throws {
+        let scratch = try TemporaryDirectory(prefix: "serve-short")
+        defer { scratch.remove() }
+        let short = scratch.path.appending("short.token").string
+        let strong = scratch.path.appending("strong.token").string
+        try Data("short\n".utf8).write(to: URL(fileURLWithPath: short))
+        try Data("n0G8mXc1qLr5TzVb2WkYpHs3Jd7Ea9Uf\n".utf8).write(to: URL(fileURLWithPath: strong))
+
+        let weak = try ServeProcess(["--root", scratch.path.appending("a").string, "--token-file", short])
+        #expect(weak.stop() == 0)
+        let warnings = weak.stderr.split(separator: "\n").filter { $0.hasPrefix("cachetiers: warning:") }
+        #expect(warnings == [
+            "cachetiers: warning: the token in --token-file \(short) is 5 characters, which a client on the network can guess; use at least 16 random ones (head -c 32 /dev/urandom | base64 > \(short))"
+        ])
+        let good = try ServeProcess(["--root", scratch.path.appending("b").string, "--token-file", strong])
+        #expect(good.stop() == 0)
+        #expect(!good.stderr.contains("warning: the token"))
+    }
+
     @Test func serveAnnouncesItsAddressServesPublishesAndStopsCleanlyOnSIGTERM() async throws {
         let scratch = try TemporaryDirectory(prefix: "serve")
         defer { scratch.remove() }

@@ -47,6 +47,26 @@ public struct FleetMeasurement: Sendable, Hashable, Codable {
 
     public func tier(_ name: String) -> Tier? { tiers.first { $0.name == name } }
 
+    /// What makes these figures impossible for a cache master's stats (a window of no
+    /// time, negative counts, more fallbacks than restores, a cost that is negative or
+    /// not finite), or nil when they can be planned with. A hostile or broken master is
+    /// refused, not planned around.
+    public var inconsistency: String? {
+        if windowSeconds <= 0 { return "a window of \(windowSeconds) s" }
+        if restores < 0 || restored < 0 || fallbacks < 0 { return "a negative count of restores" }
+        if restored > restores { return "\(restored) restored of \(restores) restores" }
+        if fallbacks > restored { return "\(fallbacks) fallbacks of \(restored) restored" }
+        if !projectedMonthlyCostUSD.isFinite || projectedMonthlyCostUSD < 0 || projectedMonthlyCostUSD > 1e12 {
+            return "a projected monthly cost of \(projectedMonthlyCostUSD) USD"
+        }
+        for tier in tiers {
+            if tier.restores < 0 || tier.bytes < 0 || !tier.estimatedCostUSD.isFinite || tier.estimatedCostUSD < 0 {
+                return "impossible figures for the tier \(tier.name)"
+            }
+        }
+        return nil
+    }
+
     /// Restores a day: the window's restores scaled to 86,400 s; nil with none.
     public var restoresPerDay: Double? {
         restores > 0 && windowSeconds > 0 ? Double(restores) * 86_400 / Double(windowSeconds) : nil
