@@ -219,7 +219,7 @@ struct PlanCommand: AsyncParsableCommand {
     static func fetchStats(_ peer: String, window: String, token: String?) async throws -> FleetStats {
         let body: ByteBuffer
         do {
-            body = try await FleetStatsClient(peer: peer).fetch(window: window, token: token)
+            body = try await FleetStatsClient(peer: peer, option: "--from-stats").fetch(window: window, token: token)
         } catch {
             throw CommandFailure("plan: \(error)")
         }

@@ -302,4 +302,33 @@ import Testing
             #expect(overridden.status == 0, "\(overridden.stderr)")
         }
     }
+
+    /// Each answer says what to change, naming plan's own option (attack 15, F8).
+    @Test(.timeLimit(.minutes(2))) func aMasterThatWillNotAnswerSaysWhatToChange() async throws {
+        let router = Router()
+        router.get("/locked/v1/stats") { _, _ -> Response in
+            Response(status: .unauthorized, body: .init(byteBuffer: ByteBuffer(string: "this cache master needs Authorization: Bearer <token>\n")))
+        }
+        router.get("/moved/v1/stats") { _, _ -> Response in
+            Response(status: .movedPermanently, headers: [.location: "http://elsewhere.internal/"])
+        }
+        router.get("/silent/v1/stats") { _, _ -> Response in Response(status: .notFound) }
+        try await FakeHTTPServer.with(router) { url in
+            let cases: [([String], String)] = [
+                (["--from-stats", url + "/locked"], "cachetiers: plan: \(url)/locked answered 401: this cache master needs Authorization: Bearer <token>; give --token-file with the master's token"),
+                (["--from-stats", url + "/moved"], "cachetiers: plan: \(url)/moved answered 301, a redirect to http://elsewhere.internal/; stats follows no redirect: give --from-stats the cache master's own URL"),
+                (["--from-stats", url + "/silent"], "cachetiers: plan: \(url)/silent answered 404 with no explanation; is it the cache master's base URL?"),
+                (["--from-stats", url + "/locked?x=1"], "cachetiers: plan: give --from-stats the cache master's base URL, without ?query or #fragment: \(url)/locked?x=1"),
+            ]
+            for (arguments, line) in cases {
+                let run = try await Fixtures.cli(["plan"] + arguments)
+                #expect(run.status == 1)
+                #expect(run.stderr == line + "\n")
+            }
+            // A password in the URL is never printed back.
+            let secret = url.replacingOccurrences(of: "http://", with: "http://ops:s3cret@") + "/silent"
+            let run = try await Fixtures.cli(["plan", "--from-stats", secret])
+            #expect(run.status == 1 && !run.stderr.contains("s3cret") && run.stderr.contains("ops@"), "\(run.stderr)")
+        }
+    }
 }

@@ -19,16 +19,32 @@ package struct FleetStatsClient: Sendable {
     package var timeout: Duration
     /// The largest answer taken (4 MiB).
     package var maxBytes: Int
+    /// The option that gave ``peer`` (`--peer`, `--from-stats`), for the messages that
+    /// say what to change.
+    package var option: String
 
-    package init(peer: String, timeout: Duration = .seconds(30), maxBytes: Int = 4 << 20) {
+    package init(peer: String, option: String = "--peer", timeout: Duration = .seconds(30), maxBytes: Int = 4 << 20) {
         self.peer = peer
+        self.option = option
         self.timeout = timeout
         self.maxBytes = maxBytes
     }
 
+    /// ``peer`` as messages name it: without a password (`user:secret@` becomes `user@`).
+    var shownPeer: String {
+        guard var components = URLComponents(string: peer), components.password != nil else { return peer }
+        components.password = nil
+        return components.string ?? peer
+    }
+
     /// The body of a 200 answer for `window`.
     package func fetch(window: String, token: String?) async throws(Failure) -> ByteBuffer {
-        let base = peer.hasSuffix("/") ? String(peer.dropLast()) : peer
+        let peer = shownPeer
+        // The stats path is appended to the base URL: a query or a fragment would swallow it.
+        if let components = URLComponents(string: self.peer), components.query != nil || components.fragment != nil {
+            throw Failure(description: "give \(option) the cache master's base URL, without ?query or #fragment: \(peer)".printableOnOneLine)
+        }
+        let base = self.peer.hasSuffix("/") ? String(self.peer.dropLast()) : self.peer
         var request = HTTPClientRequest(url: "\(base)/v1/stats?window=\(window)")
         if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         var configuration = HTTPClient.Configuration()
@@ -57,13 +73,19 @@ package struct FleetStatsClient: Sendable {
         if (300...399).contains(status.code) {
             let location = headers.first(name: "Location") ?? "nowhere"
             throw Failure(
-                description: "\(peer) answered \(status.code), a redirect to \(location); stats follows no redirect: give --peer the cache master's own URL"
+                description: "\(peer) answered \(status.code), a redirect to \(location); stats follows no redirect: give \(option) the cache master's own URL"
                     .printableOnOneLine
             )
         }
         guard status == .ok else {
             let reason = String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw Failure(description: "\(peer) answered \(status.code): \(reason.prefix(300))".printableOnOneLine)
+            var line = reason.isEmpty
+                ? "\(peer) answered \(status.code) with no explanation; is it the cache master's base URL?"
+                : "\(peer) answered \(status.code): \(reason.prefix(300))"
+            if status == .unauthorized {
+                line += token == nil ? "; give --token-file with the master's token" : "; check the token in --token-file"
+            }
+            throw Failure(description: line.printableOnOneLine)
         }
         return body
     }
