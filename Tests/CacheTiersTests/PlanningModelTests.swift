@@ -240,6 +240,25 @@ import Testing
         #expect(check.findings == ["The deployment meets the cost target: 3.90 USD a month projected from the last 7.0 days, within the 10.00 USD budget."])
     }
 
+    /// The peer moved 1 MiB a restore (resumed ranges, small keys), GCS 100 MiB at 0.12 USD
+    /// a GiB: a GCS transfer is planned at what GCS billed, not at a size averaged with
+    /// the peer's (attack 15, F6).
+    @Test func aMeasuredGCSTransferIsPricedOnGCSsOwnBytes() throws {
+        let fleet = FleetMeasurement(
+            windowSeconds: 86_400, restores: 11, restored: 8, fallbacks: 2,
+            tiers: [
+                .init(name: "peer", restores: 5, p50: 3, bytes: 5 << 20, estimatedCostUSD: 0),
+                .init(name: "gcs", restores: 2, p50: 40, bytes: 200 << 20, estimatedCostUSD: 2 * (100.0 / 1024 * 0.12)),
+            ],
+            projectedMonthlyCostUSD: 22.5, peerTier: "peer", gcsTier: "gcs", installTier: "install"
+        )
+        #expect(fleet.archiveBytes == 100 << 20)
+        let (inputs, _) = fleet.applied(to: PlanInputs())
+        let plan = try DeploymentPlan(inputs)
+        let billed = 100.0 / 1024 * 0.12
+        #expect(abs(plan.gcsCostPerTransferUSD - billed) < billed * 0.01, "\(plan.gcsCostPerTransferUSD) against \(billed) billed")
+    }
+
     @Test func aDeploymentOverBudgetIsToldWhatToChange() throws {
         // GCS serves everything: no peer in the chain.
         let gcsOnly = FleetMeasurement(

@@ -72,16 +72,17 @@ public struct FleetMeasurement: Sendable, Hashable, Codable {
         restores > 0 && windowSeconds > 0 ? Double(restores) * 86_400 / Double(windowSeconds) : nil
     }
 
-    /// Bytes per restore of the tiers that transfer an archive (the peer and GCS tiers):
-    /// a fresh install moves none, so counting its restores would shrink the archive.
-    /// Every restored restore's bytes when neither served; nil when nothing was moved.
+    /// Bytes per restore of a tier that transfers an archive: GCS's when it served (the
+    /// price per GB is measured on those same bytes, so a GCS transfer is priced as it was
+    /// billed), else the peer's; a fresh install moves none, so counting its restores
+    /// would shrink the archive. Every restored restore's bytes when neither served; nil
+    /// when nothing was moved.
     public var archiveBytes: Int64? {
-        // Summed as doubles: a master's numbers are not trusted not to overflow.
-        let movers = [peerTier, gcsTier].compactMap(tier).filter { $0.restores > 0 && $0.bytes > 0 }
-        let restores = movers.reduce(0.0) { $0 + Double($1.restores) }
-        let bytes = movers.reduce(0.0) { $0 + Double($1.bytes) }
+        // Divided as doubles: a master's numbers are not trusted not to overflow.
+        let mover = [gcsTier, peerTier].compactMap(tier).first { $0.restores > 0 && $0.bytes > 0 }
         let all = tiers.filter { $0.bytes > 0 }.reduce(0.0) { $0 + Double($1.bytes) }
-        let perRestore = restores > 0 ? bytes / restores : (restored > 0 && all > 0 ? all / Double(restored) : nil)
+        let perRestore = mover.map { Double($0.bytes) / Double($0.restores) }
+            ?? (restored > 0 && all > 0 ? all / Double(restored) : nil)
         guard let perRestore, perRestore >= 1, perRestore < 9e18 else { return nil }
         return Int64(perRestore)
     }
