@@ -16,8 +16,8 @@ struct CacheRoutes: Sendable {
     var folder: ArchiveFolder { server.folder }
 
     func register(on router: Router<BasicRequestContext>) {
-        router.get("/healthz") { _, _ in "ok\n" }
-        router.get("/metrics") { _, _ in
+        router.getAndHead("/healthz") { _, _ in "ok\n" }
+        router.getAndHead("/metrics") { _, _ in
             Response(
                 status: .ok,
                 headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

@@ -25,8 +25,8 @@ struct DashboardRoutes: Sendable {
     let databaseErrors: RateLimitedLog
 
     func register(on router: Router<BasicRequestContext>) {
-        router.get(.init(Self.pagePath)) { request, _ in try await page(request) }
-        router.get(.init(Self.snapshotPath)) { request, _ in try await snapshotJSON(request) }
+        router.getAndHead(.init(Self.pagePath)) { request, _ in try await page(request) }
+        router.getAndHead(.init(Self.snapshotPath)) { request, _ in try await snapshotJSON(request) }
         router.post(.init(Self.loginPath)) { request, _ in try await login(request) }
         router.post(.init(Self.logoutPath)) { _, _ in
             Response(status: .seeOther, headers: [.location: Self.pagePath, .setCookie: DashboardSession.clearCookie, .cacheControl: "no-store"])

@@ -23,7 +23,7 @@ struct ReportRoutes: Sendable {
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/v1/reports") { request, _ in try await receive(request) }
-        router.get("/v1/stats") { request, _ in try await stats(request) }
+        router.getAndHead("/v1/stats") { request, _ in try await stats(request) }
     }
 
     /// Stores a report: 201 when new, 200 when its id is already stored, and nothing

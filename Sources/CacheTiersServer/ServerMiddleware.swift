@@ -181,6 +181,26 @@ struct BearerTokenMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+extension Router {
+    /// Registers `handler` for GET of `path` and for HEAD, which answers the GET's status
+    /// and headers without its body, as HTTP asks (a load balancer probing
+    /// `HEAD /healthz` sees the master up). For the read-only routes; the archive routes
+    /// have HEAD handlers of their own, which skip reading the file.
+    @discardableResult
+    func getAndHead(
+        _ path: RouterPath, use handler: @escaping @Sendable (Request, Context) async throws -> some ResponseGenerator
+    ) -> Self {
+        get(path, use: handler)
+        head(path) { request, context -> Response in
+            let response = try await handler(request, context).response(from: request, context: context)
+            var headers = response.headers
+            if headers[.contentLength] == nil, let length = response.body.contentLength { headers[.contentLength] = "\(length)" }
+            return Response(status: response.status, headers: headers, body: .init())
+        }
+        return self
+    }
+}
+
 /// Compares without stopping at the first difference, so timing reveals nothing of the token.
 func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     var difference = UInt8(a.count == b.count ? 0 : 1)

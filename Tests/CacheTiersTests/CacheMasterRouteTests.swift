@@ -227,4 +227,21 @@ import Testing
             #expect(busy.headers.first(name: "Retry-After") == "1")
         }
     }
+
+    /// HEAD on the read-only routes answers what GET would, without the body (attack 15,
+    /// F4): a load balancer probing `HEAD /healthz` must see the master up.
+    @Test func headAnswersTheReadRoutesAsGetWould() async throws {
+        try await PeerHarness.with(token: "head-token-0123456789") { peer in
+            let bearer = [("Authorization", "Bearer head-token-0123456789")]
+            for path in ["/healthz", "/v1/stats?window=1h", "/?window=1h", "/v1/dashboard?window=1h"] {
+                let get = try await peer.send(.GET, path, headers: bearer)
+                let head = try await peer.send(.HEAD, path, headers: bearer)
+                #expect(get.status == 200 && head.status == 200, "\(path): GET \(get.status), HEAD \(head.status)")
+                #expect(head.body.isEmpty, "\(path)")
+                #expect(head.headers["Content-Type"] == get.headers["Content-Type"], "\(path)")
+            }
+            #expect(try await peer.send(.HEAD, "/healthz").status == 200, "the health check needs no token")
+            #expect(try await peer.send(.HEAD, "/v1/stats?window=1h").status == 401, "HEAD needs the token GET needs")
+        }
+    }
 }
