@@ -42,14 +42,20 @@ def main():
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--binary", default=fleet.OURS, help="the cachetiers to run (default: the release build)")
     parser.add_argument("--work", default=None, help="folder for the master's root (default: a temporary one)")
+    parser.add_argument("--spread-days", type=float, default=1.0,
+                        help="reports finish over this many days back (default 1: every window holds all of them; "
+                             "29.9: a month of traffic, what the 30 d window sees in production)")
     a = parser.parse_args()
+    if not 0.01 <= a.spread_days <= 29.9:
+        sys.exit("benchmark: --spread-days is 0.01 to 29.9 (the master keeps 30 days)")
+    fleet.SPREAD_SECONDS = a.spread_days * 86_400 - 60
     if not os.access(a.binary, os.X_OK):
         sys.exit("benchmark: build first: swift build -c release --product cachetiers")
     fleet.OURS = a.binary
 
     work = a.work or tempfile.mkdtemp(prefix="cachetiers-dashboard-")
     root = os.path.join(work, "root")
-    results = {"binary": a.binary, "runs": a.runs}
+    results = {"binary": a.binary, "runs": a.runs, "spreadDays": a.spread_days}
     server, port, _ = fleet.start_server(root)
     try:
         stored = fleet.get(port, "/v1/stats?window=90d")[1]["restores"]

@@ -27,10 +27,15 @@ OURS = os.path.join(REPO, ".build", "release", "cachetiers")
 TIERS = [("cache-master", 0.0), ("gcs", 0.014), ("fresh-install", 0.0)]
 
 
+# How far back reports finish: the last 24 hours unless a caller spreads them wider
+# (dashboard_benchmark.py --spread-days).
+SPREAD_SECONDS = 86_000
+
+
 def report(now, rng):
-    """One restore report as a VM sends it, finished in the last 24 hours."""
+    """One restore report as a VM sends it, finished in the last SPREAD_SECONDS."""
     tier, price = rng.choices(TIERS, weights=[85, 13, 2])[0]
-    finished = now - timedelta(seconds=rng.uniform(60, 86_000))
+    finished = now - timedelta(seconds=rng.uniform(60, SPREAD_SECONDS))
     duration = rng.lognormvariate(3.0, 0.6)
     size = 116_725_889
     attempts = []
