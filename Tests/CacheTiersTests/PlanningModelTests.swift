@@ -259,6 +259,16 @@ import Testing
         #expect(abs(plan.gcsCostPerTransferUSD - billed) < billed * 0.01, "\(plan.gcsCostPerTransferUSD) against \(billed) billed")
     }
 
+    /// Figures as a person reads them; a negative zero (`--fallback-rate -0`) is 0
+    /// (attack 15, F8).
+    @Test func figuresAreFormattedForPeople() {
+        #expect(PlanFormat.percent(-0.0) == "0.00 %")
+        #expect(PlanFormat.usd(-0.0) == "0.00 USD")
+        #expect(PlanFormat.percent(0.99999, digits: 3) == "99.999 %", "rounded down: never 100 % when it is not")
+        #expect(PlanFormat.count(1_234_567.891, digits: 1) == "1,234,567.9")
+        #expect(PlanFormat.seconds(84) == "84.0 s" && PlanFormat.seconds(750) == "12.5 min")
+    }
+
     @Test func aDeploymentOverBudgetIsToldWhatToChange() throws {
         // GCS serves everything: no peer in the chain.
         let gcsOnly = FleetMeasurement(

@@ -242,7 +242,8 @@ package enum PlanFormat {
     package static func percent(_ fraction: Double, digits: Int = 2) -> String {
         let scale = pow(10, Double(digits))
         let percent = fraction < 1 ? (fraction * 100 * scale).rounded(.down) / scale : fraction * 100
-        return String(format: "%.\(digits)f %%", percent)
+        // + 0 makes a negative zero (`--fallback-rate -0`) print as 0.
+        return String(format: "%.\(digits)f %%", percent + 0)
     }
 
     /// Restores a day: whole ones as `1,250`, a measured fraction under 100 as `1.4`.
@@ -252,7 +253,7 @@ package enum PlanFormat {
 
     /// `1,250`, or with `digits` decimals `2.1`.
     package static func count(_ value: Double, digits: Int = 0) -> String {
-        let text = String(format: "%.\(digits)f", value)
+        let text = String(format: "%.\(digits)f", value + 0)
         let parts = text.split(separator: ".", maxSplits: 1)
         var whole = String(parts[0])
         let sign = whole.hasPrefix("-") ? "-" : ""
