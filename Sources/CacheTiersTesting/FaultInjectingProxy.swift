@@ -174,7 +174,10 @@ public final class FaultInjectingProxy: Sendable {
     private func pump(from source: Int32, to target: Int32, connection: Connection, downstream: Bool) {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         var forwarded = 0
-        let start = ContinuousClock.now
+        /// When the link is free again (`bandwidth`): each chunk takes its bytes / rate of
+        /// link time from when it arrives or the previous one is through, whichever is
+        /// later, so time the server spent silent is never made up in a burst.
+        var linkFree: ContinuousClock.Instant?
         defer { tearDown(connection) }
         while true {
             var limit = buffer.count
@@ -221,8 +224,10 @@ public final class FaultInjectingProxy: Sendable {
                 }
                 switch connection.fault {
                 case .bandwidth(let rate):
-                    // Hold the connection to `rate`: wait until this chunk's time slot.
-                    let due = start + .nanoseconds(Int64(Double(forwarded + count) / Double(rate) * 1e9))
+                    // Hold the connection to `rate`: this chunk goes once its link time is up.
+                    let now = ContinuousClock.now
+                    let due = max(linkFree ?? now, now) + .nanoseconds(Int64(Double(count) / Double(rate) * 1e9))
+                    linkFree = due
                     let wait = due - ContinuousClock.now
                     if wait > .zero { Thread.sleep(forTimeInterval: wait.inSeconds) }
                 case .trickle(let bytes, let interval) where forwarded >= bytes:
