@@ -109,7 +109,7 @@ struct DemoCommand: AsyncParsableCommand {
             guard served == expected else {
                 throw CommandFailure("demo: expected the restores to be served by \(expected.joined(separator: ", ")), got \(served.joined(separator: ", "))")
             }
-            let tree = try DemoWorkspace.fileCount(settings.destination)
+            let tree = try DemoWorkspace.fileCount(workspace.appending("node_modules"))
             print("\nnode_modules holds \(tree) files; the peer served restore 1, the fresh install (\(installer.name)) restore 2")
             print("(and wrote it back to the local tier), the local tier restore 3, the peer again restore 4.")
             print("The cache master holds \(reported) of the 4 restores' reports (2 and 3 were spooled while it was down")
@@ -139,9 +139,12 @@ struct DemoCommand: AsyncParsableCommand {
     private func restore(_ settings: CacheTiersConfig, key: CacheKey, reported: inout Int, logger: Logger) async throws -> RestoreReport {
         var quiet = logger
         quiet.logLevel = logging.verbose ? .debug : .critical
+        guard let destination = settings.destination else {
+            throw CommandFailure("demo: the generated config names no destination")
+        }
         let report = try await settings.withConfiguredChain(logger: quiet) { chain, _ in
             do {
-                return try await chain.restore(key, into: settings.destination).completingWriteBack()
+                return try await chain.restore(key, into: destination).completingWriteBack()
             } catch let failure as RestoreFailure {
                 return failure.report
             }

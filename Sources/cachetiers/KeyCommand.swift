@@ -20,7 +20,7 @@ struct KeyCommand: AsyncParsableCommand {
         // The key needs the lockfiles only: a build machine without the tiers' credentials computes it too.
         let settings = try CacheTiersConfig.load(from: FilePath(config), readingSecrets: false)
         let key = try settings.cacheKey()
-        logger.debug("computed the cache key", metadata: ["key": "\(key)", "lockfiles": "\(settings.key.files)"])
+        logger.debug("computed the cache key", metadata: ["key": "\(key)", "lockfiles": "\(settings.keyInputs?.files ?? [])"])
         print(key)
     }
 }

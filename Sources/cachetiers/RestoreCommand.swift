@@ -47,8 +47,12 @@ struct RestoreCommand: AsyncParsableCommand {
         } else {
             cacheKey = try settings.cacheKey()
         }
-        let destination = into.map { FilePath(FileManager.default.currentDirectoryPath).pushing(FilePath($0)) }
+        guard let destination = into.map({ FilePath(FileManager.default.currentDirectoryPath).pushing(FilePath($0)) })
             ?? settings.destination
+        else {
+            // A restore load requires it; the guard is for the type.
+            throw ConfigError(path: "destination", "required", file: settings.file?.string)
+        }
         let reportFile = try report.map { try ReportFile(path: $0) }
         if let reportFile, reportFile.path != "-",
             ProtectedPath.isInside(FilePath(reportFile.path), destination)

@@ -44,7 +44,7 @@ import Testing
         let folder = scratch.path.lexicallyNormalized()
         let config = try CacheTiersConfig.load(from: scratch.path.appending("cachetiers.json"))
         #expect(config.destination == folder.appending("node_modules"))
-        #expect(config.key.files == [scratch.path.appending("package-lock.json")])
+        #expect(config.keyInputs?.files == [scratch.path.appending("package-lock.json")])
         #expect(config.tiers.map(\.name) == ["cache-master", "gcs", "local", "fresh-install"])
         guard case .peer(let peer) = config.tiers[0].source, case .gcs(let gcs) = config.tiers[1].source,
             case .directory(let directory) = config.tiers[2].source, case .install(let install) = config.tiers[3].source

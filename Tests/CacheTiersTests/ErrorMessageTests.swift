@@ -62,7 +62,7 @@ import Testing
     @Test func noLockfilesIsReportedAgainstKeyFilesWhenAKeyIsComputed() throws {
         let json = #"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}]}"#
         let config = try CacheTiersConfig(json: Data(json.utf8), baseDirectory: "/srv/app")
-        #expect(config.key.files == [], "files defaults to [], as documented")
+        #expect(config.keyInputs?.files == [], "files defaults to [], as documented")
         #expect {
             _ = try config.cacheKey()
         } throws: { error in

@@ -58,9 +58,23 @@ public struct CacheTiersConfig: Sendable {
     public let secretsRead: Bool
     /// The folder relative paths resolve against.
     public var baseDirectory: FilePath
-    public var key: KeyInputs
-    /// The directory that is restored, absolute.
-    public var destination: FilePath
+    /// What the file is loaded for: a ``Purpose/tiers`` load may leave out `key` and
+    /// `destination`.
+    public let purpose: Purpose
+    /// The `key` object; `nil` only in a ``Purpose/tiers`` load of a file without one.
+    public var keyInputs: KeyInputs?
+    /// The directory that is restored, absolute; `nil` only in a ``Purpose/tiers`` load
+    /// of a file without one.
+    public var destination: FilePath?
+
+    /// What a command needs of the file.
+    public enum Purpose: Sendable, Hashable {
+        /// Restoring or publishing a tree: `key` and `destination` are required.
+        case restore
+        /// Working on the tiers alone (`sync`, `prune`, `serve --replicate-to`): `key`
+        /// and `destination` may be left out, and are checked when present.
+        case tiers
+    }
     public var tiers: [Tier]
     /// The chain's deadline and write-back, as `deadlineSeconds` and `writeBack` set
     /// them; ``withConfiguredChain(logger:observer:metricsFactory:isolation:_:)`` adds
@@ -76,7 +90,10 @@ public struct CacheTiersConfig: Sendable {
     /// - Parameter readingSecrets: false to check the file without reading its token and
     ///   key files, for a command that builds no tier (`cachetiers key`); such a config
     ///   cannot build a chain.
-    public static func load(from path: FilePath, readingSecrets: Bool = true) throws(ConfigError) -> CacheTiersConfig {
+    ///   - purpose: ``Purpose/tiers`` for a command that needs only the tiers.
+    public static func load(
+        from path: FilePath, readingSecrets: Bool = true, purpose: Purpose = .restore
+    ) throws(ConfigError) -> CacheTiersConfig {
         let absolute = path.isAbsolute ? path : FilePath(FileManager.default.currentDirectoryPath).pushing(path)
         let data: Data
         do {
@@ -86,7 +103,7 @@ public struct CacheTiersConfig: Sendable {
         }
         do {
             var config = try CacheTiersConfig(
-                json: data, baseDirectory: absolute.removingLastComponent(), readingSecrets: readingSecrets
+                json: data, baseDirectory: absolute.removingLastComponent(), readingSecrets: readingSecrets, purpose: purpose
             )
             config.file = absolute
             return config
@@ -98,7 +115,7 @@ public struct CacheTiersConfig: Sendable {
     }
 
     /// Parses config JSON, resolving relative paths against `baseDirectory`.
-    public init(json: Data, baseDirectory: FilePath, readingSecrets: Bool = true) throws(ConfigError) {
+    public init(json: Data, baseDirectory: FilePath, readingSecrets: Bool = true, purpose: Purpose = .restore) throws(ConfigError) {
         let root: JSONValue
         do {
             root = try JSONDecoder().decode(JSONValue.self, from: json)
@@ -106,21 +123,24 @@ public struct CacheTiersConfig: Sendable {
             throw Self.configError(decoding: error, json: json)
         }
         self.baseDirectory = baseDirectory
+        self.purpose = purpose
         var reader = try ConfigObjectReader(
             root, path: "", baseDirectory: baseDirectory, inputs: ConfigObjectReader.InputFiles(areRead: readingSecrets)
         )
 
-        guard var keyReader = try reader.object("key") else { throw ConfigError(path: "key", "required") }
-        key = KeyInputs(
-            prefix: try keyReader.requiredString("prefix"),
-            files: (try keyReader.strings("files") ?? []).map { baseDirectory.pushing(FilePath($0)) },
-            includesPlatform: try keyReader.bool("platform") ?? true,
-            salt: try keyReader.string("salt") ?? "",
-            runtimeVersions: try keyReader.strings("runtimeVersions") ?? []
-        )
-        try keyReader.finish()
-
-        destination = try reader.requiredFilePath("destination")
+        if var keyReader = try reader.object("key") {
+            keyInputs = KeyInputs(
+                prefix: try keyReader.requiredString("prefix"),
+                files: (try keyReader.strings("files") ?? []).map { baseDirectory.pushing(FilePath($0)) },
+                includesPlatform: try keyReader.bool("platform") ?? true,
+                salt: try keyReader.string("salt") ?? "",
+                runtimeVersions: try keyReader.strings("runtimeVersions") ?? []
+            )
+            try keyReader.finish()
+        } else if purpose == .restore {
+            throw ConfigError(path: "key", "required")
+        }
+        destination = purpose == .restore ? try reader.requiredFilePath("destination") : try reader.filePath("destination")
 
         guard let tierReaders = try reader.objects("tiers") else { throw ConfigError(path: "tiers", "required") }
         guard !tierReaders.isEmpty else { throw ConfigError(path: "tiers", "must list at least one tier") }
@@ -169,6 +189,9 @@ public struct CacheTiersConfig: Sendable {
 
     /// The cache key from the lockfiles, platform, runtime versions and salt.
     public func cacheKey() throws(ConfigError) -> CacheKey {
+        guard let key = keyInputs else {
+            throw ConfigError(path: "key", "required: a cache key needs the key object (or pass --key)", file: file?.string)
+        }
         guard !key.files.isEmpty else {
             throw ConfigError(
                 path: "key.files",

@@ -74,7 +74,7 @@ extension CacheTiersConfig {
     /// The config file's folder, the lockfiles and the token and key files: a destination
     /// must not be or contain them.
     public var protectedPaths: [ProtectedPath] {
-        var paths = key.files.map { ProtectedPath($0, role: "the lockfile") }
+        var paths = (keyInputs?.files ?? []).map { ProtectedPath($0, role: "the lockfile") }
         paths += secretFiles.map { ProtectedPath($0, role: "a token or key file of the config") }
         if let file { paths.append(ProtectedPath(file.removingLastComponent(), role: "the folder of the config file")) }
         return paths
