@@ -89,6 +89,8 @@ let package = Package(
             dependencies: [
                 "CacheTiers",
                 "CacheTiersServer",
+                // `restore` starts a detached write-back (posix_spawn with setsid and closefrom).
+                "CCacheTiersShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // IOError, to name a port in use.
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -87,3 +87,41 @@ uint32_t cachetiers_crc32c(uint32_t crc, const void *bytes, size_t length) {
 #endif
     return ~crc32c_software(crc, bytes, length);
 }
+
+#if defined(__linux__)
+#include <signal.h>
+#include <spawn.h>
+#endif
+
+int cachetiers_spawn_detached(pid_t *pid, const char *path, char *const argv[], char *const envp[], const char *log) {
+#if defined(__linux__) && defined(POSIX_SPAWN_SETSID) && defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
+    int result = posix_spawn_file_actions_init(&actions);
+    if (result != 0) return result;
+    result = posix_spawnattr_init(&attributes);
+    if (result != 0) {
+        posix_spawn_file_actions_destroy(&actions);
+        return result;
+    }
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    if ((result = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)) == 0
+        && (result = posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0640)) == 0
+        && (result = posix_spawn_file_actions_adddup2(&actions, 1, 2)) == 0
+        && (result = posix_spawn_file_actions_addclosefrom_np(&actions, 3)) == 0
+        && (result = posix_spawnattr_setsigdefault(&attributes, &all)) == 0
+        && (result = posix_spawnattr_setsigmask(&attributes, &none)) == 0
+        && (result = posix_spawnattr_setflags(
+                &attributes, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)) == 0) {
+        result = posix_spawn(pid, path, &actions, &attributes, argv, envp);
+    }
+    posix_spawnattr_destroy(&attributes);
+    posix_spawn_file_actions_destroy(&actions);
+    return result;
+#else
+    (void)pid; (void)path; (void)argv; (void)envp; (void)log;
+    return ENOSYS;
+#endif
+}

@@ -35,7 +35,7 @@ struct ReceivedReport: Sendable, Equatable {
     }
 
     enum WriteBackOutcome: String, Sendable, CaseIterable {
-        case published, exists, failed, pending
+        case published, exists, failed, pending, detached
     }
 
     struct Attempt: Sendable, Equatable {

@@ -95,7 +95,7 @@ struct PublishCommand: AsyncParsableCommand {
                 print("\(record.tier): published \(cacheKey)\(size)")
             case .exists:
                 print("\(record.tier): \(cacheKey) is already there")
-            case .failed, .pending:
+            case .failed, .pending, .detached:
                 failures.append("\(record.tier): \(record.error ?? "failed")")
             }
         }

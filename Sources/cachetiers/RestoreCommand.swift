@@ -40,7 +40,7 @@ struct RestoreCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
-        let settings = try CacheTiersConfig.load(from: FilePath(config))
+        var settings = try CacheTiersConfig.load(from: FilePath(config))
         let cacheKey: CacheKey
         if let key {
             do { cacheKey = try CacheKey(key) } catch { throw UsageFailure("--key: \(error)") }
@@ -62,6 +62,14 @@ struct RestoreCommand: AsyncParsableCommand {
             throw UsageFailure("--report \(reportFile.path) is inside the destination \(destination); write it elsewhere")
         }
         let textfile = try metricsTextfile(settings, destination: destination)
+        if settings.chainConfiguration.writeBack.detach, let file = settings.file {
+            let log = settings.chainConfiguration.writeBack.logFile ?? DetachedWriteBackLauncher.defaultLog()
+            if ProtectedPath.isInside(log, destination) {
+                throw UsageFailure("writeBack.logFile \(log) is inside the destination \(destination); write it elsewhere")
+            }
+            let launcher = DetachedWriteBackLauncher(config: file, log: log, verbose: logging.verbose)
+            settings.chainConfiguration.writeBack.handOff = { try launcher.start($0) }
+        }
 
         let console = ProgressConsole(mode: quiet ? .quiet : (isatty(STDERR_FILENO) == 1 ? .terminal : .lines))
         var logger = logging.makeLogger()

@@ -286,6 +286,8 @@ public struct AttemptRecord: Sendable, Codable, Hashable {
 public struct WriteBackRecord: Sendable, Codable, Hashable {
     public enum Outcome: String, Sendable, Codable, Hashable {
         case published, exists, failed, pending
+        /// Handed to a detached process (`writeBack.detach`), whose log says how it ended.
+        case detached
     }
 
     public var tier: String

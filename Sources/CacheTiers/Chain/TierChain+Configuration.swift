@@ -1,3 +1,4 @@
+import SystemPackage
 import Metrics
 
 extension TierChain {
@@ -120,19 +121,53 @@ extension TierChain {
         /// long a tier may answer nothing or take no upload byte (30 s): a stopped or
         /// black-holed cache master never holds a boot.
         public var limits: CachePublisher.Limits
+        /// `true`: the write-back is handed to ``handOff`` (which `cachetiers restore`
+        /// sets to start a detached process), so the restore and its caller are done as
+        /// soon as the tree is promoted; the report records ``WriteBackRecord/Outcome/detached``.
+        /// Without a ``handOff`` it runs in this process, as ``waitForCompletion`` says.
+        public var detach: Bool
+        /// Where a detached write-back writes its log (`writeBack.logFile`); `nil` lets
+        /// whoever starts it choose.
+        public var logFile: FilePath?
+        /// Starts a write-back this process does not run, and returns a line saying where
+        /// it runs (`pid 4242, log /var/log/cachetiers/write-back.log`); throws when it
+        /// cannot be started, which the report records as a failed write-back.
+        public var handOff: (@Sendable (DetachedWriteBack) throws -> String)?
 
         public init(
             isEnabled: Bool = true,
             waitForCompletion: Bool = false,
             packer: (any CachePacker)? = ArchivePacker(),
-            limits: CachePublisher.Limits = .init()
+            limits: CachePublisher.Limits = .init(),
+            detach: Bool = false,
+            logFile: FilePath? = nil,
+            handOff: (@Sendable (DetachedWriteBack) throws -> String)? = nil
         ) {
             self.isEnabled = isEnabled
             self.waitForCompletion = waitForCompletion
             self.packer = packer
             self.limits = limits
+            self.detach = detach
+            self.logFile = logFile
+            self.handOff = handOff
         }
 
         public static let disabled = WriteBack(isEnabled: false)
+    }
+}
+
+/// A write-back handed to another process: publish the promoted tree at ``tree`` as
+/// ``key`` to the named tiers, the ones the chain would have published to.
+public struct DetachedWriteBack: Sendable, Hashable {
+    public var key: CacheKey
+    /// The restored tree, in place at the destination.
+    public var tree: FilePath
+    /// The tiers above the one that served, in chain order, that accept write-back.
+    public var tiers: [String]
+
+    public init(key: CacheKey, tree: FilePath, tiers: [String]) {
+        self.key = key
+        self.tree = tree
+        self.tiers = tiers
     }
 }

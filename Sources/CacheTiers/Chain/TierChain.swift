@@ -216,6 +216,10 @@ struct RestoreRun: Sendable {
         )
         let sinks = writeBackTargets(above: tierIndex)
         guard !sinks.isEmpty else { return report }
+        if configuration.writeBack.detach, let handOff = configuration.writeBack.handOff {
+            report.writeBack = handingOff(sinks, to: handOff)
+            return report
+        }
         let writeBack = WriteBackJob(run: self, sinks: sinks)
         if configuration.writeBack.waitForCompletion {
             let finished = await writeBack.run()
@@ -226,6 +230,28 @@ struct RestoreRun: Sendable {
             report.pendingWriteBack = WriteBackCompletion(task: Task { await writeBack.run() })
         }
         return report
+    }
+
+    /// Hands the write-back to another process: each tier's record says `detached`, or
+    /// `failed` with why when it could not be started.
+    private func handingOff(
+        _ sinks: [any CacheSink], to handOff: @Sendable (DetachedWriteBack) throws -> String
+    ) -> [WriteBackRecord] {
+        let request = DetachedWriteBack(key: key, tree: staging.destination, tiers: sinks.map(\.name))
+        let records: [WriteBackRecord]
+        do {
+            let whereItRuns = try handOff(request)
+            logger.info("write-back detached", metadata: ["tiers": "\(request.tiers)", "process": "\(whereItRuns)"])
+            records = sinks.map { WriteBackRecord(tier: $0.name, outcome: .detached) }
+        } catch {
+            logger.warning("could not start the detached write-back", metadata: ["error": "\(error)"])
+            records = sinks.map { WriteBackRecord(tier: $0.name, outcome: .failed, error: "could not start the detached write-back: \(error)") }
+        }
+        for record in records {
+            chain.metrics.recordWriteBack(record)
+            emit(.writeBackFinished(record))
+        }
+        return records
     }
 
     private func writeBackTargets(above tierIndex: Int) -> [any CacheSink] {

@@ -15,12 +15,14 @@ extension TierChain.Configuration {
 }
 
 extension TierChain.WriteBack {
-    /// Reads the config file's `writeBack` object: `enabled`, `wait`, and the
+    /// Reads the config file's `writeBack` object: `enabled`, `wait`, `detach`, `logFile`, and the
     /// ``CachePublisher/Limits`` fields; `packer` is the one `compression` describes.
     init(configReader reader: inout ConfigObjectReader, packer: any CachePacker) throws(ConfigError) {
         self.init(packer: packer)
         if let isEnabled = try reader.bool("enabled") { self.isEnabled = isEnabled }
         if let waitForCompletion = try reader.bool("wait") { self.waitForCompletion = waitForCompletion }
+        if let detach = try reader.bool("detach") { self.detach = detach }
+        logFile = try reader.filePath("logFile")
         self.limits = try CachePublisher.Limits(configReader: &reader)
     }
 }

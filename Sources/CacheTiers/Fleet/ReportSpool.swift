@@ -32,17 +32,7 @@ struct ReportSpool: Sendable {
     /// when this user can write there, else `$XDG_STATE_HOME/cachetiers/report-spool`, else
     /// `~/.local/state/cachetiers/report-spool`.
     static func defaultDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> FilePath {
-        let system = FilePath("/var/lib/cachetiers/report-spool")
-        if access(system.string, W_OK) == 0 || access("/var/lib/cachetiers", W_OK) == 0
-            || (access("/var/lib/cachetiers", F_OK) != 0 && access("/var/lib", W_OK) == 0)
-        {
-            return system
-        }
-        if let state = environment["XDG_STATE_HOME"], state.hasPrefix("/") {
-            return FilePath(state).appending("cachetiers/report-spool")
-        }
-        let home = environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? NSHomeDirectory()
-        return FilePath(home).appending(".local/state/cachetiers/report-spool")
+        StatePath.resolve(system: "/var/lib/cachetiers", name: "report-spool", environment: environment)
     }
 
     /// Creates the folder (and its parents) when missing.
