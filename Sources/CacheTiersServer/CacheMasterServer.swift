@@ -235,6 +235,8 @@ public final class CacheMasterServer: Service, Sendable {
         router.add(middleware: authentication)
         let databaseErrors = RateLimitedLog(logger: logger)
         CacheRoutes(server: self).register(on: router)
+        // MARK: Retention
+        CacheListRoutes(server: self).register(on: router)
         ReportRoutes(
             store: store, metrics: metrics.fleet, retryAfterSeconds: configuration.retryAfterSeconds,
             bodyDeadline: configuration.reportBodyDeadline, databaseErrors: databaseErrors
