@@ -69,7 +69,8 @@ struct SyncCommand: AsyncParsableCommand {
                 )
                 return try await sync.run(logger: logger)
             }
-        } catch let error as CacheTierError {
+        } catch {
+            // A listing that cannot be read (the source or a target down, a refused token).
             throw CommandFailure("sync: \(error)")
         }
         if json {

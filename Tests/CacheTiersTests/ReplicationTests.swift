@@ -153,6 +153,58 @@ enum Replication {
         }
     }
 
+    @Test func aFailedCopyIsCountedAndRetriedUntilItArrives() async throws {
+        try await PeerHarness.with { b in
+            let scratch = try TemporaryDirectory(prefix: "replicate-retry")
+            defer { scratch.remove() }
+            // B's first four connections are cut before a byte of its answer: the first copy fails.
+            let proxy = try FaultInjectingProxy(upstreamPort: b.port, fault: .cut(afterBytes: 0, connections: 4))
+            defer { proxy.stop() }
+            let masterB = VMPeerSource(name: "b", configuration: .init(peers: [proxy.url], replicas: 1))
+            let a = Replication.master(root: scratch.path.appending("a"), replicatingTo: [masterB])
+            let url = try await a.start()
+            let key = try CacheKey("node-modules-retried")
+            let archive = try await Replication.publish(seed: 8, as: key, to: url, scratch: scratch)
+            try await Replication.eventually("the retried copy on B") {
+                ArchiveFolder(root: b.scratch.path.appending("root")).contains(key)
+            }
+            try await Replication.eventually("an empty backlog") {
+                a.metricsText().contains("cachetiers_replication_backlog{target=\"b\"} 0")
+            }
+            // A cut answer may come after B stored it: the retry then finds it there.
+            #expect(!a.metricsText().contains("cachetiers_replication_failures_total{target=\"b\"} 0"))
+            let copy = try await masterB.fetchArchive(key, to: scratch.path.appending("from-b"), logger: Replication.logger)
+            #expect(copy?.archiveSHA256 == archive.manifest.archiveSHA256)
+            await a.stop()
+            try await masterB.shutdown()
+        }
+    }
+
+    @Test func aQueuedCopyOfAnArchiveThatIsGoneIsDropped() async throws {
+        let scratch = try TemporaryDirectory(prefix: "replicate-gone")
+        defer { scratch.remove() }
+        // Nothing listens there: every copy fails until the archive is gone.
+        let nowhere = VMPeerSource(name: "b", configuration: .init(peers: ["http://127.0.0.1:\(try LoopbackPort.free())"]))
+        let root = scratch.path.appending("a")
+        let a = Replication.master(root: root, replicatingTo: [nowhere])
+        let url = try await a.start()
+        let key = try CacheKey("node-modules-evicted")
+        try await Replication.publish(seed: 9, as: key, to: url, scratch: scratch)
+        try await Replication.eventually("a failed copy") {
+            !a.metricsText().contains("cachetiers_replication_failures_total{target=\"b\"} 0")
+        }
+        #expect(a.metricsText().contains("cachetiers_replication_backlog{target=\"b\"} 1"))
+        let folder = ArchiveFolder(root: root)
+        try FileManager.default.removeItem(atPath: folder.manifestPath(for: key).string)
+        try FileManager.default.removeItem(atPath: folder.archivePath(for: key).string)
+        try await Replication.eventually("the row dropped") {
+            a.metricsText().contains("cachetiers_replication_backlog{target=\"b\"} 0")
+        }
+        #expect(a.metricsText().contains("cachetiers_replication_copies_total{target=\"b\",outcome=\"published\"} 0"))
+        await a.stop()
+        try await nowhere.shutdown()
+    }
+
     @Test func serveRefusesAReplicationTierThatIsNotAnInventory() async throws {
         let scratch = try TemporaryDirectory(prefix: "replicate-usage")
         defer { scratch.remove() }

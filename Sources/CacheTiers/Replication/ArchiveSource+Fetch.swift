@@ -101,3 +101,26 @@ extension CacheKey {
         rawValue.utf8.lexicographicallyPrecedes(other.rawValue.utf8)
     }
 }
+
+/// Runs `operation`, or throws a `.timeout` ``CacheTierError`` saying `what` once `limit`
+/// has passed (the operation is cancelled): a listing request to a server that accepts
+/// and never answers must not hold a sync for ever.
+func withTimeLimit<T: Sendable>(
+    _ limit: Duration, tier: String, _ what: String, _ operation: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await operation() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw CacheTierError(.timeout, tier: tier, "\(what) did not answer within \(limit.humanReadable)")
+        }
+        return value
+    }
+}
+
+/// How long one page of a listing may take to arrive.
+let listingTimeLimit: Duration = .seconds(60)

@@ -18,7 +18,10 @@ extension GCSSource: ArchiveInventory {
         var more = false
         var pageToken: String?
         repeat {
-            let list = try await objectsPage(startOffset: after.map { configuration.prefix + $0.rawValue }, pageToken: pageToken, logger: logger)
+            let token = pageToken
+            let list = try await withTimeLimit(listingTimeLimit, tier: name, "\(bucketDescription) asked for a page of its objects") {
+                try await self.objectsPage(startOffset: after.map { self.configuration.prefix + $0.rawValue }, pageToken: token, logger: logger)
+            }
             for object in list.items ?? [] {
                 guard let listing = listing(of: object) else { continue }
                 if let after, !after.precedes(listing.key) { continue }
@@ -33,7 +36,8 @@ extension GCSSource: ArchiveInventory {
                     more = true
                 }
             }
-            pageToken = list.nextPageToken
+            // A server that hands back the token it was given would page for ever.
+            pageToken = list.nextPageToken == pageToken ? nil : list.nextPageToken
         } while pageToken != nil
         return ArchivePage(archives: kept, next: more ? kept.last?.key : nil)
     }

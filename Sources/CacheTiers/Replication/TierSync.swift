@@ -183,7 +183,9 @@ public struct TierSync: Sendable {
                 try await source.fetchArchive(key, to: file, logger: logger)
             }.value(limits: options.limits, what: "\(source.name) sent no byte of \(key)")
             guard let manifest = fetched else {
-                throw CacheTierError(.miss, tier: source.name, "\(key) was listed but is gone (deleted or evicted meanwhile)")
+                // Evicted or deleted since it was listed: nothing to copy, nothing failed.
+                logger.notice("an archive listed by the source is gone; not copied", metadata: ["key": "\(key)", "tier": "\(source.name)"])
+                return []
             }
             records = await CachePublisher(packer: ArchivePacker(), limits: options.limits)
                 .publish(PackedArchive(file: file, manifest: manifest), to: targets, logger: logger)

@@ -7,7 +7,8 @@ extension VMPeerSource: ArchiveInventory {
     /// `GET /v1/caches?after=&limit=` page, merged by key (a key several masters hold is
     /// listed once, as the first master in the configured order describes it). A master
     /// that cannot answer is left out with a warning naming it, so one master down does
-    /// not stop a sync; when none answers, the last failure is thrown.
+    /// not stop a sync (nor does one that accepts and never answers: each page has
+    /// a minute); when none answers, the last failure is thrown.
     ///
     /// A page holds the `limit` smallest keys of the merge, and `next` is set whenever a
     /// master had more, so the next page (after the last key here) misses none.
@@ -17,7 +18,10 @@ extension VMPeerSource: ArchiveInventory {
             for (index, peer) in configuration.peers.enumerated() {
                 group.addTask {
                     do {
-                        return (index, .success(try await self.page(on: peer, after: after, limit: limit, logger: logger)))
+                        let page = try await withTimeLimit(listingTimeLimit, tier: self.name, "\(peer) asked for its listing") {
+                            try await self.page(on: peer, after: after, limit: limit, logger: logger)
+                        }
+                        return (index, .success(page))
                     } catch {
                         return (index, .failure(error))
                     }
