@@ -68,6 +68,22 @@ public final class CacheMasterServer: Service, Sendable {
         /// Archive uploads have no such deadline.
         public var reportBodyDeadline: Duration
 
+        // MARK: Replication
+        /// Tiers every archive newly published here is copied to in the background (a
+        /// bucket, other masters, a directory): `serve --replicate-to`. None by default.
+        /// The caller owns them (and shuts their clients down after the server stops).
+        public var replicationTargets: [any CacheSink] = []
+        /// The replication queue; `nil` is `ROOT/.cachetiers/replication.sqlite`.
+        public var replicationDatabase: FilePath? = nil
+        /// The bounds of one copy: an upload that moves no byte for the stall window is
+        /// cut and retried later; no total bound, since an archive may be large.
+        public var replicationLimits = CachePublisher.Limits(timeout: nil, stallTimeout: .seconds(30))
+
+        /// Where the replication queue is: ``replicationDatabase``, or its default in the root.
+        public var replicationDatabasePath: FilePath {
+            replicationDatabase ?? root.appending(CacheMasterServer.reportsFolderName).appending("replication.sqlite")
+        }
+
         public init(
             root: FilePath,
             host: String = "127.0.0.1",
@@ -133,6 +149,9 @@ public final class CacheMasterServer: Service, Sendable {
     private let listeningObserver = Mutex<(@Sendable (String) -> Void)?>(nil)
     /// The report store while ``run()`` serves, for the `/metrics` gauges.
     private let reports = Mutex<ReportStore?>(nil)
+    // MARK: Replication
+    /// The replicator while ``run()`` serves, when there are replication targets.
+    private let replicator = Mutex<Replicator?>(nil)
 
     /// - Parameter onServerRunning: called with the base URL (`http://127.0.0.1:41234`)
     ///   once ``run()`` listens.
@@ -177,6 +196,13 @@ public final class CacheMasterServer: Service, Sendable {
             reports.withLock { $0 = nil }
             store.close()
         }
+        // MARK: Replication
+        let replicator = try openReplicator()
+        self.replicator.withLock { $0 = replicator }
+        defer {
+            self.replicator.withLock { $0 = nil }
+            replicator?.queue.close()
+        }
         let host = urlHost
         let application = makeApplication(store: store) { port in
             let url = "http://\(host):\(port)"
@@ -185,11 +211,30 @@ public final class CacheMasterServer: Service, Sendable {
         }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { [logger] in await store.pruneEvery(Self.pruneInterval, logger: logger) }
+            if let replicator { group.addTask { await replicator.run() } }
             // Hummingbird runs its server in a service group of its own, which follows the
             // graceful shutdown of the group this service runs in.
             try await application.run()
             group.cancelAll()
         }
+    }
+
+    // MARK: Replication
+
+    /// The replicator over the durable queue, when the configuration names targets.
+    private func openReplicator() throws(CacheMasterError) -> Replicator? {
+        guard !configuration.replicationTargets.isEmpty else { return nil }
+        let queue = try ReplicationQueue.open(at: configuration.replicationDatabasePath)
+        return Replicator(
+            queue: queue, folder: folder, targets: configuration.replicationTargets, registry: metrics.registry,
+            limits: configuration.replicationLimits, logger: logger
+        )
+    }
+
+    /// Queues a copy of a newly created archive for every replication target, durably,
+    /// before the publish is answered (nothing without targets).
+    func replicateNewArchive(_ key: CacheKey) async {
+        await replicator.withLock { $0 }?.enqueue(key)
     }
 
     /// Starts serving in the background, in a service group of its own.

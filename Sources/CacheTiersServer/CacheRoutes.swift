@@ -198,6 +198,7 @@ struct CacheRoutes: Sendable {
             throw HTTPError(.preconditionFailed, message: "\(key) is already published\n")
         case .created:
             server.logger.info("published", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])
+            await server.replicateNewArchive(key)
             return Response(status: .created, headers: [.eTag: "\"\(manifest.archiveSHA256)\""])
         case .replaced:
             server.logger.info("replaced", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])

@@ -11,7 +11,8 @@ struct CacheTiersCommand: AsyncParsableCommand {
         version: CacheTiersVersion.current,
         subcommands: [
             DemoCommand.self, RestoreCommand.self, KeyCommand.self, PublishCommand.self, PackCommand.self,
-            UnpackCommand.self, ServeCommand.self, StatsCommand.self, PlanCommand.self, WriteBackCommand.self,
+            UnpackCommand.self, ServeCommand.self, StatsCommand.self, PlanCommand.self, SyncCommand.self,
+            WriteBackCommand.self,
         ]
     )
 }

@@ -52,6 +52,13 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds transfers in flight may take to finish after SIGTERM or SIGINT; then they are cut.")
     var shutdownGrace = 30
 
+    // MARK: Replication
+    @Option(name: .long, help: "A JSON config whose peer, gcs and directory tiers that accept write-back get a copy of every archive newly published here, in the background.")
+    var replicateTo: String?
+
+    @Option(name: .long, help: "A tier of --replicate-to to copy to (default: every one that accepts write-back); repeat for several.")
+    var replicateTier: [String] = []
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -69,6 +76,8 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--report-token-file needs --token-file: without it every route is open to anyone")
         }
         if let reportsDb, reportsDb.isEmpty { throw ValidationError("--reports-db must name a file") }
+        // MARK: Replication
+        guard replicateTier.isEmpty || replicateTo != nil else { throw ValidationError("--replicate-tier needs --replicate-to CONFIG") }
         guard maxTransfers <= maxConnections else {
             throw ValidationError("--max-transfers (\(maxTransfers)) cannot exceed --max-connections (\(maxConnections))")
         }
@@ -94,13 +103,17 @@ struct ServeCommand: AsyncParsableCommand {
                 ))
             }
         }
-        let server = CacheMasterServer(
-            configuration: .init(
+        // MARK: Replication
+        let replication = try ReplicationTargets(config: replicateTo, tiers: replicateTier)
+        var serverConfiguration = CacheMasterServer.Configuration(
                 root: FilePath(root), host: host, port: port, token: token, reportToken: reportToken,
                 reportsDatabase: reportsDb.map { FilePath($0) }, reportRetention: .seconds(reportRetentionDays * 86_400),
                 maxReports: maxReports, maxReportsDatabaseBytes: Int64(maxReportsDbMb) << 20, maxConcurrentTransfers: maxTransfers,
                 idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), maxConnections: maxConnections
-            ),
+            )
+        serverConfiguration.replicationTargets = replication.sinks
+        let server = CacheMasterServer(
+            configuration: serverConfiguration,
             logger: logger,
             onServerRunning: { url in
                 // The first line an operator's script waits for; written unbuffered.
@@ -117,9 +130,12 @@ struct ServeCommand: AsyncParsableCommand {
         let group = ServiceGroup(configuration: configuration)
         do {
             try await group.run()
+            await replication.shutdown()
         } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            await replication.shutdown()
             throw CommandFailure("serve: cannot listen on \(host):\(port): the port is in use; stop what holds it or choose another --port")
         } catch {
+            await replication.shutdown()
             throw CommandFailure("serve: \(error)")
         }
     }

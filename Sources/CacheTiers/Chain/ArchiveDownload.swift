@@ -77,11 +77,12 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
         }
     }
 
-    /// Feeds every byte of the archive to `session`, resuming after failed streams, and
-    /// checks the CRC32C. Returns the number of streams opened.
-    private func stream(
+    /// Feeds every byte of the archive to `session` (an unpack, or a file for a copy),
+    /// resuming after failed streams, and checks the CRC32C. Returns the number of
+    /// streams opened.
+    func stream(
         _ found: FoundArchive<Source.Archive>,
-        into session: UnpackSession,
+        into session: some DownloadedBytes,
         progress: TransferProgress,
         logger: Logger
     ) async throws -> Int {
@@ -192,6 +193,18 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
         }
     }
 }
+
+/// Where a download's bytes go: the unpack of a restore, or the scratch file of a copy
+/// (``ArchiveInventory/fetchArchive(_:to:logger:)``). A resumed stream starts at
+/// ``bytesReceived``.
+protocol DownloadedBytes: AnyObject {
+    /// Bytes taken so far.
+    var bytesReceived: Int64 { get }
+    /// Takes the next bytes; a throw is the archive's verdict, never resumed.
+    func write(_ buffer: ByteBuffer) async throws
+}
+
+extension UnpackSession: DownloadedBytes {}
 
 /// The session refused the bytes (the archive is corrupt, the disk full): the verdict
 /// ends the download whatever the stream does next.

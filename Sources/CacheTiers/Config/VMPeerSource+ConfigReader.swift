@@ -3,7 +3,7 @@ import SystemPackage
 
 extension VMPeerSource.Configuration {
     /// Reads a `peer` tier of the config file: `urls` (required), `selection`,
-    /// `tokenFile` (read now) and `connectTimeoutSeconds`; every other field keeps the
+    /// `tokenFile` (read now), `connectTimeoutSeconds` and `replicas`; every other field keeps the
     /// initializer's default.
     init(configReader reader: inout ConfigObjectReader) throws(ConfigError) {
         let urls = try reader.strings("urls") ?? []
@@ -22,6 +22,9 @@ extension VMPeerSource.Configuration {
         }
         if let token = try reader.secret(fromFileAt: "tokenFile") { self.token = token }
         if let connectTimeout = try reader.duration("connectTimeoutSeconds") { self.connectTimeout = connectTimeout }
+        // MARK: Replication
+        // More than there are masters means every master (clamped by the configuration).
+        if let replicas = try reader.integer("replicas", atLeast: 1, atMost: 1000) { self.replicas = replicas }
     }
 }
 

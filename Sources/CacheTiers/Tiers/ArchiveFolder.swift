@@ -455,6 +455,18 @@ extension ArchiveFolder {
             }
         }
 
+        /// Flushes the bytes and renames the scratch file to `destination`: a copy taken out
+        /// of a tier (``ArchiveInventory/fetchArchive(_:to:logger:)``) rather than published.
+        func move(to destination: FilePath) throws(ArchiveFolderError) {
+            try sync()
+            do {
+                try FileSystem.rename(path, to: destination)
+            } catch {
+                throw ArchiveFolderError(.io, "cannot move the copy of \(key) to \(destination): \(error)")
+            }
+            markVisible()
+        }
+
         /// The archive is in place: the scratch name is no longer this publication's to remove
         /// (it was renamed, or linked and is unlinked here).
         fileprivate func markVisible() {

@@ -73,6 +73,41 @@ public struct CachePublisher: Sendable {
         deadline: Duration?,
         logger: Logger
     ) async -> Result {
+        let asked = await ask(sinks, whetherTheyHold: key, deadline: deadline, logger: logger)
+        var records = asked.records
+        let needed = asked.needed
+        var manifest: CacheManifest?
+        if !needed.isEmpty {
+            let file = scratch.appending("\(key.rawValue).tar.zst")
+            do {
+                let packer = self.packer
+                let packed: CacheManifest = try await Bounded<Swift.Result<CacheManifest, any Error>>.runThrowing(
+                    deadline: deadline, stallTimeout: nil, clock: clock
+                ) {
+                    try await packer.pack(tree, key: key, to: file, logger: logger)
+                }.value(limits: limits, what: "packing")
+                manifest = packed
+                let archive = PackedArchive(file: file, manifest: packed)
+                for record in await publish(archive, to: needed, deadline: deadline, logger: logger) {
+                    records[record.tier] = record
+                }
+            } catch {
+                for sink in needed {
+                    records[sink.name] = WriteBackRecord(tier: sink.name, outcome: .failed, error: "packing \(tree) failed: \(error)")
+                }
+            }
+        }
+        return Result(records: sinks.compactMap { records[$0.name] }, manifest: manifest)
+    }
+
+    /// Asks each sink whether it holds `key`: the records of those that do (or cannot
+    /// answer in time), and the sinks to publish to.
+    private func ask(
+        _ sinks: [any CacheSink],
+        whetherTheyHold key: CacheKey,
+        deadline: Duration?,
+        logger: Logger
+    ) async -> (records: [String: WriteBackRecord], needed: [any CacheSink]) {
         var records: [String: WriteBackRecord] = [:]
         var needed: [any CacheSink] = []
         for sink in sinks {
@@ -105,28 +140,28 @@ public struct CachePublisher: Sendable {
                 needed.append(sink)
             }
         }
-        var manifest: CacheManifest?
-        if !needed.isEmpty {
-            let file = scratch.appending("\(key.rawValue).tar.zst")
-            do {
-                let packer = self.packer
-                let packed: CacheManifest = try await Bounded<Swift.Result<CacheManifest, any Error>>.runThrowing(
-                    deadline: deadline, stallTimeout: nil, clock: clock
-                ) {
-                    try await packer.pack(tree, key: key, to: file, logger: logger)
-                }.value(limits: limits, what: "packing")
-                manifest = packed
-                let archive = PackedArchive(file: file, manifest: packed)
-                for record in await publish(archive, to: needed, deadline: deadline, logger: logger) {
-                    records[record.tier] = record
-                }
-            } catch {
-                for sink in needed {
-                    records[sink.name] = WriteBackRecord(tier: sink.name, outcome: .failed, error: "packing \(tree) failed: \(error)")
-                }
-            }
+        return (records, needed)
+    }
+
+    /// Publishes an archive already packed (a copy taken from another tier, as
+    /// `cachetiers sync` and the cache master's replication make) to every sink at once,
+    /// create-only, each upload under ``limits``' stall rule and all of them under its
+    /// total bound. With `askingFirst`, each sink is asked whether it holds the key
+    /// first (as a write-back does), and only those that lack it are sent the archive;
+    /// without, the caller knows they lack it (from a listing), and an
+    /// ``PublishOutcome/exists`` is recorded as such.
+    /// - Returns: one record per sink, in the sinks' order.
+    public func publish(
+        _ archive: PackedArchive, to sinks: [any CacheSink], askingFirst: Bool = false, logger: Logger
+    ) async -> [WriteBackRecord] {
+        let deadline = limits.timeout.map { clock.now() + $0 }
+        let asked: (records: [String: WriteBackRecord], needed: [any CacheSink]) = askingFirst
+            ? await ask(sinks, whetherTheyHold: archive.key, deadline: deadline, logger: logger) : ([:], sinks)
+        var records = asked.records
+        for record in await publish(archive, to: asked.needed, deadline: deadline, logger: logger) {
+            records[record.tier] = record
         }
-        return Result(records: sinks.compactMap { records[$0.name] }, manifest: manifest)
+        return sinks.compactMap { records[$0.name] }
     }
 
     private func publish(

@@ -44,6 +44,15 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
         /// never queue behind each other.
         public var maxConnectionsPerPeer: Int
         public var limits: ExtractionLimits
+        /// How many cache masters hold each key: a publish (and a write-back) reaches the
+        /// first `replicas` reachable masters in the key's order, and ``VMPeerSource/contains(_:logger:)``
+        /// is true only when they all hold it. Clamped to 1 … the number of peers; 2 by
+        /// default, so losing one master loses no key.
+        public var replicas: Int {
+            get { min(max(1, requestedReplicas), peers.count) }
+            set { requestedReplicas = newValue }
+        }
+        private var requestedReplicas: Int
 
         public init(
             peers: [String],
@@ -52,7 +61,8 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
             connectTimeout: Duration = .seconds(2),
             maxResumes: Int = 5,
             maxConnectionsPerPeer: Int = 64,
-            limits: ExtractionLimits = .init()
+            limits: ExtractionLimits = .init(),
+            replicas: Int = 2
         ) {
             self.peers = peers.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
             self.selection = selection
@@ -61,6 +71,7 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
             self.maxResumes = maxResumes
             self.maxConnectionsPerPeer = maxConnectionsPerPeer
             self.limits = limits
+            self.requestedReplicas = replicas
         }
     }
 
@@ -99,11 +110,11 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
         }
     }
 
-    private func url(_ peer: String, _ key: CacheKey) -> String {
+    func url(_ peer: String, _ key: CacheKey) -> String {
         "\(peer)/v1/caches/\(key.rawValue)"
     }
 
-    private func request(_ url: String, method: HTTPMethod = .GET) -> HTTPClientRequest {
+    func request(_ url: String, method: HTTPMethod = .GET) -> HTTPClientRequest {
         var request = HTTPClientRequest(url: url)
         request.method = method
         request.headers.add(name: "User-Agent", value: "cachetiers/\(CacheTiersVersion.current)")
@@ -278,12 +289,12 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
     }
 
     /// Sends a request, mapping connection failures to tier errors.
-    private func execute(_ request: HTTPClientRequest, peer: String, logger: Logger) async throws -> HTTPClientResponse {
+    func execute(_ request: HTTPClientRequest, peer: String, logger: Logger) async throws -> HTTPClientResponse {
         try await client.executeForTier(request, endpoint: peer, connectTimeout: configuration.connectTimeout, logger: logger)
     }
 
     /// The tier error for an unexpected answer, with the server's own words.
-    private func failure(for response: HTTPClientResponse, peer: String, what: String) async -> CacheTierError {
+    func failure(for response: HTTPClientResponse, peer: String, what: String) async -> CacheTierError {
         var text = ""
         if let body = try? await response.body.collect(upTo: 4096) {
             text = String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -305,13 +316,18 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
 
     // MARK: publish
 
+    /// Whether the key's replicas hold it: the first ``Configuration/replicas`` masters in
+    /// the key's order that answer (one that cannot be reached is passed over, as a
+    /// publish passes it over) all say 200. A write-back therefore fills a replica that
+    /// lacks the key.
     public func contains(_ key: CacheKey, logger: Logger) async throws -> Bool {
         var lastError: CacheTierError?
-        for peer in peers(for: key) {
+        var answered = 0
+        for peer in peers(for: key) where answered < configuration.replicas {
             do {
                 let response = try await execute(request(url(peer, key), method: .HEAD), peer: peer, logger: logger)
                 switch response.status.code {
-                case 200: return true
+                case 200: answered += 1
                 case 404: return false
                 default: throw await failure(for: response, peer: peer, what: "HEAD \(key)")
                 }
@@ -319,34 +335,72 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
                 lastError = error
             }
         }
+        if answered > 0 { return true }
         throw lastError ?? CacheTierError(.transient, "no peer answered")
     }
 
-    /// Uploads to the first reachable peer in the key's order, create-only.
+    /// Uploads create-only to the key's first ``Configuration/replicas`` masters in its
+    /// order, at once; a master that cannot be reached (or fails) is replaced by the next
+    /// in the order, so R copies exist while R masters are up.
+    /// - Returns: ``PublishOutcome/published`` when any master stored it,
+    ///   ``PublishOutcome/exists`` when every one that answered already had it.
+    /// - Throws: the last failure, only when no master took it.
     public func publish(_ archive: PackedArchive, logger: Logger) async throws -> PublishOutcome {
-        var lastError: CacheTierError?
         let manifest = try archive.manifest.jsonData().base64EncodedString()
-        TransferProgress.upload?.setTotal(archive.manifest.archiveSize)
-        for peer in peers(for: archive.key) {
-            var put = request(url(peer, archive.key), method: .PUT)
-            put.headers.add(name: "If-None-Match", value: "*")
-            put.headers.add(name: "Content-Type", value: "application/zstd")
-            put.headers.add(name: "X-CacheTiers-Manifest", value: manifest)
-            put.body = .stream(
-                FileByteBuffers(path: archive.file, progress: TransferProgress.upload), length: .known(archive.manifest.archiveSize)
-            )
-            do {
-                let response = try await execute(put, peer: peer, logger: logger)
-                switch response.status.code {
-                case 200, 201: return .published
-                case 412: return .exists
-                default: throw await failure(for: response, peer: peer, what: "PUT \(archive.key)")
+        let replicas = configuration.replicas
+        let upload = TransferProgress.upload
+        // Each replica's upload reads the file once; the bound sees the whole of them.
+        upload?.setTotal(archive.manifest.archiveSize * Int64(replicas))
+        var order = peers(for: archive.key)[...]
+        var outcomes: [PublishOutcome] = []
+        var lastError: (any Error)?
+        try await withThrowingTaskGroup(of: Result<PublishOutcome, CacheTierError>.self) { group in
+            func startNext() {
+                guard let peer = order.popFirst() else { return }
+                group.addTask { await self.put(archive, manifest: manifest, to: peer, progress: upload, logger: logger) }
+            }
+            for _ in 0..<replicas { startNext() }
+            while let result = try await group.next() {
+                switch result {
+                case .success(let outcome):
+                    outcomes.append(outcome)
+                case .failure(let error) where error.kind == .transient || error.kind == .timeout:
+                    lastError = error
+                    startNext()
+                case .failure(let error):
+                    // Refused (a token), or the archive itself is at fault: no other master would take it.
+                    group.cancelAll()
+                    throw error
                 }
-            } catch let error as CacheTierError where error.kind == .transient || error.kind == .timeout {
-                lastError = error
             }
         }
+        if outcomes.isEmpty { try Task.checkCancellation() }
+        if outcomes.contains(.published) { return .published }
+        if !outcomes.isEmpty { return .exists }
         throw lastError ?? CacheTierError(.transient, "no peer answered")
+    }
+
+    /// One create-only PUT.
+    private func put(
+        _ archive: PackedArchive, manifest: String, to peer: String, progress: TransferProgress?, logger: Logger
+    ) async -> Result<PublishOutcome, CacheTierError> {
+        var put = request(url(peer, archive.key), method: .PUT)
+        put.headers.add(name: "If-None-Match", value: "*")
+        put.headers.add(name: "Content-Type", value: "application/zstd")
+        put.headers.add(name: "X-CacheTiers-Manifest", value: manifest)
+        put.body = .stream(FileByteBuffers(path: archive.file, progress: progress), length: .known(archive.manifest.archiveSize))
+        do {
+            let response = try await execute(put, peer: peer, logger: logger)
+            switch response.status.code {
+            case 200, 201: return .success(.published)
+            case 412: return .success(.exists)
+            default: return .failure(await failure(for: response, peer: peer, what: "PUT \(archive.key)"))
+            }
+        } catch let error as CacheTierError {
+            return .failure(error)
+        } catch {
+            return .failure(CacheTierError(.transient, "\(peer) failed PUT \(archive.key): \(error)", underlying: error))
+        }
     }
 }
 
