@@ -161,7 +161,7 @@ final class Replicator: Sendable {
             } catch {
                 logger.error("cannot remove a finished copy from the replication queue", metadata: ["error": "\(error)"])
             }
-        case .failed, .pending:
+        case .failed, .pending, .detached:
             await failed(row, because: record.error ?? "failed")
         }
     }

@@ -93,7 +93,7 @@ struct SyncCommand: AsyncParsableCommand {
             switch record.outcome {
             case .published: line = "copied \(key) to \(record.tier)"
             case .exists: line = "\(key) was already on \(record.tier)"
-            case .failed, .pending: line = "failed to copy \(key) to \(record.tier): \(record.error ?? "failed")"
+            case .failed, .pending, .detached: line = "failed to copy \(key) to \(record.tier): \(record.error ?? "failed")"
             }
         }
         FileHandle.standardError.write(Data((line + "\n").utf8))

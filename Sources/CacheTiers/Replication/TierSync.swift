@@ -128,7 +128,7 @@ public struct TierSync: Sendable {
                         summary.bytes += size
                     case .exists:
                         summary.alreadyThere += 1
-                    case .failed, .pending:
+                    case .failed, .pending, .detached:
                         summary.failed += 1
                         summary.failures.append(.init(key: key, tier: record.tier, error: record.error ?? "failed"))
                     }
