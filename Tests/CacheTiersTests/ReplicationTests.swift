@@ -275,6 +275,21 @@ enum Replication {
         }
     }
 
+    @Test func aTiersOnlyConfigReadsReplicasAndRefusesZero() throws {
+        func load(_ replicas: Int) throws(ConfigError) -> CacheTiersConfig {
+            try CacheTiersConfig(
+                json: Data(#"{"tiers": [{"kind": "peer", "urls": ["http://a:1", "http://b:1"], "replicas": \#(replicas)}]}"#.utf8),
+                baseDirectory: FilePath("/tmp"), purpose: .tiers
+            )
+        }
+        guard case .peer(let peer) = try load(3).tiers[0].source else { throw FixtureError("not a peer tier") }
+        #expect(peer.replicas == 2)
+        #expect(throws: ConfigError.self) { try load(0) }
+        #expect(throws: ConfigError.self) {
+            try CacheTiersConfig(json: Data(#"{"tiers": [{"kind": "directory", "path": "d"}]}"#.utf8), baseDirectory: FilePath("/tmp"))
+        }
+    }
+
     @Test func replicasAreClampedToTheNumberOfMasters() {
         #expect(VMPeerSource.Configuration(peers: ["http://a:1"]).replicas == 1)
         #expect(VMPeerSource.Configuration(peers: ["http://a:1", "http://b:1", "http://c:1"]).replicas == 2)
