@@ -3,6 +3,7 @@ import CacheTiers
 import CacheTiersServer
 import CacheTiersTesting
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import SystemPackage
@@ -132,14 +133,15 @@ enum Replication {
             let key = try CacheKey("node-modules-interrupted")
             let masterB = VMPeerSource(name: "b", configuration: .init(peers: [b.url], replicas: 1))
 
-            let first = try ServeProcess(arguments)
+            // Starting, killing and stopping the process block: off the cooperative pool.
+            let first = try await Fixtures.offThePool { try ServeProcess(arguments) }
             let archive = try await Replication.publish(seed: 7, as: key, to: first.url, scratch: scratch)
             try await Replication.eventually("A's copy to reach B's proxy") { proxy.connectionsAccepted > 0 }
-            first.kill9()
+            try await Fixtures.offThePool { first.kill9() }
             #expect(try await masterB.contains(key, logger: Replication.logger) == false)
 
             proxy.setFault(.none)
-            let second = try ServeProcess(arguments)
+            let second = try await Fixtures.offThePool { try ServeProcess(arguments) }
             try await Replication.eventually("the queued copy to reach B after the restart") {
                 try await masterB.contains(key, logger: Replication.logger)
             }
@@ -148,7 +150,8 @@ enum Replication {
             #expect(copy?.archiveSize == archive.manifest.archiveSize)
             let metrics = try await second.send(.GET, "/metrics").body
             #expect(metrics.contains("cachetiers_replication_copies_total{target=\"b\",outcome=\"published\"} 1"))
-            #expect(second.stop() == 0)
+            let status = try await Fixtures.offThePool { second.stop() }
+            #expect(status == 0)
             try await masterB.shutdown()
         }
     }
@@ -269,6 +272,21 @@ enum Replication {
                     try await peer.shutdown()
                 }
             }
+        }
+    }
+
+    @Test func aTiersOnlyConfigReadsReplicasAndRefusesZero() throws {
+        func load(_ replicas: Int) throws(ConfigError) -> CacheTiersConfig {
+            try CacheTiersConfig(
+                json: Data(#"{"tiers": [{"kind": "peer", "urls": ["http://a:1", "http://b:1"], "replicas": \#(replicas)}]}"#.utf8),
+                baseDirectory: FilePath("/tmp"), purpose: .tiers
+            )
+        }
+        guard case .peer(let peer) = try load(3).tiers[0].source else { throw FixtureError("not a peer tier") }
+        #expect(peer.replicas == 2)
+        #expect(throws: ConfigError.self) { try load(0) }
+        #expect(throws: ConfigError.self) {
+            try CacheTiersConfig(json: Data(#"{"tiers": [{"kind": "directory", "path": "d"}]}"#.utf8), baseDirectory: FilePath("/tmp"))
         }
     }
 
@@ -413,6 +431,56 @@ enum Replication {
             #expect(dry.copied == 0)
             #expect(try await bucket.contains(late.key, logger: Replication.logger) == false)
             #expect(try FileManager.default.contentsOfDirectory(atPath: scratchFolder.string) == [])
+        }
+    }
+
+    @Test func aMasterSyncsToADirectoryOnce() async throws {
+        try await PeerHarness.with { master in
+            let scratch = try TemporaryDirectory(prefix: "sync-master")
+            defer { scratch.remove() }
+            var archives: [PackedArchive] = []
+            for (seed, name) in ["beta", "alpha", "gamma"].enumerated() {
+                archives.append(try await Replication.publish(seed: seed + 30, as: try CacheKey(name), to: master.url, scratch: scratch))
+            }
+            // The master's listing as GET /v1/caches pages it (from its own folder), its
+            // archives from the real master: the responder forwards every other GET there.
+            let folder = ArchiveFolder(root: master.scratch.path.appending("root"))
+            let router = Router(context: BasicRequestContext.self)
+            router.get("/v1/caches") { request, _ -> Response in
+                let limit = request.uri.queryParameters.get("limit").flatMap { Int(String($0)) } ?? ArchivePage.defaultLimit
+                let after = try request.uri.queryParameters.get("after").map { try CacheKey(String($0)) }
+                let encoder = JSONEncoder()
+                encoder.dateEncodingStrategy = .iso8601
+                let page = try encoder.encode(folder.listArchives(after: after, limit: limit))
+                return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: Array(page))))
+            }
+            router.get("/v1/caches/:key") { request, _ -> Response in
+                var forward = HTTPClientRequest(url: master.url + request.uri.path)
+                for field in request.headers where field.name == .range || field.name == .ifMatch {
+                    forward.headers.add(name: field.name.rawName, value: field.value)
+                }
+                let answer = try await HTTPClient.shared.execute(forward, timeout: .seconds(60))
+                let body = try await answer.body.collect(upTo: 64 << 20)
+                var headers = HTTPFields()
+                for (name, value) in answer.headers where !["content-length", "transfer-encoding"].contains(name.lowercased()) {
+                    if let field = HTTPField.Name(name) { headers[field] = value }
+                }
+                return Response(status: .init(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: body))
+            }
+            try await FakeHTTPServer.with(router) { responder in
+                let peer = VMPeerSource(name: "master", configuration: .init(peers: [responder]))
+                let local = DirectorySource(name: "local", root: scratch.path.appending("local"))
+                let scratchFolder = try scratch.makeDirectory("scratch")
+                let first = try await TierSync(from: peer, to: [local], options: .init(scratch: scratchFolder)).run(logger: Replication.logger)
+                let second = try await TierSync(from: peer, to: [local], options: .init(scratch: scratchFolder)).run(logger: Replication.logger)
+                try await peer.shutdown()
+                #expect((first.copied, first.failed, second.copied, second.alreadyThere) == (3, 0, 0, 3), "\(first.failures)")
+                for archive in archives {
+                    let listed = try await local.listArchives(after: nil, limit: 10, logger: Replication.logger)
+                    let copy = try #require(listed.archives.first { $0.key == archive.key })
+                    #expect(copy.sha256 == archive.manifest.archiveSHA256)
+                }
+            }
         }
     }
 
