@@ -52,6 +52,8 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
+                // The archive index retention reads (ROOT/.cachetiers/archives.sqlite), shared by the cache master and the directory tier.
+                .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
         // The cache master (the peer tier's server), apart so a service that only restores links no server.

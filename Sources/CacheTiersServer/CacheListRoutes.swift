@@ -16,7 +16,7 @@ struct CacheListRoutes: Sendable {
 
     private func list(_ request: Request) throws -> Response {
         let query = try CacheListQuery(request.uri.queryParameters)
-        let page = server.folder.listArchives(after: query.after, limit: query.limit)
+        let page = server.retention.listArchives(after: query.after, limit: query.limit)
         let body: Data
         do {
             body = try CacheListQuery.encoder.encode(page)

@@ -67,6 +67,10 @@ public final class CacheMasterServer: Service, Sendable {
         /// connection closes, so clients dripping bodies cannot hold every connection.
         /// Archive uploads have no such deadline.
         public var reportBodyDeadline: Duration
+        // MARK: Retention
+        /// What the root may keep (`serve --max-size --max-age-unused --min-age`); the
+        /// default limits nothing, though hits are tracked all the same.
+        public var retention: RetentionPolicy
 
         // MARK: Replication
         /// Tiers every archive newly published here is copied to in the background (a
@@ -100,7 +104,8 @@ public final class CacheMasterServer: Service, Sendable {
             idleTimeout: Duration = .seconds(30),
             maxConnections: Int = 512,
             orphanGracePeriod: Duration = .seconds(600),
-            reportBodyDeadline: Duration = .seconds(10)
+            reportBodyDeadline: Duration = .seconds(10),
+            retention: RetentionPolicy = RetentionPolicy()  // MARK: Retention
         ) {
             self.root = root
             self.host = host
@@ -118,6 +123,7 @@ public final class CacheMasterServer: Service, Sendable {
             self.maxConnections = maxConnections
             self.orphanGracePeriod = orphanGracePeriod
             self.reportBodyDeadline = reportBodyDeadline
+            self.retention = retention  // MARK: Retention
         }
 
         /// Where the report database is: ``reportsDatabase``, or its default in the root.
@@ -136,6 +142,8 @@ public final class CacheMasterServer: Service, Sendable {
     let metrics: ServerMetrics
     let folder: ArchiveFolder
     let transfers: TransferLimiter
+    // MARK: Retention
+    let retention: MasterRetention
     private let onServerRunning: @Sendable (String) async -> Void
 
     private struct Running {
@@ -165,6 +173,8 @@ public final class CacheMasterServer: Service, Sendable {
         self.metrics = ServerMetrics()
         self.folder = ArchiveFolder(root: configuration.root)
         self.transfers = TransferLimiter(limit: configuration.maxConcurrentTransfers)
+        // MARK: Retention
+        self.retention = MasterRetention(folder: folder, policy: configuration.retention, metrics: metrics.retention, logger: logger)
         self.onServerRunning = onServerRunning
     }
 
@@ -178,6 +188,9 @@ public final class CacheMasterServer: Service, Sendable {
         } catch {
             throw CacheMasterError(error.description)
         }
+        // MARK: Retention
+        try retention.open()
+        defer { retention.close() }
         let store: ReportStore
         do {
             store = try ReportStore.open(
@@ -212,6 +225,8 @@ public final class CacheMasterServer: Service, Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { [logger] in await store.pruneEvery(Self.pruneInterval, logger: logger) }
             if let replicator { group.addTask { await replicator.run() } }
+            // MARK: Retention
+            group.addTask { [retention] in await retention.enforceEvery(MasterRetention.interval) }
             // Hummingbird runs its server in a service group of its own, which follows the
             // graceful shutdown of the group this service runs in.
             try await application.run()

@@ -123,6 +123,10 @@ struct CacheRoutes: Sendable {
             return Response(status: status, headers: headers, body: .init())
         }
         guard server.transfers.acquire() else { throw busy() }
+        // MARK: Retention
+        // Held until the body is sent (or dropped): retention does not evict what is streamed.
+        let use = server.retention.inUse.hold(key)
+        if byteRange.lowerBound == 0 { await server.retention.recordHit(archive.manifest) }
 
         let chunkSize = server.configuration.chunkSize
         let metrics = server.metrics
@@ -130,7 +134,10 @@ struct CacheRoutes: Sendable {
         let allocator = ByteBufferAllocator()
         let range = byteRange
         let body = ResponseBody(contentLength: Int(range.count)) { writer in
-            defer { transfers.release() }
+            defer {
+                transfers.release()
+                use.release()
+            }
             var offset = range.lowerBound
             while offset < range.upperBound {
                 let length = Int(min(Int64(chunkSize), range.upperBound - offset))
@@ -165,8 +172,13 @@ struct CacheRoutes: Sendable {
         if createOnly, folder.contains(key) {
             throw HTTPError(.preconditionFailed, message: "\(key) is already published\n")
         }
+        // MARK: Retention
+        // Before a byte of the body is read: what the manifest says cannot fit is refused.
+        guard server.retention.admits(manifest.archiveSize) else { throw insufficientStorage(manifest) }
         guard server.transfers.acquire() else { throw busy() }
         defer { server.transfers.release() }
+        let use = server.retention.inUse.hold(key)
+        defer { use.release() }
 
         let upload: ArchiveFolder.Publication
         do {
@@ -184,6 +196,13 @@ struct CacheRoutes: Sendable {
         if let mismatch = upload.mismatch(with: manifest) {
             throw HTTPError(.badRequest, message: "the upload \(mismatch)\n")
         }
+        // MARK: Retention
+        // Room is made before the archive lands, so the archives kept stay under --max-size.
+        if server.retention.policy.limitsAnything, let report = await server.retention.enforceOffloaded(incoming: manifest.archiveSize),
+            !report.fits
+        {
+            throw insufficientStorage(manifest)
+        }
         let outcome: ArchiveFolder.PublishOutcome
         do {
             outcome = try folder.commit(
@@ -197,13 +216,37 @@ struct CacheRoutes: Sendable {
         case .exists:
             throw HTTPError(.preconditionFailed, message: "\(key) is already published\n")
         case .created:
+            server.retention.recordPublished(manifest)
             server.logger.info("published", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])
             await server.replicateNewArchive(key)
             return Response(status: .created, headers: [.eTag: "\"\(manifest.archiveSHA256)\""])
         case .replaced:
+            server.retention.recordPublished(manifest)
             server.logger.info("replaced", metadata: ["key": "\(key)", "bytes": "\(upload.size)"])
             return Response(status: .ok, headers: [.eTag: "\"\(manifest.archiveSHA256)\""])
         }
+    }
+}
+
+// MARK: Retention
+extension HTTPResponse.Status {
+    /// RFC 4918's 507, which HTTPTypes does not name.
+    static let insufficientStorage = HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
+}
+
+extension CacheRoutes {
+    /// 507: the archive cannot fit under `--max-size` even with every evictable archive gone.
+    func insufficientStorage(_ manifest: CacheManifest) -> HTTPError {
+        let policy = server.retention.policy
+        let limit = policy.maxSize ?? StorageSize(bytes: .max)
+        let what = "the cache master cannot store the \(manifest.archiveSize)-byte archive of \(manifest.key) under --max-size \(limit)"
+        guard manifest.archiveSize <= limit.bytes else {
+            return HTTPError(.insufficientStorage, message: "\(what): it is larger than the limit itself; raise --max-size\n")
+        }
+        return HTTPError(
+            .insufficientStorage,
+            message: "\(what): the archives it holds are being served or younger than --min-age \(policy.minAge); retry later, or raise --max-size\n"
+        )
     }
 }
 

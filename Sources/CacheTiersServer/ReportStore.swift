@@ -318,10 +318,7 @@ final class ReportStore: Sendable {
     }
 
     static func describe(_ error: any Error) -> String {
-        if let error = error as? DatabaseError {
-            return error.message ?? "SQLite error \(error.resultCode.rawValue)"
-        }
-        return "\(error)"
+        ArchiveIndex.describe(error)  // MARK: Retention: the one SQLite error line
     }
 
     private static var migrator: DatabaseMigrator {

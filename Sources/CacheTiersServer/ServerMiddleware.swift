@@ -12,6 +12,8 @@ final class ServerMetrics: Sendable {
     let activeTransfers: Prometheus.Gauge
     /// The aggregates of the fleet's reports, in the same registry.
     let fleet: FleetMetrics
+    // MARK: Retention
+    let retention: RetentionMetrics
 
     private static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "cachetiers", subsystem: "server", metricName: metric, unitName: unit, helpText: help)
@@ -25,6 +27,8 @@ final class ServerMetrics: Sendable {
         bytesReceived = registry.makeCounter(descriptor: Self.name("bytes_received", "total", "Archive bytes received in uploads."))
         activeTransfers = registry.makeGauge(descriptor: Self.name("active", "transfers", "Downloads and uploads in flight."))
         fleet = FleetMetrics(registry: registry)
+        // MARK: Retention
+        retention = RetentionMetrics(registry: registry)
     }
 
     func recordRequest(route: String, method: String, status: Int) {

@@ -59,9 +59,38 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A tier of --replicate-to to copy to (default: every one that accepts write-back); repeat for several.")
     var replicateTier: [String] = []
 
+    // MARK: Retention
+    @Option(name: .long, help: "Keep the archives in ROOT under this size, evicting the least recently served first (50G: K, M, G, T are powers of 1024).")
+    var maxSize: String?
+
+    @Option(name: .long, help: "Evict archives not served for this long (30d: m, h or d).")
+    var maxAgeUnused: String?
+
+    @Option(name: .long, help: "Never evict an archive stored less than this long ago (m, h or d).")
+    var minAge = "\(RetentionPolicy.defaultMinAge)"
+
+    /// The retention options, parsed with the library's size and age grammar.
+    func retentionPolicy() throws -> RetentionPolicy {
+        func parse<T>(_ option: String, _ body: () throws(RetentionUnitError) -> T) throws -> T {
+            do {
+                return try body()
+            } catch {
+                throw ValidationError("\(option): \(error)")
+            }
+        }
+        return RetentionPolicy(
+            maxSize: try maxSize.map { text in try parse("--max-size") { () throws(RetentionUnitError) in try StorageSize(parsing: text) } },
+            maxAgeUnused: try maxAgeUnused.map { text in
+                try parse("--max-age-unused") { () throws(RetentionUnitError) in try RetentionAge(parsing: text) }
+            },
+            minAge: try parse("--min-age") { () throws(RetentionUnitError) in try RetentionAge(parsing: minAge) }
+        )
+    }
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
+        _ = try retentionPolicy()
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0 to 65535") }
         guard maxTransfers >= 1 else { throw ValidationError("--max-transfers must be at least 1") }
         guard idleTimeout.isFinite, (0.1...86_400).contains(idleTimeout) else {
@@ -109,7 +138,8 @@ struct ServeCommand: AsyncParsableCommand {
                 root: FilePath(root), host: host, port: port, token: token, reportToken: reportToken,
                 reportsDatabase: reportsDb.map { FilePath($0) }, reportRetention: .seconds(reportRetentionDays * 86_400),
                 maxReports: maxReports, maxReportsDatabaseBytes: Int64(maxReportsDbMb) << 20, maxConcurrentTransfers: maxTransfers,
-                idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), maxConnections: maxConnections
+                idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), maxConnections: maxConnections,
+                retention: try retentionPolicy()
             )
         serverConfiguration.replicationTargets = replication.sinks
         let server = CacheMasterServer(

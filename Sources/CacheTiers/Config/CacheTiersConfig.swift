@@ -42,6 +42,9 @@ public struct CacheTiersConfig: Sendable {
         public var name: String
         public var source: Source
         public var policy: TierChain.TierPolicy
+        // MARK: Retention
+        /// A directory tier's `maxSize`, `maxAgeUnused` and `minAge`; nil when none is given.
+        public var retention: RetentionPolicy?
 
         public init(name: String, source: Source, policy: TierChain.TierPolicy) {
             self.name = name
@@ -235,6 +238,8 @@ extension CacheTiersConfig.Tier {
             preset = .gcs
         case "directory":
             source = .directory(root: try reader.requiredFilePath("path"))
+            // MARK: Retention
+            retention = try RetentionPolicy(configReader: &reader)
             preset = .directory
         case "install":
             source = .install(try FreshInstallSource.Configuration(configReader: &reader))

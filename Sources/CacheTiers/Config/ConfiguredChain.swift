@@ -38,7 +38,8 @@ extension CacheTiersConfig {
                 sinks.append(source)
                 clients.append(source)
             case .directory(let root):
-                let source = DirectorySource(name: tier.name, root: root)
+                var source = DirectorySource(name: tier.name, root: root)
+                source.retention = tier.retention  // MARK: Retention
                 tiers.append(.init(source, policy: tier.policy))
                 sinks.append(source)
             case .install(let configuration):

@@ -29,14 +29,22 @@ public struct DirectorySource: ArchiveSource, CacheSink {
     /// the orphan of a publish killed between the two, and replaces it. A live publish
     /// renames the manifest microseconds after linking the archive.
     public var orphanAge: Duration = .seconds(60)
+    // MARK: Retention
+    /// The folder's limits, applied after each publish into it (and by `cachetiers
+    /// prune`); nil keeps everything. Restores record their hits in the folder's archive
+    /// index, best effort: with limits, or when the index exists (a cache master sharing
+    /// the folder made it).
+    public var retention: RetentionPolicy?
 
     private let folder: ArchiveFolder
+    private let useLog: FolderUseLog
 
     public init(name: String = "directory", root: FilePath, limits: ExtractionLimits = .init()) {
         self.name = name
         self.root = root
         self.limits = limits
         self.folder = ArchiveFolder(root: root)
+        self.useLog = FolderUseLog(folder: folder)
     }
 
     /// Where the archive for `key` lives.
@@ -109,6 +117,9 @@ public struct DirectorySource: ArchiveSource, CacheSink {
         deliver: (ByteBuffer) async throws -> Void
     ) async throws {
         let file = found.archive.file
+        // MARK: Retention
+        // A read from the first byte is a hit (a resume is not), as at the cache master.
+        if offset == 0 { await useLog.recordHit(file.manifest, limited: retention?.limitsAnything == true, logger: logger) }
         let allocator = ByteBufferAllocator()
         var position = offset
         while position < file.size {
@@ -138,7 +149,12 @@ public struct DirectorySource: ArchiveSource, CacheSink {
                 file: archive.file, manifest: archive.manifest, mode: .createOnly(orphanAge: orphanAge), logger: logger,
                 progress: { upload?.advance(by: $0) }
             )
-            return outcome == .exists ? .exists : .published
+            if outcome == .exists { return .exists }
+            // MARK: Retention
+            if let retention, retention.limitsAnything {
+                await useLog.enforce(retention, published: archive.manifest, logger: logger)
+            }
+            return .published
         } catch let error as ArchiveFolderError {
             switch error.kind {
             case .unusableFolder: throw CacheTierError(.fatal, tier: name, error.description, underlying: error)

@@ -24,13 +24,14 @@ struct PeerHarness {
         token: String? = nil,
         reportToken: String? = nil,
         maxTransfers: Int = 64,
+        retention: RetentionPolicy = RetentionPolicy(),
         _ body: (PeerHarness) async throws -> T
     ) async throws -> T {
         let scratch = try TemporaryDirectory(prefix: "peer")
         let server = CacheMasterServer(
             configuration: .init(
                 root: scratch.path.appending("root"), port: 0, token: token, reportToken: reportToken,
-                maxConcurrentTransfers: maxTransfers
+                maxConcurrentTransfers: maxTransfers, retention: retention
             ),
             logger: quietLogger
         )
