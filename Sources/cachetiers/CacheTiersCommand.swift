@@ -12,7 +12,7 @@ struct CacheTiersCommand: AsyncParsableCommand {
         subcommands: [
             DemoCommand.self, RestoreCommand.self, KeyCommand.self, PublishCommand.self, PackCommand.self,
             UnpackCommand.self, ServeCommand.self, StatsCommand.self, PlanCommand.self, SyncCommand.self,
-            PruneCommand.self, WriteBackCommand.self,
+            PruneCommand.self, DoctorCommand.self, WriteBackCommand.self,
         ]
     )
 }

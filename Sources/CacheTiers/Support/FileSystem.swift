@@ -11,10 +11,11 @@ import Darwin
 
 /// Thin helpers over POSIX calls, with errors that name the path.
 enum FileSystem {
-    /// What `lstat` says is at `path`, or `nil` when nothing is there.
-    static func kind(of path: FilePath) -> FileKind? {
+    /// What `lstat` says is at `path` (`stat`, through symbolic links, with
+    /// `followingLinks`), or `nil` when nothing is there.
+    static func kind(of path: FilePath, followingLinks: Bool = false) -> FileKind? {
         var info = stat()
-        guard lstat(path.string, &info) == 0 else { return nil }
+        guard (followingLinks ? stat(path.string, &info) : lstat(path.string, &info)) == 0 else { return nil }
         switch info.st_mode & S_IFMT {
         case S_IFDIR: return .directory
         case S_IFREG: return .regular
