@@ -97,37 +97,22 @@ package final class ArchiveRetention: Sendable {
                 try index.reconcile(with: folder)
                 entries = try index.entries()
             }
-            let plan = policy.plan(entries, inUse: inUse.keys, incoming: incoming, now: now)
-            var report = Report(storedBytes: plan.storedBytes, storedArchives: entries.count, fits: plan.fits)
-            for victim in plan.victims {
-                if dryRun {
-                    report.evicted.append(victim)
-                    continue
-                }
-                let key = victim.entry.key
-                let outcome: ArchiveFolder.Eviction
-                do {
-                    outcome = try folder.evict(key, expectedSHA256: victim.entry.sha256) { inUse.contains(key) }
-                } catch {
-                    logger.error("cannot evict an archive", metadata: ["key": "\(key)", "error": "\(error)"])
-                    continue
-                }
-                switch outcome {
-                case .removed:
-                    try index.remove(key)
-                    report.evicted.append(victim)
-                    logger.notice(
-                        "evicted",
-                        metadata: [
-                            "key": "\(key)", "bytes": "\(victim.entry.size)", "reason": "\(victim.reason.rawValue)",
-                            "lastUsed": "\(victim.entry.lastUsed)",
-                        ]
-                    )
-                case .missing:
-                    try index.remove(key)
-                case .inUse, .changed:
-                    // Taken by a download or replaced by a publish since the plan: it stays.
-                    break
+            var report = Report(storedBytes: entries.reduce(0) { $0 + $1.size }, storedArchives: entries.count)
+            if dryRun {
+                let plan = policy.plan(entries, inUse: inUse.keys, incoming: incoming, now: now)
+                report.evicted = plan.victims
+                report.fits = plan.fits
+            } else {
+                // A victim a download took between the plan and its eviction stays; the
+                // next round plans without it, so "fits" is only said of what was freed.
+                var left = entries
+                for _ in 0..<Self.rounds {
+                    let plan = policy.plan(left, inUse: inUse.keys, incoming: incoming, now: now)
+                    let (evicted, gone) = try evict(plan.victims, logger: logger)
+                    report.evicted += evicted
+                    left.removeAll { gone.contains($0.key) }
+                    report.fits = plan.fits && gone.count == plan.victims.count
+                    if report.fits || plan.victims.isEmpty { break }
                 }
             }
             // What stays (or, dry, would stay).
@@ -135,6 +120,48 @@ package final class ArchiveRetention: Sendable {
             report.storedArchives -= report.evicted.count
             return report
         }
+    }
+
+    /// Rounds of planning and evicting one enforcement makes at most.
+    static let rounds = 4
+
+    /// Evicts `victims` one by one; returns those removed, and the keys no longer in the
+    /// folder (those removed and those already gone).
+    private func evict(
+        _ victims: [RetentionPolicy.Victim], logger: Logger
+    ) throws(ArchiveIndexError) -> (evicted: [RetentionPolicy.Victim], gone: Set<CacheKey>) {
+        var removed: [RetentionPolicy.Victim] = []
+        var gone = Set<CacheKey>()
+        for victim in victims {
+            let key = victim.entry.key
+            let outcome: ArchiveFolder.Eviction
+            do {
+                outcome = try folder.evict(key, expectedSHA256: victim.entry.sha256) { inUse.contains(key) }
+            } catch {
+                logger.error("cannot evict an archive", metadata: ["key": "\(key)", "error": "\(error)"])
+                continue
+            }
+            switch outcome {
+            case .removed:
+                try index.remove(key)
+                removed.append(victim)
+                gone.insert(key)
+                logger.notice(
+                    "evicted",
+                    metadata: [
+                        "key": "\(key)", "bytes": "\(victim.entry.size)", "reason": "\(victim.reason.rawValue)",
+                        "lastUsed": "\(victim.entry.lastUsed)",
+                    ]
+                )
+            case .missing:
+                try index.remove(key)
+                gone.insert(key)
+            case .inUse, .changed:
+                // Taken by a download or replaced by a publish since the plan: it stays.
+                break
+            }
+        }
+        return (removed, gone)
     }
 
     /// The folder's archives as the index describes them, without writing anything: an
