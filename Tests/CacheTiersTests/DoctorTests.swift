@@ -98,16 +98,21 @@ import Testing
                 try Data("\(token)\n".utf8).write(to: URL(fileURLWithPath: folder.appending("peer.token").string))
                 try FileManager.default.createDirectory(atPath: folder.appending("local-cache").string, withIntermediateDirectories: true)
                 let mount = try await TestMount.ext4(at: master.scratch.path.appending("destination"), options: "noatime")
-                defer { mount.remove() }
-                let listing = try await master.send(.GET, "/v1/caches?limit=1", headers: [("Authorization", "Bearer \(token)")])
-                let setup = Setup(master: master, gcs: gcs, folder: folder, destinationMount: mount, listsArchives: listing.status == 200)
-                try setup.write(setup.document)
-                let key = try await Fixtures.cli(["key", "--config", setup.config.string])
-                guard key.status == 0 else { throw FixtureError("cachetiers key: \(key.stderr)") }
-                // The archive the destination and memory checks size: on the master, under the project's key.
-                let tree = try await Fixtures.makeCorpus(in: master.scratch.path.appending("corpus"), files: 200, seed: 16)
-                try await master.publish(tree, as: try CacheKey(key.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), token: token)
-                try await body(setup)
+                do {
+                    let listing = try await master.send(.GET, "/v1/caches?limit=1", headers: [("Authorization", "Bearer \(token)")])
+                    let setup = Setup(master: master, gcs: gcs, folder: folder, destinationMount: mount, listsArchives: listing.status == 200)
+                    try setup.write(setup.document)
+                    let key = try await Fixtures.cli(["key", "--config", setup.config.string])
+                    guard key.status == 0 else { throw FixtureError("cachetiers key: \(key.stderr)") }
+                    // The archive the destination and memory checks size: on the master, under the project's key.
+                    let tree = try await Fixtures.makeCorpus(in: master.scratch.path.appending("corpus"), files: 200, seed: 16)
+                    try await master.publish(tree, as: try CacheKey(key.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), token: token)
+                    try await body(setup)
+                } catch {
+                    await mount.remove()
+                    throw error
+                }
+                await mount.remove()
             }
         }
     }
@@ -166,7 +171,7 @@ import Testing
         /// How many checks the output has: a master that is down or not a master skips its
         /// clock, token and upload checks, a refused token the upload's, a missing bucket its probe object.
         var checks = 15
-        var change: @Sendable (_ setup: Setup, _ document: inout [String: Any], _ cleanup: inout [() -> Void]) async throws -> Void
+        var change: @Sendable (_ setup: Setup, _ document: inout [String: Any], _ cleanup: inout [TestMount]) async throws -> Void
     }
 
     static func tier(_ index: Int, _ document: inout [String: Any], _ change: (inout [String: Any]) -> Void) {
@@ -203,7 +208,7 @@ import Testing
             finding: "does not take new files (Read-only file system)", fix: "mount"
         ) { setup, document, cleanup in
             let mount = try await TestMount.tmpfs(at: setup.folder.appending("read-only"), options: "ro,size=1m")
-            cleanup.append { mount.remove() }
+            cleanup.append(mount)
             tier(2, &document) { $0["path"] = mount.mountPoint.string }
         },
         Breakage(
@@ -215,7 +220,7 @@ import Testing
             finding: "tmpfs keeps the tree in RAM: ", fix: "restore onto a disk filesystem"
         ) { setup, document, cleanup in
             let mount = try await TestMount.tmpfs(at: setup.folder.appending("tmpfs"))
-            cleanup.append { mount.remove() }
+            cleanup.append(mount)
             document["destination"] = mount.mountPoint.appending("node_modules").string
         },
         Breakage(
@@ -223,7 +228,7 @@ import Testing
             finding: "it is mounted with strictatime: every read of the tree writes access times (measured", fix: "mount it with noatime"
         ) { setup, document, cleanup in
             let mount = try await TestMount.ext4(at: setup.folder.appending("strict"), options: "strictatime")
-            cleanup.append { mount.remove() }
+            cleanup.append(mount)
             document["destination"] = mount.mountPoint.appending("node_modules").string
         },
         Breakage(
@@ -240,9 +245,13 @@ import Testing
             try await Self.withSetup { setup in
                 for breakage in Self.breakages {
                     var document = setup.document
-                    var cleanup: [() -> Void] = []
-                    defer { for step in cleanup.reversed() { step() } }
-                    try await breakage.change(setup, &document, &cleanup)
+                    var mounts: [TestMount] = []
+                    do {
+                        try await breakage.change(setup, &document, &mounts)
+                    } catch {
+                        for mount in mounts { await mount.remove() }
+                        throw error
+                    }
                     if breakage.name == "the port is not a cache master" { Self.tier(0, &document) { $0["urls"] = [notAMaster] } }
                     let id = breakage.id.replacingOccurrences(of: "NOT-A-MASTER", with: notAMaster)
                         .replacingOccurrences(of: "MASTER", with: setup.master.url)
@@ -268,6 +277,7 @@ import Testing
                     let warned = (breakage.status == .warn ? 1 : 0) + listing
                     let expected = "\(breakage.checks) checks: \(failed) failed, \(warned) warning\(warned == 1 ? "" : "s"), \(breakage.checks - failed - warned) ok"
                     #expect(lines.last == expected, "\(breakage.name): \(lines.last ?? "")")
+                    for mount in mounts { await mount.remove() }
                     try setup.write(setup.document)
                     try Data("\(Self.token)\n".utf8).write(to: URL(fileURLWithPath: setup.folder.appending("peer.token").string))
                 }

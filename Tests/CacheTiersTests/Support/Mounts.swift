@@ -28,9 +28,10 @@ struct TestMount {
         return TestMount(mountPoint: mountPoint, image: nil)
     }
 
-    /// Unmounts (lazily, so a test that failed with a file open still cleans up) and removes the image.
-    func remove() {
-        _ = try? Fixtures.runBlocking(["umount", "-l", mountPoint.string])
+    /// Unmounts (lazily, so a test that failed with a file open still cleans up) and
+    /// removes the image; off the cooperative pool, as every process a test waits for.
+    func remove() async {
+        _ = try? await Fixtures.run(["umount", "-l", mountPoint.string])
         if let image { try? FileManager.default.removeItem(atPath: image.string) }
     }
 
