@@ -214,7 +214,9 @@ public struct Doctor: Sendable {
                 fix: "let the tiers above the fallbacks accept write-back, or set writeBack.enabled to false to say so"
             )
         }
-        let when = writeBack.waitForCompletion
+        let when = writeBack.detach
+            ? "in a detached process (writeBack.detach: true: the command exits once the tree is in place; the upload logs to \(writeBack.logFile.map { "\($0)" } ?? "the default write-back log"))"
+            : writeBack.waitForCompletion
             ? "within the restore (writeBack.wait: true: the restore returns after the upload)"
             : "after the restore (writeBack.wait: false: the tree is in place first, the command exits after the upload)"
         return .ok("writeBack", "write-back is on, \(when), to \(targets.joined(separator: ", "))")
