@@ -85,6 +85,14 @@ public final class GCSEmulator: @unchecked Sendable {
         return try JSONSerialization.jsonObject(with: body) as? [String: Any]
     }
 
+    /// Sets the object's `customTime` (an RFC 3339 timestamp) as any client could, e.g.
+    /// to make an object look unused for days.
+    public func setCustomTime(bucket: String, name: String, to timestamp: String) async throws {
+        let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? name
+        let status = try await request(.PATCH, "/storage/v1/b/\(bucket)/o/\(encoded)", json: #"{"customTime":"\#(timestamp)"}"#).status
+        guard status == 200 else { throw EmulatorError("setting the customTime of \(name) answered \(status)") }
+    }
+
     /// Names of the objects in `bucket`.
     public func objectNames(bucket: String) async throws -> [String] {
         let (_, body) = try await request(.GET, "/storage/v1/b/\(bucket)/o")

@@ -118,7 +118,7 @@ import Testing
               {"kind": "peer", "urls": ["http://a:1", "http://b:1"], "selection": "rendezvous", "connectTimeoutSeconds": 0.25,
                "timeoutSeconds": 7, "stallSeconds": 1.5, "minBytesPerSecond": 0, "maxAttempts": 9, "writeBack": false},
               {"kind": "gcs", "bucket": "b", "connectTimeoutSeconds": 3, "parallelDownloads": 16, "segmentMiB": 2,
-               "pricePerGB": 0, "credentials": {"kind": "metadata"}, "endpoint": "http://127.0.0.1:4443/"},
+               "pricePerGB": 0, "refreshCustomTime": false, "credentials": {"kind": "metadata"}, "endpoint": "http://127.0.0.1:4443/"},
               {"kind": "install", "command": ["npm", "ci"], "produces": "node_modules", "workingDirectory": "app",
                "stallSeconds": 60, "minBytesPerSecond": 100}],
              "writeBack": {"enabled": false, "wait": true, "timeoutSeconds": 5, "stallSeconds": 2},
@@ -134,6 +134,7 @@ import Testing
         #expect(peer.selection == .rendezvous && peer.connectTimeout == .milliseconds(250))
         #expect(PolicyLimits(config.tiers[0].policy) == PolicyLimits(timeout: .seconds(7), stall: .milliseconds(1500), floor: 0, attempts: 9, writeBack: false))
         #expect(gcs.connectTimeout == .seconds(3) && gcs.parallelDownloads == 16 && gcs.segmentSize == 2 << 20 && gcs.pricePerGB == 0)
+        #expect(!gcs.refreshCustomTime, "refreshCustomTime is on by default, so false must come from the file")
         #expect(gcs.endpoint == "http://127.0.0.1:4443" && !(gcs.credentials is NoAccessToken))
         #expect(install.workingDirectory == "/srv/app/app")
         #expect(PolicyLimits(config.tiers[2].policy) == PolicyLimits(timeout: .seconds(900), stall: .seconds(60), floor: 100, attempts: 1, writeBack: true))

@@ -65,6 +65,7 @@ struct ArchiveDownload<Source: ArchiveSource>: Sendable {
                 throw Self.failure(unpacking: error)
             }
             phases?.markComplete(busy: session.busyDuration)
+            source.didRestore(found, logger: logger)
             var details = source.restoreDetails(for: found, bytesTransferred: summary.archiveBytes, streams: streams)
             details.archive = ArchiveSizes(compressedBytes: summary.archiveBytes, uncompressedBytes: summary.uncompressedBytes)
             return .restored(details)

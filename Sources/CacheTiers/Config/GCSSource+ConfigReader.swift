@@ -3,7 +3,7 @@ import SystemPackage
 extension GCSSource.Configuration {
     /// Reads a `gcs` tier of the config file: `bucket` (required), `prefix`, `endpoint`,
     /// `credentials` (their files read now), `connectTimeoutSeconds`, `parallelDownloads`,
-    /// `segmentMiB` and `pricePerGB`; every other field keeps the initializer's default.
+    /// `segmentMiB`, `pricePerGB` and `refreshCustomTime`; every other field keeps the initializer's default.
     init(configReader reader: inout ConfigObjectReader) throws(ConfigError) {
         let endpoint = try reader.string("endpoint")
         if let endpoint, !endpoint.isHTTPURL {
@@ -21,6 +21,7 @@ extension GCSSource.Configuration {
         }
         if let segmentMiB = try reader.integer("segmentMiB", atLeast: 1, atMost: 1024) { self.segmentSize = segmentMiB << 20 }
         if let pricePerGB = try reader.number("pricePerGB", atLeast: 0) { self.pricePerGB = pricePerGB }
+        if let refreshCustomTime = try reader.bool("refreshCustomTime") { self.refreshCustomTime = refreshCustomTime }
     }
 
     /// `credentials.kind`: `none`, `metadata`, `serviceAccount` or `token`, the last two

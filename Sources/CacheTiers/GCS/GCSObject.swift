@@ -9,8 +9,13 @@ struct GCSObject: Sendable, Decodable {
     var generation: String
     var crc32c: String?
     var metadata: [String: String]?
+    /// Moved forward on hits so a lifecycle rule on `daysSinceCustomTime` deletes what is
+    /// no longer used; nil when the object has none (or an unreadable one).
+    var customTime: Date?
+    /// Counts metadata changes; a PATCH pinned to it (`ifMetagenerationMatch`) applies once.
+    var metageneration: Int64?
 
-    enum CodingKeys: String, CodingKey { case name, size, generation, crc32c, metadata }
+    enum CodingKeys: String, CodingKey { case name, size, generation, crc32c, metadata, customTime, metageneration }
 
     init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -24,6 +29,9 @@ struct GCSObject: Sendable, Decodable {
         generation = try container.decode(String.self, forKey: .generation)
         crc32c = try container.decodeIfPresent(String.self, forKey: .crc32c)
         metadata = try container.decodeIfPresent([String: String].self, forKey: .metadata)
+        // Only a hit's customTime refresh reads these: a malformed one costs that, never the restore.
+        customTime = (try? container.decodeIfPresent(String.self, forKey: .customTime)).flatMap { $0.flatMap(Date.init(rfc3339:)) }
+        metageneration = (try? container.decodeIfPresent(String.self, forKey: .metageneration)).flatMap { $0.flatMap { Int64($0) } }
     }
 
     /// The manifest CacheTiers stores in the object's custom metadata, if this object has one.
@@ -48,6 +56,23 @@ struct GCSErrorBody: Decodable {
         }
         return String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines)
     }
+}
+
+extension Date {
+    /// The RFC 3339 timestamp GCS writes (`2026-12-02T01:41:00.123Z`), with or without
+    /// fractional seconds; nil for anything else.
+    init?(rfc3339 text: String) {
+        if let date = try? Date(text, strategy: RestoreReport.timestampStyle) {
+            self = date
+        } else if let date = try? Date(text, strategy: Date.ISO8601FormatStyle()) {
+            self = date
+        } else {
+            return nil
+        }
+    }
+
+    /// The date as GCS takes it in `customTime`: RFC 3339 in UTC, to the millisecond.
+    var rfc3339: String { formatted(RestoreReport.timestampStyle) }
 }
 
 extension String {

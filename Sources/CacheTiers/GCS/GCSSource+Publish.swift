@@ -9,7 +9,7 @@ extension GCSSource {
     }
 
     /// Uploads the archive create-only (`ifGenerationMatch=0`) with its manifest in the
-    /// object's custom metadata and its CRC32C, which the server checks before the
+    /// object's custom metadata, `customTime` set to now, and its CRC32C, which the server checks before the
     /// object becomes visible.
     ///
     /// Archives up to one `uploadChunkSize` go up in one multipart request; larger ones
@@ -33,6 +33,7 @@ extension GCSSource {
             name: name,
             contentType: "application/zstd",
             crc32c: try CRC32C.ofFile(at: path).base64,
+            customTime: Date().rfc3339,
             metadata: [Self.manifestMetadataKey: String(decoding: try archive.manifest.compactJSONData(), as: UTF8.self)]
         )
         let requests = RequestCounter()
@@ -60,6 +61,9 @@ extension GCSSource {
         var name: String
         var contentType: String
         var crc32c: String
+        /// The upload's time: every object CacheTiers writes carries one, so a lifecycle
+        /// rule on `daysSinceCustomTime` applies to it from the start.
+        var customTime: String
         var metadata: [String: String]
     }
 

@@ -22,7 +22,11 @@ import SystemPackage
 /// connection, 408, 429, 5xx) from its last byte, up to `retriesPerRequest` times, and
 /// checks the whole stream against the object's CRC32C and the manifest's SHA-256.
 ///
-/// It is also a ``CacheSink``: `publish` uploads create-only (`ifGenerationMatch=0`).
+/// A hit moves the object's `customTime` forward, at most once a day and in the
+/// background (``CustomTimeRefresh``), for a lifecycle rule on `daysSinceCustomTime`.
+///
+/// It is also a ``CacheSink``: `publish` uploads create-only (`ifGenerationMatch=0`),
+/// with `customTime` set to the upload's time.
 ///
 /// It owns an `HTTPClient`; call ``shutdown()`` when done with it.
 public final class GCSSource: ArchiveSource, CacheSink {
@@ -53,6 +57,9 @@ public final class GCSSource: ArchiveSource, CacheSink {
         public var pricePerGB: Double
         /// Price of 1,000 reads (Class B operations) in USD.
         public var pricePerThousandReads: Double
+        /// Whether a hit moves the object's `customTime` forward (at most once a day, in
+        /// the background), for a lifecycle rule on `daysSinceCustomTime`.
+        public var refreshCustomTime: Bool
         public var limits: ExtractionLimits
 
         /// The default ``segmentSize``: 8 MiB.
@@ -70,6 +77,7 @@ public final class GCSSource: ArchiveSource, CacheSink {
             uploadChunkSize: Int = 8 << 20,
             pricePerGB: Double = 0.12,
             pricePerThousandReads: Double = 0.0004,
+            refreshCustomTime: Bool = true,
             limits: ExtractionLimits = .init()
         ) {
             self.bucket = bucket
@@ -84,6 +92,7 @@ public final class GCSSource: ArchiveSource, CacheSink {
             self.uploadChunkSize = max(1, uploadChunkSize / (256 << 10)) * (256 << 10)
             self.pricePerGB = pricePerGB
             self.pricePerThousandReads = pricePerThousandReads
+            self.refreshCustomTime = refreshCustomTime
             self.limits = limits
         }
 
@@ -103,6 +112,7 @@ public final class GCSSource: ArchiveSource, CacheSink {
     public let configuration: Configuration
     public var traits: CacheSourceTraits { .download }
     let client: HTTPClient
+    let customTimeRefresh = CustomTimeRefresh()
 
     public init(name: String = "gcs", configuration: Configuration) {
         self.name = name
@@ -110,8 +120,11 @@ public final class GCSSource: ArchiveSource, CacheSink {
         self.client = .forTier(connectTimeout: configuration.connectTimeout, connectionsPerHost: 64)
     }
 
-    /// Closes the HTTP client's connections. Call once, when the source is no longer used.
+    /// Waits a few seconds at most for the `customTime` updates still in flight (then
+    /// cancels them) and closes the HTTP client's connections. Call once, when the source
+    /// is no longer used.
     public func shutdown() async throws {
+        await customTimeRefresh.shutdown(grace: CustomTimeRefresh.shutdownGrace)
         try await client.shutdown()
     }
 

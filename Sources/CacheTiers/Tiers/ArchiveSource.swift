@@ -59,6 +59,12 @@ public protocol ArchiveSource: CacheSource {
     /// request per stream and the manifest. A tier that counts requests or charges for
     /// them says so here.
     func restoreDetails(for archive: FoundArchive<Archive>, bytesTransferred: Int64, streams: Int) -> RestoreDetails
+
+    /// Called once a restore of `archive` has unpacked and verified every byte: a hit.
+    /// It must return at once; whatever it starts (a GCS `customTime` update) runs in the
+    /// background, owned by the source, and never changes the restore's outcome. By
+    /// default nothing.
+    func didRestore(_ archive: FoundArchive<Archive>, logger: Logger)
 }
 
 extension ArchiveSource {
@@ -71,6 +77,8 @@ extension ArchiveSource {
     public func restoreDetails(for archive: FoundArchive<Archive>, bytesTransferred: Int64, streams: Int) -> RestoreDetails {
         RestoreDetails(bytesTransferred: bytesTransferred, requests: streams, manifest: archive.manifest)
     }
+
+    public func didRestore(_ archive: FoundArchive<Archive>, logger: Logger) {}
 
     /// Downloads the archive into `staging` as a ``TierChain`` does, on the continuous
     /// clock with the default ``RetryPolicy`` between resumes.

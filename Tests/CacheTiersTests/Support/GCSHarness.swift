@@ -34,7 +34,7 @@ final class GCSHarness: Sendable {
     let scratch: TemporaryDirectory
     let bucket = "cache-bucket"
     let logger = PeerHarness.quietLogger
-    /// Every source made by ``source(name:endpoint:credentials:parallelDownloads:segmentSize:uploadChunkSize:retriesPerRequest:)``,
+    /// Every source made by ``source(name:endpoint:credentials:parallelDownloads:segmentSize:uploadChunkSize:retriesPerRequest:refreshCustomTime:)``,
     /// shut down when the test ends however it ends.
     private let sources = Mutex<[GCSSource]>([])
 
@@ -66,14 +66,15 @@ final class GCSHarness: Sendable {
         parallelDownloads: Int = 4,
         segmentSize: Int = 256 << 10,
         uploadChunkSize: Int = 256 << 10,
-        retriesPerRequest: Int = 4
+        retriesPerRequest: Int = 4,
+        refreshCustomTime: Bool = true
     ) -> GCSSource {
         let source = GCSSource(
             name: name,
             configuration: .init(
                 bucket: bucket, prefix: "caches/", endpoint: endpoint ?? emulator.url, credentials: credentials,
                 parallelDownloads: parallelDownloads, segmentSize: segmentSize, retriesPerRequest: retriesPerRequest,
-                uploadChunkSize: uploadChunkSize
+                uploadChunkSize: uploadChunkSize, refreshCustomTime: refreshCustomTime
             )
         )
         sources.withLock { $0.append(source) }
