@@ -93,7 +93,7 @@ uint32_t cachetiers_crc32c(uint32_t crc, const void *bytes, size_t length) {
 #include <spawn.h>
 #endif
 
-int cachetiers_spawn_detached(pid_t *pid, const char *path, char *const argv[], char *const envp[], const char *log) {
+int cachetiers_spawn_detached(pid_t *pid, const char *path, char *const argv[], char *const envp[], int log_fd) {
 #if defined(__linux__) && defined(POSIX_SPAWN_SETSID) && defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
@@ -108,8 +108,8 @@ int cachetiers_spawn_detached(pid_t *pid, const char *path, char *const argv[], 
     sigfillset(&all);
     sigemptyset(&none);
     if ((result = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)) == 0
-        && (result = posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0640)) == 0
-        && (result = posix_spawn_file_actions_adddup2(&actions, 1, 2)) == 0
+        && (result = posix_spawn_file_actions_adddup2(&actions, log_fd, 1)) == 0
+        && (result = posix_spawn_file_actions_adddup2(&actions, log_fd, 2)) == 0
         && (result = posix_spawn_file_actions_addclosefrom_np(&actions, 3)) == 0
         && (result = posix_spawnattr_setsigdefault(&attributes, &all)) == 0
         && (result = posix_spawnattr_setsigmask(&attributes, &none)) == 0
@@ -121,7 +121,7 @@ int cachetiers_spawn_detached(pid_t *pid, const char *path, char *const argv[], 
     posix_spawn_file_actions_destroy(&actions);
     return result;
 #else
-    (void)pid; (void)path; (void)argv; (void)envp; (void)log;
+    (void)pid; (void)path; (void)argv; (void)envp; (void)log_fd;
     return ENOSYS;
 #endif
 }

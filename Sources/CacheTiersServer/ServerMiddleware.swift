@@ -86,10 +86,21 @@ struct OneLineErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         }
     }
 
-    /// `text` with every run of whitespace (newlines included) made one space, and one
-    /// newline at the end.
+    /// `text` with every run of whitespace (newlines included) made one space, every other
+    /// control character (ESC, NUL, DEL, C1: what a request may have put in a message)
+    /// written as `\u{1B}`, and one newline at the end, so no answer can drive a terminal.
     static func oneLine(_ text: String) -> String {
-        text.split(whereSeparator: \.isWhitespace).joined(separator: " ") + "\n"
+        let flat = text.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        var line = ""
+        line.unicodeScalars.reserveCapacity(flat.unicodeScalars.count)
+        for scalar in flat.unicodeScalars {
+            if scalar.properties.generalCategory == .control {
+                line += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+            } else {
+                line.unicodeScalars.append(scalar)
+            }
+        }
+        return line + "\n"
     }
 }
 

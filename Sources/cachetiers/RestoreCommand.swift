@@ -64,9 +64,7 @@ struct RestoreCommand: AsyncParsableCommand {
         let textfile = try metricsTextfile(settings, destination: destination)
         if settings.chainConfiguration.writeBack.detach, let file = settings.file {
             let log = settings.chainConfiguration.writeBack.logFile ?? DetachedWriteBackLauncher.defaultLog()
-            if ProtectedPath.isInside(log, destination) {
-                throw UsageFailure("writeBack.logFile \(log) is inside the destination \(destination); write it elsewhere")
-            }
+            try DetachedWriteBackLauncher.checkLog(log, destination: destination)
             let launcher = DetachedWriteBackLauncher(config: file, log: log, verbose: logging.verbose)
             settings.chainConfiguration.writeBack.handOff = { try launcher.start($0) }
         }

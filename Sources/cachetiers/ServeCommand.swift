@@ -60,13 +60,13 @@ struct ServeCommand: AsyncParsableCommand {
     var replicateTier: [String] = []
 
     // MARK: Retention
-    @Option(name: .long, help: "Keep the archives in ROOT under this size, evicting the least recently served first (50G: K, M, G, T are powers of 1024).")
+    @Option(name: .long, parsing: .unconditional, help: "Keep the archives in ROOT under this size, evicting the least recently served first (50G: K, M, G, T are powers of 1024).")
     var maxSize: String?
 
-    @Option(name: .long, help: "Evict archives not served for this long (30d: m, h or d).")
+    @Option(name: .long, parsing: .unconditional, help: "Evict archives not served for this long (30d: m, h or d).")
     var maxAgeUnused: String?
 
-    @Option(name: .long, help: "Never evict an archive stored less than this long ago (m, h or d).")
+    @Option(name: .long, parsing: .unconditional, help: "Never evict an archive stored less than this long ago (m, h or d).")
     var minAge = "\(RetentionPolicy.defaultMinAge)"
 
     /// The retention options, parsed with the library's size and age grammar.

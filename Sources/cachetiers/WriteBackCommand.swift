@@ -62,10 +62,15 @@ struct WriteBackCommand: AsyncParsableCommand {
         (limits.timeout ?? .seconds(3540)) + .seconds(60)
     }
 
-    /// One timestamped line on stdout, which the launcher points at the log file.
+    /// One timestamped line on stdout, which the launcher points at the log file; a log
+    /// that takes no more writes (a full disk) loses the line, never the write-back.
     static func log(_ line: String) {
-        let stamp = Date().formatted(.iso8601)
-        FileHandle.standardOutput.write(Data("\(stamp) \(line)\n".utf8))
+        let text = "\(timestamp()) \(line)\n"
+        _ = text.utf8.withContiguousStorageIfAvailable { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+    }
+
+    static func timestamp() -> String {
+        Date().formatted(.iso8601)
     }
 }
 
@@ -90,33 +95,78 @@ struct DetachedWriteBackLauncher: Sendable {
 
     func start(_ request: DetachedWriteBack) throws -> String {
         let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        try prepareLog()
+        rotateLog()
+        let descriptor = try Self.openLog(log)
+        defer { close(descriptor) }
+        // The first line is the parent's: a log that takes no write is said here, where the
+        // report can record it, not lost in a child that cannot say anything.
+        let line = "\(WriteBackCommand.timestamp()) restore \(getpid()) hands the write-back of \(request.key) to a detached process\n"
+        guard line.utf8.withContiguousStorageIfAvailable({ write(descriptor, $0.baseAddress, $0.count) }) == line.utf8.count else {
+            throw CommandFailure("writeBack.logFile \(log) takes no write: \(String(cString: strerror(errno)))")
+        }
         var arguments = [
             executable, "write-back", "--config", config.string, "--key", request.key.rawValue, "--tree", request.tree.string,
         ]
         for tier in request.tiers { arguments += ["--tier", tier] }
         if verbose { arguments.append("--verbose") }
-
         let argv = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var processID: pid_t = 0
-        let result = cachetiers_spawn_detached(&processID, executable, argv, environ, log.string)
+        let result = cachetiers_spawn_detached(&processID, executable, argv, environ, descriptor)
         guard result == 0 else {
             throw CommandFailure("cannot start \(executable) write-back: \(String(cString: strerror(result)))")
         }
         return "pid \(processID), log \(log)"
     }
 
-    /// Creates the log's folder, and moves a log past ``logRotationBytes`` to `LOG.1`.
-    private func prepareLog() throws {
+    /// Opens the log for appending, created 0640: never through a symbolic link, never
+    /// blocking (a FIFO without a reader would hold the boot), and only a regular file.
+    /// - Throws: one line naming `writeBack.logFile` and what is wrong with it.
+    static func openLog(_ log: FilePath) throws -> Int32 {
+        var existing = stat()
+        if lstat(log.string, &existing) == 0 {
+            switch existing.st_mode & S_IFMT {
+            case S_IFREG: break
+            case S_IFLNK: throw UsageFailure("writeBack.logFile \(log) cannot be opened for appending: it is a symbolic link; name the file itself")
+            default: throw UsageFailure("writeBack.logFile \(log) is not a regular file (a FIFO, a device or a folder); name a file")
+            }
+        }
+        // The same rules again as it opens, for what changed since the lstat.
+        let descriptor = open(log.string, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, 0o640)
+        guard descriptor >= 0 else {
+            let reason = errno == ELOOP ? "it is a symbolic link; name the file itself" : String(cString: strerror(errno))
+            throw UsageFailure("writeBack.logFile \(log) cannot be opened for appending: \(reason)")
+        }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            close(descriptor)
+            throw UsageFailure("writeBack.logFile \(log) is not a regular file (a FIFO, a device or a folder); name a file")
+        }
+        return descriptor
+    }
+
+    /// Checks the log before any tier runs: its folder can be made, it is not inside the
+    /// destination (where write-back would pack it into the cache), and it opens as a
+    /// regular file.
+    static func checkLog(_ log: FilePath, destination: FilePath) throws {
         let folder = log.removingLastComponent()
         do {
             try FileManager.default.createDirectory(atPath: folder.string, withIntermediateDirectories: true)
         } catch {
-            throw CommandFailure("cannot create the write-back log's folder \(folder): \((error as NSError).localizedDescription)")
+            throw UsageFailure("writeBack.logFile \(log): cannot create its folder: \((error as NSError).localizedDescription)")
         }
+        // Resolved through symbolic links in its folders; a link as the file itself is
+        // refused by openLog.
+        if ProtectedPath.isInside(log, destination) {
+            throw UsageFailure("writeBack.logFile \(log) is inside the destination \(destination); write it elsewhere")
+        }
+        close(try openLog(log))
+    }
+
+    /// Moves a log past ``logRotationBytes`` to `LOG.1`.
+    private func rotateLog() {
         var info = stat()
-        if stat(log.string, &info) == 0, Int64(info.st_size) > Self.logRotationBytes {
+        if lstat(log.string, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG, Int64(info.st_size) > Self.logRotationBytes {
             rename(log.string, log.string + ".1")
         }
     }

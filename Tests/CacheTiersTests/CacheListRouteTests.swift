@@ -69,7 +69,7 @@ import Testing
                 ("limit=abc", "limit"), ("limit=", "limit"), ("limit=99999999999999999999999", "limit"),
                 ("limit=1&limit=2", "limit"), ("after=..%2Fetc", "after"), ("after=", "after"),
                 ("after=.hidden", "after"), ("after=" + String(repeating: "k", count: 5000), "after"),
-                ("after=a&after=b", "after"), ("after=%FF%FE", "after"),
+                ("after=a&after=b", "after"), ("after=%FF%FE", "after"), ("after=a%1B%5B31m%00b", "after"),
             ]
             for (query, parameter) in cases {
                 let response = try await peer.send(.GET, "/v1/caches?\(query)")
@@ -78,6 +78,7 @@ import Testing
                 #expect(text.hasPrefix(parameter + " "), "\(query): \(text)")
                 #expect(text.filter { $0 == "\n" }.count == 1 && text.hasSuffix("\n"), "\(query): one line")
                 #expect(text.utf8.count < 300, "\(query): the echo is bounded")
+                #expect(!text.dropLast().unicodeScalars.contains { $0.properties.generalCategory == .control }, "\(query): no raw control bytes")
             }
             // The largest page and an `after` past every key are fine.
             #expect(try page(try await peer.send(.GET, "/v1/caches?limit=1000")).archives.count == Self.keys.count)

@@ -203,6 +203,8 @@ import Testing
          "tiers[0].name: must be 1 to 64 characters with no spaces or control characters"),
         (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://"]}]}"#,
          "tiers[0].urls[0]: expected an http:// or https:// URL, got \"http://\""),
+        (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://a:1","http://u:s3cret@a:2"]}]}"#,
+         "tiers[0].urls[1]: a URL with a user or password would print it in every message; put the token in tokenFile"),
         (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"directory","path":"c"}],"monitoring":{"report":{"enabled":true}}}"#,
          "monitoring.report.enabled: needs a peer tier: reports go to its cache masters"),
         (#"{"key":{"prefix":"p"},"destination":"x","tiers":[{"kind":"peer","urls":["http://a:1"]}],"monitoring":{"report":{"timeout":1}}}"#,

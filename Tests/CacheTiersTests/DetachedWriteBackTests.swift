@@ -150,4 +150,30 @@ import Glibc
         #expect(result.status == 2)
         #expect(result.stderr.contains("writeBack.logFile \(project.destination.appending("write-back.log")) is inside the destination"), "\(result.stderr)")
     }
+
+    enum HostileLog: String, CaseIterable, Sendable {
+        case fifo, symlink, folder
+    }
+
+    @Test(arguments: HostileLog.allCases)
+    func aLogThatIsNotARegularFileIsRefusedBeforeAnyTierRuns(_ kind: HostileLog) async throws {
+        let scratch = try TemporaryDirectory(prefix: "detach-log")
+        defer { scratch.remove() }
+        let log = scratch.path.appending("write-back.log")
+        switch kind {
+        case .fifo: #expect(mkfifo(log.string, 0o600) == 0)
+        case .symlink: try FileManager.default.createSymbolicLink(atPath: log.string, withDestinationPath: scratch.path.appending("elsewhere.log").string)
+        case .folder: try FileManager.default.createDirectory(atPath: log.string, withIntermediateDirectories: false)
+        }
+        let project = try Project(
+            in: scratch.path, tiers: [["kind": "directory", "name": "local", "path": scratch.path.appending("local").string]],
+            writeBack: ["detach": true, "logFile": log.string]
+        )
+        // A FIFO nobody reads would block an open for ever: the restore must not hang on it.
+        let result = try await Fixtures.cli(["restore", "--config", project.config.string])
+        #expect(result.status == 2)
+        let expected = kind == .symlink ? "it is a symbolic link; name the file itself" : "is not a regular file"
+        #expect(result.stderr.contains("writeBack.logFile \(log)") && result.stderr.contains(expected), "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+    }
 }

@@ -165,4 +165,36 @@ import Testing
             }
         }
     }
+
+    @Test func aServerThatAnswers200ToEverythingIsNotTakenForACacheMasterHoldingTheKey() async throws {
+        // A proxy, a captive portal or another service on the port: 200 and a body to anything.
+        let router = Router(context: BasicRequestContext.self)
+        let requests = Mutex<[String]>([])
+        for method in [HTTPRequest.Method.head, .put, .get] {
+            router.on("/v1/caches/:key", method: method) { request, _ -> Response in
+                if method == .put { for try await _ in request.body {} }
+                requests.withLock { $0.append(method.rawValue) }
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "<html>welcome</html>")))
+            }
+        }
+        let scratch = try TemporaryDirectory(prefix: "hostile-200")
+        defer { scratch.remove() }
+        let tree = scratch.path.appending("tree")
+        try SampleTree.write(to: tree)
+        let file = scratch.path.appending("a.tar.zst")
+        let key = try CacheKey("answered-anyway")
+        let manifest = try await ArchivePacker().pack(tree, key: key, to: file, logger: logger)
+        try await FakeHTTPServer.with(router) { url in
+            try await withSource(.init(peers: [url])) { source in
+                await #expect(throws: CacheTierError.self) { try await source.contains(key, logger: logger) }
+                do {
+                    let outcome = try await source.publish(PackedArchive(file: file, manifest: manifest), logger: logger)
+                    Issue.record("a PUT answered 200 without the archive's ETag counted as \(outcome)")
+                } catch let error as CacheTierError {
+                    #expect(error.message.contains("not a cache master, and nothing was stored"), "\(error)")
+                }
+            }
+        }
+        #expect(requests.withLock { $0 } == ["HEAD", "PUT"])
+    }
 }

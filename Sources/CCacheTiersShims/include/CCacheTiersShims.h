@@ -18,9 +18,9 @@ uint32_t cachetiers_crc32c(uint32_t crc, const void *bytes, size_t length);
 
 /// Starts `path` with `argv` and `envp` detached from the caller: in a session of its own
 /// (no controlling terminal), with every signal's default action and none blocked, stdin
-/// from /dev/null, stdout and stderr appended to `log` (created 0640), and no other
-/// descriptor of the caller open. Stores the child's pid in `pid`. Returns 0, or an
-/// errno value (ENOSYS where posix_spawn cannot do this).
-int cachetiers_spawn_detached(pid_t *pid, const char *path, char *const argv[], char *const envp[], const char *log);
+/// from /dev/null, stdout and stderr on `log_fd` (an open descriptor of the caller's), and
+/// no other descriptor of the caller open. Stores the child's pid in `pid`. Returns 0, or
+/// an errno value (ENOSYS where posix_spawn cannot do this).
+int cachetiers_spawn_detached(pid_t *pid, const char *path, char *const argv[], char *const envp[], int log_fd);
 
 #endif

@@ -8,8 +8,15 @@ extension VMPeerSource.Configuration {
     init(configReader reader: inout ConfigObjectReader) throws(ConfigError) {
         let urls = try reader.strings("urls") ?? []
         guard !urls.isEmpty else { throw ConfigError(path: reader.path(of: "urls"), "required: at least one cache master URL") }
-        for (index, url) in urls.enumerated() where !url.isHTTPURL {
-            throw ConfigError(path: "\(reader.path(of: "urls"))[\(index)]", "expected an http:// or https:// URL, got \"\(url)\"")
+        for (index, url) in urls.enumerated() {
+            let path = "\(reader.path(of: "urls"))[\(index)]"
+            guard url.isHTTPURL, let parts = URLComponents(string: url) else {
+                throw ConfigError(path: path, "expected an http:// or https:// URL, got \"\(url)\"")
+            }
+            // Every message, log line and doctor check names the URL: a secret must not be in it.
+            guard parts.user == nil, parts.password == nil else {
+                throw ConfigError(path: path, "a URL with a user or password would print it in every message; put the token in tokenFile")
+            }
         }
         self.init(peers: urls)
         if let selection = try reader.string("selection") {

@@ -44,9 +44,21 @@ struct MasterProbe: ArchiveSampling {
 
         var text: String { String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines) }
         /// The body as a short quote for a finding.
+        /// Control characters and invalid UTF-8 come out escaped: a server that is not a
+        /// master must not drive the operator's terminal.
         var quoted: String {
             let text = self.text
-            return text.isEmpty ? "an empty body" : "\"\(text.count > 60 ? String(text.prefix(60)) + "…" : text)\""
+            guard !text.isEmpty else { return "an empty body" }
+            let cut = text.count > 60 ? String(text.prefix(60)) + "…" : text
+            var shown = ""
+            for scalar in cut.unicodeScalars {
+                if scalar.properties.generalCategory == .control || scalar == "\u{FFFD}" {
+                    shown += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+                } else {
+                    shown.unicodeScalars.append(scalar)
+                }
+            }
+            return "\"\(shown)\""
         }
     }
 

@@ -327,7 +327,15 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
             do {
                 let response = try await execute(request(url(peer, key), method: .HEAD), peer: peer, logger: logger)
                 switch response.status.code {
-                case 200: answered += 1
+                case 200:
+                    // A cache master's HEAD carries the archive's ETag and manifest; a proxy, a
+                    // captive portal or another service answering 200 to anything does not hold it.
+                    guard response.headers.first(name: "ETag") != nil, response.headers.first(name: "X-CacheTiers-Manifest") != nil else {
+                        throw CacheTierError(
+                            .transient, "\(peer) answered HEAD \(key) with 200 but no ETag and manifest: it is not a cache master"
+                        )
+                    }
+                    answered += 1
                 case 404: return false
                 default: throw await failure(for: response, peer: peer, what: "HEAD \(key)")
                 }
@@ -392,7 +400,16 @@ public final class VMPeerSource: ArchiveSource, CacheSink {
         do {
             let response = try await execute(put, peer: peer, logger: logger)
             switch response.status.code {
-            case 200, 201: return .success(.published)
+            case 200, 201:
+                // A cache master answers a stored archive with its SHA-256 as the ETag: a 2xx
+                // without it is some other server, which stored nothing.
+                guard response.headers.first(name: "ETag") == "\"\(archive.manifest.archiveSHA256)\"" else {
+                    return .failure(CacheTierError(
+                        .transient,
+                        "\(peer) answered PUT \(archive.key) with \(response.status.code) but not with the archive's SHA-256 as its ETag: it is not a cache master, and nothing was stored"
+                    ))
+                }
+                return .success(.published)
             case 412: return .success(.exists)
             default: return .failure(await failure(for: response, peer: peer, what: "PUT \(archive.key)"))
             }
