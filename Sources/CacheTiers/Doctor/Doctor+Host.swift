@@ -16,7 +16,7 @@ struct DestinationCheck {
     /// What Benchmarks/atime_benchmark.py measured (Documentation/Benchmarks.md, "Mount
     /// options"), quoted in the warning.
     static let strictatimeEffect =
-        "measured on the 40,000-file corpus against noatime: a restore 0.95x, a second read of the tree 1.34x the time"
+        "measured on the 40,000-file corpus against noatime: a restore and sync 0.95x to 1.30x, a read of the tree 1.34x to 1.50x the time"
 
     /// `ST_NOATIME` and `ST_RELATIME` of `statvfs(3)`'s `f_flag` (Linux's ABI; glibc
     /// declares them only for GNU sources, which Swift does not import).
