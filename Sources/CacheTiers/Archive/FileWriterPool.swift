@@ -61,7 +61,7 @@ final class FileWriterPool: @unchecked Sendable {
 
     private let tree: ExtractionTree
     private let maxQueuedJobs = 256
-    private let maxQueuedBytes = 4 << 20
+    private let maxQueuedBytes = 2 << 20
     /// Jobs gathered before they are handed over (and an idle worker woken): meeting
     /// once per small file costs more than writing it.
     private let batchSize = 32
